@@ -1,0 +1,92 @@
+//! RabbitMQ plumbing over lapin, shared by the publishers (gateway, converter)
+//! and the consumers (converter, notify).
+//!
+//! Reconnection is ours rather than lapin's auto-recovery: a [`Publisher`]
+//! opens a fresh connection on the next publish after a failure, and
+//! consumers run [`connect`] again in their loop. That keeps the failure
+//! visible (a publish during an outage fails at once and the caller answers
+//! 503; health goes NOT_SERVING) and recovery has no retry budget to exhaust.
+
+pub mod consumer;
+mod publisher;
+mod topology;
+
+pub use publisher::{PublishError, Publisher};
+pub use topology::{TopologyArgs, WorkQueue, declare_work_queue};
+
+pub use lapin;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use std::time::Duration;
+use svc_kit::config::Secret;
+
+/// AMQP `content_type` of every event: protobuf-encoded.
+pub const CONTENT_TYPE: &str = "application/protobuf";
+
+/// Header counting our own retries of a message (see [`WorkQueue`]).
+pub const ATTEMPT_HEADER: &str = "x-attempt";
+
+/// Opens a connection, naming it so it shows in the management UI.
+pub async fn connect(url: &Secret, name: &str) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(url.expose(), props),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(lapin::Error::from(lapin::ErrorKind::IOError(
+            std::sync::Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "AMQP connect timed out",
+            )),
+        )))
+    })
+}
+
+/// Properties for an event: persistent, typed, with a message id for
+/// deduplication and any extra headers.
+pub fn event_properties(kind: &str, message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2) // persistent: survives a broker restart
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(kind.into())
+        .with_message_id(message_id.into())
+        .with_timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+        )
+        .with_headers(headers)
+}
+
+/// Reads an integer header (RabbitMQ sends `x-delivery-count` as a long, our
+/// `x-attempt` is a long too; accept any integer width).
+pub fn header_u32(props: &BasicProperties, key: &str) -> Option<u32> {
+    let headers = props.headers().as_ref()?;
+    let value = headers.inner().get(&ShortString::from(key))?;
+    let n: i64 = match value {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => return None,
+    };
+    u32::try_from(n).ok()
+}
+
+/// Reads a string header.
+pub fn header_str<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a str> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(key))? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}

@@ -1,0 +1,184 @@
+//! The topology of one work queue, declared idempotently at start by every
+//! consumer (re-declaring with the same arguments is a no-op):
+//!
+//! ```text
+//!  publish ──► <name> (quorum) ──consume──► handler
+//!                 │   ▲                        │ transient failure, attempt n
+//!                 │   └── TTL expires ◄── <name>.retry.<delay_n> ◄──┘ (republish, then ack)
+//!                 │
+//!                 └─ x-delivery-limit exceeded (a message that keeps crashing
+//!                    consumers) or nack(requeue=false) ──► <name>.dlq (quorum)
+//! ```
+//!
+//! Quorum queues because they are replicated, always durable, and count
+//! deliveries (`x-delivery-count`), which bounds a poison message with
+//! `x-delivery-limit` instead of letting it loop forever. Dead-lettering is
+//! `at-least-once` (needs `overflow: reject-publish`) so a dead letter is never
+//! dropped in transit. One retry queue per delay, each with a queue-wide TTL,
+//! because per-message TTLs only expire at the head of a queue: a long delay
+//! would hold up every shorter one behind it. The delay is in the queue's name,
+//! so changing the backoff declares new queues instead of clashing with the
+//! arguments of old ones.
+
+use lapin::{
+    Channel,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use std::time::Duration;
+
+/// The retry and dead-letter policy of the mesh's work queues. Every service
+/// that declares a queue reads the same variables, so the arguments they
+/// declare it with agree (RabbitMQ refuses a re-declaration that differs).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Deliveries of one message before the broker dead-letters it (bounds a
+    /// message that crashes its consumer).
+    #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+
+    /// Delays before each retry of a transient failure, comma-separated; their
+    /// number is the number of retries.
+    #[arg(
+        long,
+        env = "AMQP_RETRY_DELAYS",
+        value_delimiter = ',',
+        value_parser = svc_kit::config::parse_duration,
+        default_value = "2s,10s,30s,1m,5m"
+    )]
+    pub retry_delays: Vec<Duration>,
+}
+
+impl TopologyArgs {
+    pub fn work_queue(&self, name: &str) -> WorkQueue {
+        WorkQueue {
+            name: name.to_owned(),
+            retry_delays: self.retry_delays.clone(),
+            delivery_limit: self.delivery_limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkQueue {
+    pub name: String,
+    /// Delay before retry n (1-based), for the transient failures the consumer
+    /// retries itself; its length is the number of retries.
+    pub retry_delays: Vec<Duration>,
+    /// How many times the broker delivers a message before dead-lettering it.
+    /// Bounds messages that crash consumers before they can ack or retry.
+    pub delivery_limit: u32,
+}
+
+impl WorkQueue {
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.name)
+    }
+
+    /// The retry queue for retry `attempt` (1-based), if there is one.
+    pub fn retry_queue(&self, attempt: u32) -> Option<String> {
+        let idx = usize::try_from(attempt.checked_sub(1)?).ok()?;
+        self.retry_delays
+            .get(idx)
+            .map(|d| format!("{}.retry.{}ms", self.name, d.as_millis()))
+    }
+
+    /// Exponential backoff: `base`, `2·base`, `4·base`… capped at `max`.
+    pub fn exponential(base: Duration, max: Duration, retries: u32) -> Vec<Duration> {
+        (0..retries)
+            .map(|i| base.saturating_mul(1u32 << i.min(20)).min(max))
+            .collect()
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+fn dead_letter_to(args: &mut FieldTable, routing_key: &str) {
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(routing_key.into()),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+}
+
+/// Declares the queue, its dead-letter queue and its retry queues.
+pub async fn declare_work_queue(ch: &Channel, q: &WorkQueue) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions::durable();
+
+    ch.queue_declare(
+        q.dead_letter_queue().as_str().into(),
+        durable,
+        quorum_args(),
+    )
+    .await?;
+
+    let mut main = quorum_args();
+    dead_letter_to(&mut main, &q.dead_letter_queue());
+    main.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(i32::try_from(q.delivery_limit).unwrap_or(i32::MAX)),
+    );
+    ch.queue_declare(q.name.as_str().into(), durable, main)
+        .await?;
+
+    for attempt in 1..=u32::try_from(q.retry_delays.len()).unwrap_or(u32::MAX) {
+        let (Some(name), Some(delay)) = (
+            q.retry_queue(attempt),
+            q.retry_delays.get(attempt as usize - 1),
+        ) else {
+            continue;
+        };
+        let mut args = quorum_args();
+        dead_letter_to(&mut args, &q.name);
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        );
+        ch.queue_declare(name.as_str().into(), durable, args)
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let d = WorkQueue::exponential(Duration::from_secs(1), Duration::from_secs(5), 4);
+        assert_eq!(d, [1, 2, 4, 5].map(Duration::from_secs).to_vec());
+    }
+
+    #[test]
+    fn retry_queue_names_carry_the_delay() {
+        let q = WorkQueue {
+            name: "video".into(),
+            retry_delays: vec![Duration::from_millis(500), Duration::from_secs(2)],
+            delivery_limit: 5,
+        };
+        assert_eq!(q.retry_queue(1).as_deref(), Some("video.retry.500ms"));
+        assert_eq!(q.retry_queue(2).as_deref(), Some("video.retry.2000ms"));
+        assert_eq!(q.retry_queue(3), None);
+        assert_eq!(q.retry_queue(0), None);
+        assert_eq!(q.dead_letter_queue(), "video.dlq");
+    }
+}

@@ -1,0 +1,51 @@
+//! gRPC serving helpers shared by the services.
+
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Adds server reflection in both versions: grpcurl >= 1.8.8 asks for
+/// `grpc.reflection.v1`, while grpcurl 1.8.6 (the one on PyPI), Postman and
+/// grpcui still speak only `v1alpha`.
+pub fn with_reflection(
+    routes: Routes,
+    descriptor_sets: &[&'static [u8]],
+) -> anyhow::Result<Routes> {
+    let builder = || {
+        descriptor_sets.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, set| b.register_encoded_file_descriptor_set(set),
+        )
+    };
+    Ok(routes
+        .add_service(builder().build_v1()?)
+        .add_service(builder().build_v1alpha()?))
+}
+
+/// Serves `routes` on `listener` until `token` is cancelled, then lets
+/// in-flight calls finish.
+pub async fn serve(
+    routes: Routes,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        // Keep idle connections through NATs and load balancers, and notice dead
+        // peers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
+        .await
+}
+
+/// Binds a TCP listener, with the address in the error.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}

@@ -1,0 +1,125 @@
+//! Readiness of a service, derived from the reachability of its dependencies
+//! (database, broker, GridFS, SMTP). Reported as grpc.health.v1 (overall
+//! service "") for gRPC probes and as `/readyz` for HTTP probes.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+#[derive(Clone, Debug)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    reporter: HealthReporter,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    components: BTreeMap<&'static str, bool>,
+    services: Vec<&'static str>,
+    draining: bool,
+}
+
+impl Health {
+    /// Starts with every component down (not ready until checked) and returns
+    /// the grpc.health.v1 server to mount.
+    pub async fn new(
+        components: &[&'static str],
+    ) -> (
+        Self,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ) {
+        let (reporter, server) = tonic_health::server::health_reporter();
+        let state = State {
+            components: components.iter().map(|c| (*c, false)).collect(),
+            services: Vec::new(),
+            draining: false,
+        };
+        let health = Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                reporter,
+            }),
+        };
+        health.publish().await;
+        (health, server)
+    }
+
+    /// Records whether `component` is reachable; logs transitions.
+    pub async fn set(&self, component: &'static str, up: bool) {
+        let changed = {
+            let mut st = self.lock();
+            let prev = st.components.insert(component, up);
+            prev != Some(up)
+        };
+        if changed {
+            if up {
+                tracing::info!(component, "dependency reachable");
+            } else {
+                tracing::warn!(component, "dependency unreachable");
+            }
+            self.publish().await;
+        }
+    }
+
+    /// Marks the service as draining (shutdown has begun): never ready again.
+    pub async fn drain(&self) {
+        self.lock().draining = true;
+        self.publish().await;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        let st = self.lock();
+        !st.draining && st.components.values().all(|up| *up)
+    }
+
+    /// Each component and whether it is up, for `/readyz`.
+    pub fn components(&self) -> BTreeMap<&'static str, bool> {
+        self.lock().components.clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
+    }
+
+    /// Mirrors readiness onto the overall ("") grpc.health.v1 status and onto
+    /// every tracked service name.
+    async fn publish(&self) {
+        let (status, names) = {
+            let st = self.lock();
+            let ready = !st.draining && st.components.values().all(|up| *up);
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            (status, st.services.clone())
+        };
+        self.inner.reporter.set_service_status("", status).await;
+        for name in names {
+            self.inner.reporter.set_service_status(name, status).await;
+        }
+    }
+
+    /// Also report a named gRPC service (fully qualified, e.g.
+    /// `mp3converter.auth.v1.AuthService`) with the same status as "".
+    pub async fn track_service(&self, name: &'static str) {
+        self.lock().services.push(name);
+        self.publish().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere while holding it; the
+        // map itself is still consistent.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,22 @@
+//! Plumbing shared by every service of the mesh, and nothing else: no business
+//! logic lives here.
+//!
+//! - [`config`]: clap arguments read from the environment (`--help` lists
+//!   them), and [`config::Secret`] for values that must never be logged.
+//! - [`telemetry`]: one `tracing` init per process (text locally, JSON in the
+//!   cluster).
+//! - [`shutdown`]: SIGTERM/SIGINT as a future and as a cancellation token.
+//! - [`health`]: readiness of a service's dependencies, reported over
+//!   grpc.health.v1 and over HTTP.
+//! - [`admin`]: the HTTP listener for `/livez`, `/readyz` and `/metrics`.
+//! - [`grpc`]: reflection services and serving helpers.
+//! - [`error`]: the one mapping between gRPC codes and HTTP statuses, and the
+//!   JSON error body.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,132 @@
+//! Test-only helpers (a dev-dependency of every service): the local stack's
+//! connection settings, unique names so tests never share state, fresh
+//! PostgreSQL databases, waiting for a condition, and reading Mailpit.
+//!
+//! Settings come from the same variables `scripts/stack env` prints, with the
+//! stack's fixed ports as defaults, so `cargo test` works with or without
+//! `eval "$(scripts/stack env)"`.
+
+#![allow(clippy::unwrap_used, unreachable_pub)]
+
+pub mod mailpit;
+pub mod pg;
+
+use std::{future::Future, sync::Once, time::Duration};
+
+/// Where the stack's services listen.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub mongodb_uri: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub mailpit_api_url: String,
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+        Self {
+            database_url: var(
+                "DATABASE_URL",
+                "postgres://mp3converter:mp3converter@127.0.0.1:54329/mp3converter",
+            ),
+            amqp_url: var(
+                "AMQP_URL",
+                "amqp://mp3converter:mp3converter@127.0.0.1:56729/%2f",
+            ),
+            mongodb_uri: var("MONGODB_URI", "mongodb://127.0.0.1:57017/"),
+            smtp_host: var("SMTP_HOST", "127.0.0.1"),
+            smtp_port: var("SMTP_PORT", "51025").parse().expect("SMTP_PORT"),
+            mailpit_api_url: var("MAILPIT_API_URL", "http://127.0.0.1:58025"),
+        }
+    }
+
+    /// Creates an empty database named after `prefix` and a random suffix, and
+    /// returns its URL. Each test gets its own, so tests run in parallel.
+    pub async fn fresh_database(&self, prefix: &str) -> String {
+        let name = unique_name(prefix).replace('-', "_");
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the stack's PostgreSQL (is `scripts/stack up` running?)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        let mut url = url_without_db(&self.database_url);
+        url.push('/');
+        url.push_str(&name);
+        url
+    }
+}
+
+fn url_without_db(url: &str) -> String {
+    // postgres://user:pw@host:port/db?params -> postgres://user:pw@host:port
+    let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[after_scheme..].find('/') {
+        Some(i) => url[..after_scheme + i].to_owned(),
+        None => url.to_owned(),
+    }
+}
+
+/// `prefix-<12 random hex digits>`: a name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..12])
+}
+
+/// Logs to stdout once per test binary when `TEST_LOG` is set; otherwise
+/// stays quiet.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what`
+/// after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_is_split_at_the_path() {
+        assert_eq!(
+            url_without_db("postgres://u:p@h:1/db?sslmode=disable"),
+            "postgres://u:p@h:1"
+        );
+        assert_eq!(url_without_db("postgres://u:p@h:1"), "postgres://u:p@h:1");
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique_name("x"), unique_name("x"));
+        assert!(unique_name("db").starts_with("db-"));
+    }
+}
