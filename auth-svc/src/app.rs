@@ -1,0 +1,205 @@
+//! Wiring: everything `main` and the tests start.
+
+use crate::{
+    config::Config, db, domain::Email, domain::Password, grpc::AuthGrpc, password::Hasher,
+    token::Tokens,
+};
+use deadpool_postgres::Pool;
+use mp3converter_proto::auth::v1::auth_service_server::AuthServiceServer;
+use std::net::SocketAddr;
+use svc_kit::{config::Secret, health::Health};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+const SERVICE_NAME: &str = "mp3converter.auth.v1.AuthService";
+
+pub struct App {
+    config: Config,
+    grpc_listener: TcpListener,
+    admin_listener: TcpListener,
+    routes: Routes,
+    health: Health,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("grpc_addr", &self.grpc_listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Checks the configuration, waits for the database, applies migrations,
+    /// seeds the first admin if asked, and binds the listeners (port 0 picks a
+    /// free port: see [`App::grpc_addr`]).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let secret = Secret::resolve(
+            config.jwt_secret.as_ref(),
+            config.jwt_secret_file.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot read JWT_SECRET_FILE: {e}"))?;
+        let tokens = Tokens::new(
+            secret.as_ref(),
+            &config.jwt_issuer,
+            &config.jwt_audience,
+            config.token_ttl,
+            config.jwt_leeway,
+        )?;
+        let hasher = Hasher::new(
+            config.argon2_memory_kib,
+            config.argon2_iterations,
+            config.argon2_parallelism,
+            config.argon2_max_concurrent,
+        )
+        .await?;
+
+        let pool = db::pool(&config.database_url, config.db_pool_size, config.db_timeout)?;
+        wait_for_database(&pool, config.db_startup_timeout).await?;
+        db::migrate(&pool).await?;
+        seed_admin(&config, &pool, &hasher).await?;
+
+        let (health, health_server) = Health::new(&["postgres"]).await;
+        health.track_service(SERVICE_NAME).await;
+        health.set("postgres", true).await;
+
+        let grpc = AuthGrpc {
+            pool: pool.clone(),
+            hasher,
+            tokens,
+        };
+        let routes = Routes::new(health_server).add_service(AuthServiceServer::new(grpc));
+        let routes =
+            svc_kit::grpc::with_reflection(routes, &[mp3converter_proto::FILE_DESCRIPTOR_SET])?;
+
+        let grpc_listener = svc_kit::grpc::bind(config.grpc_addr).await?;
+        let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
+        tracing::info!(
+            grpc = %grpc_listener.local_addr()?,
+            admin = %admin_listener.local_addr()?,
+            "auth-svc listening"
+        );
+        Ok(Self {
+            config,
+            grpc_listener,
+            admin_listener,
+            routes,
+            health,
+            pool,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_addr)
+    }
+
+    /// Serves until `token` is cancelled, then drains within the grace period.
+    pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
+        let probe = tokio::spawn(probe_database(
+            self.pool.clone(),
+            self.health.clone(),
+            self.config.db_health_interval,
+            self.config.db_timeout,
+            token.clone(),
+        ));
+        let admin = tokio::spawn(svc_kit::admin::serve(
+            self.admin_listener,
+            svc_kit::admin::router(self.health.clone()),
+            token.clone(),
+        ));
+        let health = self.health.clone();
+        let drain_token = token.clone();
+        tokio::spawn(async move {
+            drain_token.cancelled().await;
+            health.drain().await;
+        });
+        let served = svc_kit::shutdown::drain_within(
+            &token,
+            self.config.shutdown_grace,
+            svc_kit::grpc::serve(self.routes, self.grpc_listener, token.clone()),
+        )
+        .await;
+        probe.abort();
+        admin.abort();
+        if let Some(res) = served {
+            res?;
+        }
+        tracing::info!("auth-svc stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_database(pool: &Pool, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match db::ping(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "waiting for the database");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!("database not reachable within {timeout:?}: {e}"),
+        }
+    }
+}
+
+/// Readiness follows the database: NOT_SERVING while it cannot be reached.
+async fn probe_database(
+    pool: Pool,
+    health: Health,
+    interval: std::time::Duration,
+    timeout: std::time::Duration,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = matches!(
+            tokio::time::timeout(timeout, db::ping(&pool)).await,
+            Ok(Ok(()))
+        );
+        health.set("postgres", ok).await;
+    }
+}
+
+/// Creates the admin named by ADMIN_EMAIL if no user has that email yet.
+async fn seed_admin(config: &Config, pool: &Pool, hasher: &Hasher) -> anyhow::Result<()> {
+    let Some(raw_email) = config.admin_email.as_deref() else {
+        return Ok(());
+    };
+    let email = Email::parse(raw_email).map_err(|why| anyhow::anyhow!("ADMIN_EMAIL {why}"))?;
+    let password = Secret::resolve(
+        config.admin_password.as_ref(),
+        config.admin_password_file.as_deref(),
+    )?
+    .ok_or_else(|| {
+        anyhow::anyhow!("ADMIN_EMAIL is set but neither ADMIN_PASSWORD nor ADMIN_PASSWORD_FILE")
+    })?;
+    if db::find_by_email(pool, email.as_str()).await?.is_some() {
+        return Ok(());
+    }
+    let password = Password::new_user(password.expose())
+        .map_err(|why| anyhow::anyhow!("ADMIN_PASSWORD {why}"))?;
+    let hash = hasher.hash(password).await?;
+    match db::insert_user(pool, email.as_str(), &hash, true).await {
+        Ok(user) => tracing::info!(user_id = %user.id, "seeded the first admin"),
+        // Another replica seeded it first.
+        Err(db::DbError::Duplicate) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
