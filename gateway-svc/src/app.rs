@@ -1,0 +1,224 @@
+//! Wiring: everything `main` and the tests start.
+
+use crate::{
+    auth::{AuthLayer, GrpcReject, Validator},
+    config::Config,
+    media::{MAX_CHUNK, Media},
+    rest::{self, Edge},
+};
+use amqp_kit::Publisher;
+use media_store::Store;
+use mp3converter_proto::{
+    auth::v1::auth_service_client::AuthServiceClient,
+    media::v1::{
+        media_service_client::MediaServiceClient, media_service_server::MediaServiceServer,
+    },
+};
+use std::{net::SocketAddr, time::Duration};
+use svc_kit::health::Health;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    service::{LayerExt, Routes},
+    transport::Endpoint,
+};
+
+const SERVICE_NAME: &str = "mp3converter.media.v1.MediaService";
+
+pub struct App {
+    config: Config,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    admin_listener: TcpListener,
+    routes: Routes,
+    rest: axum::Router,
+    health: Health,
+    store: Store,
+    publisher: Publisher,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("grpc_addr", &self.grpc_listener.local_addr().ok())
+            .field("http_addr", &self.http_listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::new(
+            &config.mongodb_uri,
+            &config.mongodb_database,
+            "gateway-svc",
+            media_store::Timeouts::default(),
+        )
+        .await?;
+        store.ensure_indexes().await?;
+
+        let publisher = Publisher::with_topology(
+            config.amqp_url.clone(),
+            "gateway-svc",
+            config.publish_timeout,
+            vec![config.video_topology.work_queue(&config.video_queue)],
+        );
+
+        let auth_channel = Endpoint::from_shared(config.auth_url.clone())?
+            .connect_timeout(config.auth_timeout)
+            .timeout(config.auth_timeout)
+            .connect_lazy();
+        let validator = Validator::new(
+            auth_channel.clone(),
+            config.auth_timeout,
+            config.auth_cache_ttl,
+            config.auth_cache_size,
+        );
+
+        let (health, health_server) = Health::new(&["mongodb", "rabbitmq"]).await;
+        health.track_service(SERVICE_NAME).await;
+
+        let media = Media {
+            store: store.clone(),
+            publisher: publisher.clone(),
+            video_queue: config.video_queue.clone(),
+            max_upload: config.max_upload_size,
+        };
+        // Health and reflection stay outside the auth layer: probes and
+        // grpcurl `list` carry no token.
+        let media_server =
+            MediaServiceServer::new(media).max_decoding_message_size(MAX_CHUNK + (64 << 10));
+        let routes = Routes::new(health_server)
+            .add_service(AuthLayer::new(validator.clone(), GrpcReject).named_layer(media_server));
+        let routes =
+            svc_kit::grpc::with_reflection(routes, &[mp3converter_proto::FILE_DESCRIPTOR_SET])?;
+
+        let grpc_listener = svc_kit::grpc::bind(config.grpc_addr).await?;
+        let http_listener = svc_kit::grpc::bind(config.http_addr).await?;
+        let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
+
+        // The REST edge calls our own gRPC API over loopback, exactly as an
+        // outside gRPC client would.
+        let media_client = MediaServiceClient::new(
+            Endpoint::from_shared(format!("http://{}", loopback(grpc_listener.local_addr()?)))?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy(),
+        );
+        let edge = Edge {
+            media: media_client,
+            auth: AuthServiceClient::new(auth_channel),
+            health: health.clone(),
+        };
+        let rest = rest::router(edge, validator, config.max_upload_size);
+
+        tracing::info!(
+            grpc = %grpc_listener.local_addr()?,
+            http = %http_listener.local_addr()?,
+            admin = %admin_listener.local_addr()?,
+            "gateway-svc listening"
+        );
+        Ok(Self {
+            config,
+            grpc_listener,
+            http_listener,
+            admin_listener,
+            routes,
+            rest,
+            health,
+            store,
+            publisher,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.config.grpc_addr)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .unwrap_or(self.config.http_addr)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_addr)
+    }
+
+    pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
+        let probe = tokio::spawn(probe(
+            self.store.clone(),
+            self.publisher.clone(),
+            self.health.clone(),
+            self.config.health_interval,
+            token.clone(),
+        ));
+        let admin = tokio::spawn(svc_kit::admin::serve(
+            self.admin_listener,
+            svc_kit::admin::router(self.health.clone()),
+            token.clone(),
+        ));
+        let health = self.health.clone();
+        let t = token.clone();
+        tokio::spawn(async move {
+            t.cancelled().await;
+            health.drain().await;
+        });
+        let http = axum::serve(self.http_listener, self.rest)
+            .with_graceful_shutdown(token.clone().cancelled_owned());
+        let grpc = svc_kit::grpc::serve(self.routes, self.grpc_listener, token.clone());
+        let served = svc_kit::shutdown::drain_within(&token, self.config.shutdown_grace, async {
+            tokio::try_join!(async { http.await.map_err(anyhow::Error::from) }, async {
+                grpc.await.map_err(anyhow::Error::from)
+            },)
+        })
+        .await;
+        probe.abort();
+        admin.abort();
+        if let Some(res) = served {
+            res?;
+        }
+        tracing::info!("gateway-svc stopped");
+        Ok(())
+    }
+}
+
+/// 0.0.0.0 or [::] are fine to listen on but not to connect to.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        a => a,
+    }
+}
+
+/// Readiness follows MongoDB and RabbitMQ.
+async fn probe(
+    store: Store,
+    publisher: Publisher,
+    health: Health,
+    interval: Duration,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (mongo, amqp) = tokio::join!(
+            tokio::time::timeout(interval.max(Duration::from_secs(5)), store.ping()),
+            tokio::time::timeout(interval.max(Duration::from_secs(5)), publisher.check()),
+        );
+        health.set("mongodb", matches!(mongo, Ok(Ok(())))).await;
+        health.set("rabbitmq", matches!(amqp, Ok(Ok(())))).await;
+    }
+}

@@ -1,0 +1,77 @@
+//! Errors of the gateway: store and broker failures become gRPC statuses
+//! here, and statuses become REST answers (JSON, via the one code→HTTP table
+//! in `svc_kit::error`) in [`ApiError`].
+
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use svc_kit::error::{ErrorBody, code_name, http_status};
+use tonic::{Code, Status};
+
+/// A MongoDB failure: unavailable (retry) or internal; details are logged,
+/// not sent.
+pub(crate) fn store_error(context: &str, err: &media_store::mongodb::error::Error) -> Status {
+    if media_store::is_unavailable(err) {
+        tracing::warn!(error = %err, context, "MongoDB unavailable");
+        Status::unavailable("storage is unavailable; retry later")
+    } else {
+        tracing::error!(error = %err, context, "MongoDB error");
+        Status::internal("internal error")
+    }
+}
+
+pub(crate) fn io_store_error(context: &str, err: &std::io::Error) -> Status {
+    tracing::warn!(error = %err, context, "GridFS stream failed");
+    Status::unavailable("storage is unavailable; retry later")
+}
+
+/// A REST error answer: `{"code", "message", "reason"?}` with the HTTP status
+/// of its gRPC code.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: http::StatusCode,
+    pub(crate) body: ErrorBody,
+}
+
+impl ApiError {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            status: http_status(code),
+            body: ErrorBody {
+                code: code_name(code).to_owned(),
+                message: message.into(),
+                reason: None,
+            },
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    pub(crate) fn with_status(mut self, status: http::StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+impl From<Status> for ApiError {
+    fn from(s: Status) -> Self {
+        // Our own gRPC API only sends safe messages, but a transport failure
+        // between the edge and it could carry internals: keep those generic.
+        let message = match s.code() {
+            Code::Unknown | Code::Internal | Code::DataLoss => "internal error".to_owned(),
+            _ => s.message().to_owned(),
+        };
+        let mut e = Self::new(s.code(), message);
+        e.body.reason = svc_kit::error::status_reason(&s);
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,384 @@
+use auth_svc::token::Claims;
+use clap::Parser;
+use futures::{AsyncWriteExt, TryStreamExt};
+use gateway_svc::{app::App, config::Config};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use media_store::{
+    Store,
+    mongodb::bson::{doc, oid::ObjectId},
+};
+use mp3converter_proto::{
+    auth::v1::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
+    media::v1::media_service_client::MediaServiceClient,
+};
+use std::{net::SocketAddr, time::Duration};
+use svc_kit::config::Secret;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, transport::Channel};
+
+pub const JWT_SECRET: &str = "gateway-test-secret-gateway-test-secret";
+const ADMIN: (&str, &str) = ("admin@example.com", "admin password 1");
+
+pub struct Auth {
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Auth {
+    pub async fn start() -> Self {
+        let db = test_kit::Stack::from_env().fresh_database("gwauth").await;
+        let cli = auth_svc::config::Cli::try_parse_from([
+            "auth-svc",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            &db,
+            "--jwt-secret",
+            JWT_SECRET,
+            "--admin-email",
+            ADMIN.0,
+            "--admin-password",
+            ADMIN.1,
+            // Tests measure behaviour, not password strength.
+            "--argon2-memory-kib",
+            "1024",
+            "--argon2-iterations",
+            "1",
+        ])
+        .unwrap();
+        let app = auth_svc::app::App::build(cli.config).await.unwrap();
+        let addr = app.grpc_addr();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until(token.clone()));
+        Self {
+            addr,
+            token,
+            handle,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    pub auth_addr: SocketAddr,
+    pub queue: String,
+    topology: amqp_kit::WorkQueue,
+    pub store: Store,
+    pub stack: test_kit::Stack,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// A user of the system under test: a token and an id.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub email: String,
+    pub password: String,
+    pub token: String,
+    pub id: String,
+}
+
+pub fn config(auth: SocketAddr, db: &str, queue: &str, extra: &[&str]) -> Config {
+    let stack = test_kit::Stack::from_env();
+    let auth_url = format!("http://{auth}");
+    let mut args = vec![
+        "gateway-svc",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--auth-url",
+        &auth_url,
+        "--mongodb-uri",
+        &stack.mongodb_uri,
+        "--mongodb-database",
+        db,
+        "--amqp-url",
+        &stack.amqp_url,
+        "--video-queue",
+        queue,
+        "--health-interval",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    Config::try_parse_from(args).unwrap()
+}
+
+pub async fn spawn_app(auth: &Auth) -> TestApp {
+    spawn_app_with(auth, &[]).await
+}
+
+pub async fn spawn_app_with(auth: &Auth, extra: &[&str]) -> TestApp {
+    test_kit::init_tracing();
+    let db = test_kit::unique_name("gw").replace('-', "_");
+    let queue = test_kit::unique_name("video");
+    let cfg = config(auth.addr, &db, &queue, extra);
+    let topology = cfg.video_topology.work_queue(&queue);
+    let store = Store::new(
+        &cfg.mongodb_uri,
+        &db,
+        "gateway-tests",
+        media_store::Timeouts::default(),
+    )
+    .await
+    .unwrap();
+    let app = App::build(cfg).await.unwrap();
+    let (http, grpc, admin) = (app.http_addr(), app.grpc_addr(), app.admin_addr());
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until(token.clone()));
+    TestApp {
+        http,
+        grpc,
+        admin,
+        auth_addr: auth.addr,
+        queue,
+        topology,
+        store,
+        stack: test_kit::Stack::from_env(),
+        token,
+        handle,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub async fn media(&self) -> MediaServiceClient<Channel> {
+        MediaServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+            .max_decoding_message_size(8 << 20)
+    }
+
+    async fn auth_client(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::connect(format!("http://{}", self.auth_addr))
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user through auth-svc and logs them in.
+    pub async fn user(&self) -> User {
+        let mut auth = self.auth_client().await;
+        let admin = auth
+            .login(LoginRequest {
+                email: ADMIN.0.into(),
+                password: ADMIN.1.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let email = format!("{}@example.com", test_kit::unique_name("u"));
+        let password = "user password 1".to_owned();
+        let mut req = Request::new(CreateUserRequest {
+            email: email.clone(),
+            password: password.clone(),
+            admin: false,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        let id = auth
+            .create_user(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap()
+            .id;
+        let token = auth
+            .login(LoginRequest {
+                email: email.clone(),
+                password: password.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        User {
+            email,
+            password,
+            token,
+            id,
+        }
+    }
+
+    pub async fn video_count(&self) -> u64 {
+        self.store
+            .db
+            .collection::<media_store::mongodb::bson::Document>("videos.files")
+            .count_documents(doc! {})
+            .await
+            .unwrap()
+    }
+
+    pub async fn video_chunk_count(&self) -> u64 {
+        self.store
+            .db
+            .collection::<media_store::mongodb::bson::Document>("videos.chunks")
+            .count_documents(doc! {})
+            .await
+            .unwrap()
+    }
+
+    pub async fn job_count(&self) -> u64 {
+        self.store.jobs.count_documents(doc! {}).await.unwrap()
+    }
+
+    /// Messages ready in this app's video queue.
+    pub async fn queued_messages(&self) -> u32 {
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "gw-test")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count()
+    }
+
+    /// Reads a stored video back from GridFS.
+    pub async fn stored_video(&self, id: &str) -> Vec<u8> {
+        let id = ObjectId::parse_str(id).unwrap();
+        let file = self
+            .store
+            .videos
+            .find_one(doc! { "_id": id })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut reader = self.store.video_reader(&file);
+        let mut out = Vec::new();
+        while let Some(block) = reader.next_block().await.unwrap() {
+            out.extend_from_slice(&block);
+        }
+        out
+    }
+
+    /// Stores an MP3 for `owner` as converter-svc would, and marks the job
+    /// done. Returns the MP3's id.
+    pub async fn put_mp3(&self, owner: &User, job_id: Option<&str>, bytes: &[u8]) -> String {
+        let video_id = job_id.map(|j| ObjectId::parse_str(j).unwrap());
+        let mut up = self
+            .store
+            .mp3s
+            .open_upload_stream("clip.mp3")
+            .metadata(doc! { "owner_id": &owner.id, "video_id": video_id })
+            .await
+            .unwrap();
+        let id = up.id().as_object_id().unwrap();
+        for chunk in bytes.chunks(1 << 20) {
+            up.write_all(chunk).await.unwrap();
+        }
+        up.close().await.unwrap();
+        if let Some(job) = video_id {
+            self.store
+                .jobs
+                .update_one(
+                    doc! { "_id": job },
+                    doc! { "$set": { "state": "done", "mp3_id": id } },
+                )
+                .await
+                .unwrap();
+        }
+        id.to_hex()
+    }
+
+    pub async fn all_jobs(&self) -> Vec<media_store::Job> {
+        self.store
+            .jobs
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.unwrap().unwrap();
+        let _ = self.store.db.drop().await;
+        if let Ok(conn) =
+            amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "gw-test-cleanup").await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let retries = (1..=self.topology.retry_delays.len() as u32)
+                .filter_map(|n| self.topology.retry_queue(n));
+            let queues = [self.queue.clone(), self.topology.dead_letter_queue()]
+                .into_iter()
+                .chain(retries);
+            for q in queues {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+}
+
+/// A token signed with the right key whose `exp` is in the past.
+pub fn expired_token(user: &User) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = Claims {
+        sub: user.id.clone(),
+        email: user.email.clone(),
+        admin: false,
+        iat: now - 7200,
+        exp: now - 3600,
+        iss: "mp3converter-auth".into(),
+        aud: "mp3converter".into(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+/// Waits (bounded) for the store to settle: uploads clean up asynchronously.
+pub async fn eventually_empty(app: &TestApp) {
+    test_kit::wait_until(
+        "no video, chunk or job left",
+        Duration::from_secs(15),
+        || async {
+            (app.video_count().await == 0
+                && app.video_chunk_count().await == 0
+                && app.job_count().await == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}

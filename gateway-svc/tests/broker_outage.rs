@@ -1,0 +1,109 @@
+#![allow(unreachable_pub, dead_code, clippy::unwrap_used)]
+
+//! The RabbitMQ publisher against a real broker stop and start. Its own test
+//! binary: cargo runs test binaries one at a time, so stopping the stack's
+//! broker here cannot disturb any other test.
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use helpers::*;
+use std::{path::PathBuf, process::Command, time::Duration};
+
+fn rabbitmqctl(args: &[&str]) {
+    let stack = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack");
+    let out = Command::new(stack)
+        .arg("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn upload(app: &TestApp, user: &User) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(app.url("/upload"))
+        .bearer_auth(&user.token)
+        .multipart(reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(random_bytes(512 << 10)).file_name("v.mkv"),
+        ))
+        .send()
+        .await
+        .unwrap()
+}
+
+struct StartAppOnDrop;
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        // Whatever happens, leave the broker running for the tests after us.
+        let stack = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack");
+        let _ = Command::new(stack)
+            .args(["rabbitmqctl", "start_app"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn broker_restart_gives_503_then_uploads_recover_without_a_restart() {
+    let auth = Auth::start().await;
+    let app = spawn_app(&auth).await;
+    let user = app.user().await;
+    assert_eq!(upload(&app, &user).await.status(), 200);
+
+    let _guard = StartAppOnDrop;
+    rabbitmqctl(&["stop_app"]);
+    let res = upload(&app, &user).await;
+    assert_eq!(res.status(), 503, "{}", res.text().await.unwrap());
+    // Nothing half-done: only the first upload's video and job exist.
+    assert_eq!(app.video_count().await, 1);
+    assert_eq!(app.job_count().await, 1);
+    test_kit::wait_until(
+        "NOT_SERVING while the broker is down",
+        Duration::from_secs(15),
+        || async {
+            let r = reqwest::get(format!("http://{}/readyz", app.admin))
+                .await
+                .ok()?;
+            (r.status() == 503).then_some(())
+        },
+    )
+    .await;
+
+    rabbitmqctl(&["start_app"]);
+    test_kit::wait_until(
+        "uploads to succeed again",
+        Duration::from_secs(60),
+        || async { (upload(&app, &user).await.status() == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(app.queued_messages().await as u64, app.job_count().await);
+    app.stop().await;
+    auth.stop().await;
+}
+
+#[tokio::test]
+async fn the_publisher_survives_idling_past_the_heartbeat() {
+    let auth = Auth::start().await;
+    let stack = test_kit::Stack::from_env();
+    // A 1 s heartbeat: idling 5 s would kill a connection that does not
+    // answer heartbeats.
+    let sep = if stack.amqp_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!("{}{sep}heartbeat=1", stack.amqp_url);
+    let app = spawn_app_with(&auth, &["--amqp-url", &url]).await;
+    let user = app.user().await;
+    assert_eq!(upload(&app, &user).await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(upload(&app, &user).await.status(), 200);
+    assert_eq!(app.queued_messages().await, 2);
+    app.stop().await;
+    auth.stop().await;
+}
