@@ -71,8 +71,11 @@ impl App {
             tokens,
         };
         let routes = Routes::new(health_server).add_service(AuthServiceServer::new(grpc));
-        let routes =
-            svc_kit::grpc::with_reflection(routes, &[mp3converter_proto::FILE_DESCRIPTOR_SET])?;
+        let routes = svc_kit::grpc::with_reflection(
+            routes,
+            &[mp3converter_proto::FILE_DESCRIPTOR_SET],
+            &[SERVICE_NAME],
+        )?;
 
         let grpc_listener = svc_kit::grpc::bind(config.grpc_addr).await?;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;

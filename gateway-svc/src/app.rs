@@ -90,8 +90,11 @@ impl App {
             MediaServiceServer::new(media).max_decoding_message_size(MAX_CHUNK + (64 << 10));
         let routes = Routes::new(health_server)
             .add_service(AuthLayer::new(validator.clone(), GrpcReject).named_layer(media_server));
-        let routes =
-            svc_kit::grpc::with_reflection(routes, &[mp3converter_proto::FILE_DESCRIPTOR_SET])?;
+        let routes = svc_kit::grpc::with_reflection(
+            routes,
+            &[mp3converter_proto::FILE_DESCRIPTOR_SET],
+            &[SERVICE_NAME],
+        )?;
 
         let grpc_listener = svc_kit::grpc::bind(config.grpc_addr).await?;
         let http_listener = svc_kit::grpc::bind(config.http_addr).await?;

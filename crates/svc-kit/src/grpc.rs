@@ -9,16 +9,24 @@ use tonic::service::Routes;
 /// Adds server reflection in both versions: grpcurl >= 1.8.8 asks for
 /// `grpc.reflection.v1`, while grpcurl 1.8.6 (the one on PyPI), Postman and
 /// grpcui still speak only `v1alpha`.
+///
+/// Only `services` (fully qualified names) and health are listed: the
+/// descriptor set holds every contract of the mesh, not just this server's.
 pub fn with_reflection(
     routes: Routes,
     descriptor_sets: &[&'static [u8]],
+    services: &[&str],
 ) -> anyhow::Result<Routes> {
     let builder = || {
-        descriptor_sets.iter().fold(
+        let b = descriptor_sets.iter().fold(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
             |b, set| b.register_encoded_file_descriptor_set(set),
-        )
+        );
+        services
+            .iter()
+            .chain(["grpc.health.v1.Health"].iter())
+            .fold(b, |b, name| b.with_service_name(*name))
     };
     Ok(routes
         .add_service(builder().build_v1()?)
