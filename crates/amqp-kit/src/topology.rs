@@ -34,13 +34,17 @@ use std::time::Duration;
 pub struct TopologyArgs {
     /// Deliveries of one message before the broker dead-letters it (bounds a
     /// message that crashes its consumer).
-    #[arg(long, env = "AMQP_DELIVERY_LIMIT", default_value_t = 5)]
+    #[arg(
+        long = "amqp-delivery-limit",
+        env = "AMQP_DELIVERY_LIMIT",
+        default_value_t = 5
+    )]
     pub delivery_limit: u32,
 
     /// Delays before each retry of a transient failure, comma-separated; their
     /// number is the number of retries.
     #[arg(
-        long,
+        long = "amqp-retry-delays",
         env = "AMQP_RETRY_DELAYS",
         value_delimiter = ',',
         value_parser = svc_kit::config::parse_duration,

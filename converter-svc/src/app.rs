@@ -1,0 +1,135 @@
+//! Wiring: everything `main` and the tests start.
+
+use crate::{config::Config, handler::Converter, jobs::Jobs};
+use amqp_kit::{
+    Publisher,
+    consumer::{self, ConsumerConfig},
+};
+use media_store::Store;
+use std::{net::SocketAddr, time::Duration};
+use svc_kit::health::Health;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct App {
+    config: Config,
+    admin_listener: TcpListener,
+    health: Health,
+    store: Store,
+    converter: Converter,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("admin_addr", &self.admin_listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::new(
+            &config.mongodb_uri,
+            &config.mongodb_database,
+            "converter-svc",
+            media_store::Timeouts::default(),
+        )
+        .await?;
+        let instance = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "converter".into()),
+            uuid::Uuid::new_v4().simple()
+        );
+        let jobs = Jobs {
+            store: store.clone(),
+            instance,
+            lease_ttl: config.lease_ttl,
+        };
+        jobs.ensure_indexes().await?;
+        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&work_dir)?;
+        let publisher = Publisher::with_topology(
+            config.amqp_url.clone(),
+            "converter-svc",
+            Duration::from_secs(10),
+            vec![config.topology.work_queue(&config.mp3_queue)],
+        );
+        let converter = Converter {
+            jobs,
+            publisher,
+            mp3_queue: config.mp3_queue.clone(),
+            quality: config.mp3_quality,
+            job_timeout: config.job_timeout,
+            tolerance: config.duration_tolerance,
+            allow_audio_only: config.allow_audio_only,
+            work_dir,
+        };
+        let (health, _grpc_health) = Health::new(&["rabbitmq", "mongodb"]).await;
+        let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
+        tracing::info!(admin = %admin_listener.local_addr()?, "converter-svc listening");
+        Ok(Self {
+            config,
+            admin_listener,
+            health,
+            store,
+            converter,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_addr)
+    }
+
+    /// Consumes until `token` is cancelled; a conversion in progress then has
+    /// the grace period to finish before it is abandoned and requeued.
+    pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
+        let admin = tokio::spawn(svc_kit::admin::serve(
+            self.admin_listener,
+            svc_kit::admin::router(self.health.clone()),
+            token.clone(),
+        ));
+        let probe = tokio::spawn(probe(
+            self.store.clone(),
+            self.health.clone(),
+            self.config.health_interval,
+            token.clone(),
+        ));
+        let cfg = ConsumerConfig {
+            url: self.config.amqp_url.clone(),
+            name: "converter-svc".into(),
+            queue: self.config.topology.work_queue(&self.config.video_queue),
+            also_declare: vec![self.config.topology.work_queue(&self.config.mp3_queue)],
+            prefetch: self.config.prefetch,
+            grace: self.config.shutdown_grace,
+        };
+        let health = self.health.clone();
+        let t = token.clone();
+        tokio::spawn(async move {
+            t.cancelled().await;
+            health.drain().await;
+        });
+        consumer::run(cfg, self.converter, self.health.clone(), token).await;
+        probe.abort();
+        admin.abort();
+        tracing::info!("converter-svc stopped");
+        Ok(())
+    }
+}
+
+async fn probe(store: Store, health: Health, interval: Duration, token: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = matches!(
+            tokio::time::timeout(interval.max(Duration::from_secs(5)), store.ping()).await,
+            Ok(Ok(()))
+        );
+        health.set("mongodb", ok).await;
+    }
+}

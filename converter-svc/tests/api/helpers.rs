@@ -1,0 +1,388 @@
+use amqp_kit::{Publisher, event_properties, lapin};
+use clap::Parser;
+use converter_svc::{app::App, config::Config};
+use futures::AsyncWriteExt;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use media_store::{
+    Job, JobState, Store,
+    mongodb::bson::{DateTime, doc, oid::ObjectId},
+};
+use mp3converter_proto::{
+    EventType,
+    events::v1::{ConversionFailed, Mp3Ready, VideoUploaded},
+};
+use std::{path::Path, process::Command, time::Duration};
+use svc_kit::config::Secret;
+use tokio_util::sync::CancellationToken;
+
+/// Queues and a database of our own, shared by every converter instance a
+/// test starts.
+pub struct Env {
+    pub stack: test_kit::Stack,
+    pub db: String,
+    pub video_queue: String,
+    pub mp3_queue: String,
+    pub store: Store,
+    publisher: Publisher,
+    pub clips: tempfile::TempDir,
+}
+
+pub struct Instance {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Ready(Mp3Ready),
+    Failed(ConversionFailed),
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        test_kit::init_tracing();
+        let stack = test_kit::Stack::from_env();
+        let db = test_kit::unique_name("conv").replace('-', "_");
+        let store = Store::new(
+            &Secret::new(stack.mongodb_uri.clone()),
+            &db,
+            "converter-tests",
+            media_store::Timeouts::default(),
+        )
+        .await
+        .unwrap();
+        let video_queue = test_kit::unique_name("video");
+        let mp3_queue = test_kit::unique_name("mp3");
+        // Declares the video queue as gateway-svc does, so events published
+        // before a converter starts are kept.
+        let publisher = Publisher::with_topology(
+            Secret::new(stack.amqp_url.clone()),
+            "converter-tests",
+            Duration::from_secs(10),
+            vec![topology().work_queue(&video_queue)],
+        );
+        Self {
+            stack,
+            db,
+            video_queue,
+            mp3_queue,
+            store,
+            publisher,
+            clips: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Flags for a converter of this environment; fast retries and a short
+    /// lease so failures play out in seconds.
+    pub fn args(&self) -> Vec<String> {
+        [
+            "converter-svc",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--amqp-url",
+            &self.stack.amqp_url,
+            "--mongodb-uri",
+            &self.stack.mongodb_uri,
+            "--mongodb-database",
+            &self.db,
+            "--video-queue",
+            &self.video_queue,
+            "--mp3-queue",
+            &self.mp3_queue,
+            "--amqp-retry-delays",
+            "300ms,1s,2s,3s",
+            "--lease-ttl",
+            "3s",
+            "--duration-tolerance",
+            "200ms",
+            "--shutdown-grace",
+            "2s",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    pub async fn start(&self) -> Instance {
+        self.start_with(&[]).await
+    }
+
+    pub async fn start_with(&self, extra: &[&str]) -> Instance {
+        let mut args = self.args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let app = App::build(Config::try_parse_from(args).unwrap())
+            .await
+            .unwrap();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until(token.clone()));
+        Instance { token, handle }
+    }
+
+    /// Generates a clip with ffmpeg; `args` go between `ffmpeg -y` and the
+    /// output file name.
+    pub fn clip(&self, name: &str, args: &str) -> std::path::PathBuf {
+        let out = self.clips.path().join(name);
+        let status = Command::new("ffmpeg")
+            .args(["-y", "-hide_banner", "-loglevel", "error"])
+            .args(args.split_whitespace())
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ffmpeg could not make {name}");
+        out
+    }
+
+    /// Does what gateway-svc does for an upload: store the file, record the
+    /// job, publish `VideoUploaded`. Returns the job id.
+    pub async fn submit(&self, path: &Path) -> ObjectId {
+        let bytes = std::fs::read(path).unwrap();
+        let filename = path.file_name().unwrap().to_string_lossy().into_owned();
+        let id = ObjectId::new();
+        let mut up = self
+            .store
+            .videos
+            .open_upload_stream(&filename)
+            .id(id.into())
+            .metadata(doc! { "owner_id": "user-1" })
+            .await
+            .unwrap();
+        up.write_all(&bytes).await.unwrap();
+        up.close().await.unwrap();
+        let now = DateTime::now();
+        self.store
+            .jobs
+            .insert_one(Job {
+                id,
+                owner_id: "user-1".into(),
+                owner_email: "user@example.com".into(),
+                filename: filename.clone(),
+                content_type: "application/octet-stream".into(),
+                size_bytes: bytes.len() as i64,
+                state: JobState::Queued,
+                mp3_id: None,
+                failure_reason: None,
+                created_at: now,
+                updated_at: now,
+                published: true,
+            })
+            .await
+            .unwrap();
+        self.publish_uploaded(id, &filename, bytes.len() as u64)
+            .await;
+        id
+    }
+
+    pub async fn publish_uploaded(&self, id: ObjectId, filename: &str, size: u64) {
+        let event = VideoUploaded {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            job_id: id.to_hex(),
+            video_id: id.to_hex(),
+            owner_id: "user-1".into(),
+            owner_email: "user@example.com".into(),
+            filename: filename.into(),
+            content_type: String::new(),
+            size_bytes: size,
+            occur_time: None,
+        };
+        self.publisher
+            .publish(
+                &self.video_queue,
+                &prost::Message::encode_to_vec(&event),
+                event_properties(VideoUploaded::TYPE, &event.event_id, Default::default()),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes raw bytes to the video queue (malformed events).
+    pub async fn publish_raw(&self, payload: &[u8]) {
+        self.publisher
+            .publish(
+                &self.video_queue,
+                payload,
+                event_properties(VideoUploaded::TYPE, "raw", Default::default()),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Takes every message now in `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<Outcome> {
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "drain")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Ok(Some(msg)) = ch.basic_get(queue.into(), BasicGetOptions::default()).await {
+            let kind = msg
+                .delivery
+                .properties
+                .kind()
+                .clone()
+                .map(|k| k.to_string());
+            let data = msg.delivery.data.clone();
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            out.push(match kind.as_deref() {
+                Some(Mp3Ready::TYPE) => {
+                    Outcome::Ready(prost::Message::decode(data.as_slice()).unwrap())
+                }
+                Some(ConversionFailed::TYPE) => {
+                    Outcome::Failed(prost::Message::decode(data.as_slice()).unwrap())
+                }
+                other => panic!("unexpected message type {other:?}"),
+            });
+        }
+        out
+    }
+
+    /// Waits until `n` events are in the mp3 queue, and takes them.
+    pub async fn events(&self, n: usize, timeout: Duration) -> Vec<Outcome> {
+        let mut all = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while all.len() < n {
+            all.extend(self.drain(&self.mp3_queue).await);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {n} events after {timeout:?}: {all:?}",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        all
+    }
+
+    pub async fn job(&self, id: ObjectId) -> Job {
+        self.store
+            .jobs
+            .find_one(doc! { "_id": id })
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    pub async fn mp3_count(&self, video: Option<ObjectId>) -> u64 {
+        let filter = match video {
+            Some(v) => doc! { "metadata.video_id": v },
+            None => doc! {},
+        };
+        self.store
+            .db
+            .collection::<media_store::mongodb::bson::Document>("mp3s.files")
+            .count_documents(filter)
+            .await
+            .unwrap()
+    }
+
+    /// Copies a stored MP3 to a file, for ffprobe.
+    pub async fn fetch_mp3(&self, mp3_id: &str) -> std::path::PathBuf {
+        let id = ObjectId::parse_str(mp3_id).unwrap();
+        let file = self
+            .store
+            .mp3s
+            .find_one(doc! { "_id": id })
+            .await
+            .unwrap()
+            .unwrap();
+        let mut reader = self.store.mp3_reader(&file);
+        let mut bytes = Vec::new();
+        while let Some(b) = reader.next_block().await.unwrap() {
+            bytes.extend_from_slice(&b);
+        }
+        let path = self.clips.path().join(format!("{mp3_id}.mp3"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    pub async fn cleanup(self) {
+        let _ = self.store.db.drop().await;
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "cleanup").await;
+        if let Ok(conn) = conn
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let topo = topology();
+            for q in [&self.video_queue, &self.mp3_queue] {
+                let wq = topo.work_queue(q);
+                let mut names = vec![wq.name.clone(), wq.dead_letter_queue()];
+                names.extend((1..=4).filter_map(|n| wq.retry_queue(n)));
+                for name in names {
+                    let _ = ch
+                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// The queue policy the tests' converters run with (see `Env::args`).
+fn topology() -> amqp_kit::TopologyArgs {
+    amqp_kit::TopologyArgs {
+        delivery_limit: 5,
+        retry_delays: ["300ms", "1s", "2s", "3s"]
+            .iter()
+            .map(|d| svc_kit::config::parse_duration(d).unwrap())
+            .collect(),
+    }
+}
+
+impl Instance {
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// ffprobe's format name and duration of a file.
+pub fn probe(path: &Path) -> (String, f64) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=format_name,duration",
+            "-of",
+            "default=noprint_wrappers=1",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (
+        field("format_name"),
+        field("duration").parse().unwrap_or(-1.0),
+    )
+}
+
+/// The duration of a file's first audio stream (what the MP3 must match),
+/// or the container's where streams carry none (Matroska, WebM).
+pub fn source_duration(path: &Path) -> f64 {
+    audio_duration(path).unwrap_or_else(|| probe(path).1)
+}
+
+fn audio_duration(path: &Path) -> Option<f64> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().parse().ok()
+}
