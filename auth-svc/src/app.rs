@@ -57,7 +57,7 @@ impl App {
         .await?;
 
         let pool = db::pool(&config.database_url, config.db_pool_size, config.db_timeout)?;
-        wait_for_database(&pool, config.db_startup_timeout).await?;
+        svc_kit::pg::wait_for(&pool, config.db_startup_timeout).await?;
         db::migrate(&pool).await?;
         seed_admin(&config, &pool, &hasher).await?;
 
@@ -139,20 +139,6 @@ impl App {
         }
         tracing::info!("auth-svc stopped");
         Ok(())
-    }
-}
-
-async fn wait_for_database(pool: &Pool, timeout: std::time::Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match db::ping(pool).await {
-            Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "waiting for the database");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            Err(e) => anyhow::bail!("database not reachable within {timeout:?}: {e}"),
-        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! The users table, through a deadpool-postgres pool.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use std::{str::FromStr, time::Duration};
+use deadpool_postgres::Pool;
+use std::time::Duration;
 use svc_kit::config::Secret;
-use tokio_postgres::{NoTls, error::SqlState};
+use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 mod embedded {
@@ -76,50 +76,15 @@ impl UserRow {
     }
 }
 
-/// A pool whose calls fail within `timeout` when the database is down, and
-/// whose connections are checked before reuse (after a database restart
-/// `Fast` recycling would hand out dead ones).
 pub(crate) fn pool(url: &Secret, size: usize, timeout: Duration) -> anyhow::Result<Pool> {
-    let mut pg = tokio_postgres::Config::from_str(url.expose())
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))?;
-    pg.connect_timeout(timeout);
-    if pg.get_application_name().is_none() {
-        pg.application_name("auth-svc");
-    }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Verified,
-        },
-    );
-    Ok(Pool::builder(manager)
-        .max_size(size)
-        .wait_timeout(Some(timeout))
-        .create_timeout(Some(timeout))
-        .recycle_timeout(Some(timeout))
-        .runtime(Runtime::Tokio1)
-        .build()?)
+    svc_kit::pg::pool(url, size, timeout, "auth-svc")
 }
 
 /// Applies the embedded migrations, one replica at a time.
 pub(crate) async fn migrate(pool: &Pool) -> Result<(), DbError> {
-    let mut client = pool.get().await?;
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    let res = embedded::migrations::runner()
-        .run_async(&mut **client)
+    svc_kit::pg::migrate(pool, embedded::migrations::runner(), MIGRATION_LOCK)
         .await
-        .map_err(|e| DbError::Other(format!("migrations failed: {e}")));
-    client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    let report = res?;
-    for m in report.applied_migrations() {
-        tracing::info!(migration = %m, "applied migration");
-    }
-    Ok(())
+        .map_err(|e| DbError::Other(format!("migrations failed: {e:#}")))
 }
 
 pub(crate) async fn ping(pool: &Pool) -> Result<(), DbError> {

@@ -18,5 +18,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod health;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod shutdown;
 pub mod telemetry;
