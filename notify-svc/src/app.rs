@@ -1,0 +1,103 @@
+//! Wiring: everything `main` and the tests start.
+
+use crate::{config::Config, handler::Notifier, mail::Mailer, sent_log};
+use amqp_kit::consumer::{self, ConsumerConfig};
+use std::{net::SocketAddr, time::Duration};
+use svc_kit::health::Health;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct App {
+    config: Config,
+    admin_listener: TcpListener,
+    health: Health,
+    notifier: Notifier,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("admin_addr", &self.admin_listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = svc_kit::pg::pool(&config.database_url, 4, config.db_timeout, "notify-svc")?;
+        svc_kit::pg::wait_for(&pool, Duration::from_secs(60)).await?;
+        sent_log::migrate(&pool).await?;
+        let mailer = Mailer::new(&config)?;
+        let (health, _grpc_health) = Health::new(&["rabbitmq", "postgres", "smtp"]).await;
+        let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
+        tracing::info!(admin = %admin_listener.local_addr()?, "notify-svc listening");
+        Ok(Self {
+            config,
+            admin_listener,
+            health,
+            notifier: Notifier { pool, mailer },
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_addr)
+    }
+
+    pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
+        let admin = tokio::spawn(svc_kit::admin::serve(
+            self.admin_listener,
+            svc_kit::admin::router(self.health.clone()),
+            token.clone(),
+        ));
+        let probe = tokio::spawn(probe(
+            self.notifier.clone(),
+            self.health.clone(),
+            self.config.health_interval,
+            token.clone(),
+        ));
+        let health = self.health.clone();
+        let t = token.clone();
+        tokio::spawn(async move {
+            t.cancelled().await;
+            health.drain().await;
+        });
+        let cfg = ConsumerConfig {
+            url: self.config.amqp_url.clone(),
+            name: "notify-svc".into(),
+            queue: self.config.topology.work_queue(&self.config.mp3_queue),
+            also_declare: Vec::new(),
+            prefetch: 1,
+            grace: self.config.shutdown_grace,
+        };
+        consumer::run(cfg, self.notifier, self.health.clone(), token).await;
+        probe.abort();
+        admin.abort();
+        tracing::info!("notify-svc stopped");
+        Ok(())
+    }
+}
+
+/// Readiness follows PostgreSQL and the SMTP server (RabbitMQ is reported by
+/// the consumer loop).
+async fn probe(n: Notifier, health: Health, interval: Duration, token: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let limit = interval.max(Duration::from_secs(5));
+        let pg = async {
+            let c = n.pool.get().await.ok()?;
+            c.simple_query("SELECT 1").await.ok()
+        };
+        let (pg, smtp) = tokio::join!(
+            tokio::time::timeout(limit, pg),
+            tokio::time::timeout(limit, n.mailer.reachable()),
+        );
+        health.set("postgres", matches!(pg, Ok(Some(_)))).await;
+        health.set("smtp", matches!(smtp, Ok(true))).await;
+    }
+}

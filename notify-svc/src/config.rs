@@ -1,0 +1,105 @@
+//! Settings, read from flags or environment variables (`notify-svc --help`).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use svc_kit::config::{Secret, parse_duration};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SmtpTls {
+    /// Plain SMTP (local development only).
+    None,
+    /// STARTTLS upgrade (usually port 587).
+    Starttls,
+    /// Implicit TLS (usually port 465).
+    Tls,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "notify-svc",
+    version,
+    args_override_self = true,
+    about = "Emails users when their MP3 is ready (consumes the mp3 queue)"
+)]
+pub struct Config {
+    /// Address of /livez, /readyz and /metrics.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9094")]
+    pub admin_addr: SocketAddr,
+
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Secret,
+
+    /// Queue of Mp3Ready / ConversionFailed events.
+    #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
+    pub mp3_queue: String,
+
+    #[command(flatten)]
+    pub topology: amqp_kit::TopologyArgs,
+
+    /// PostgreSQL URL of the sent-log.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+
+    /// How long to wait for the database before retrying the event later.
+    #[arg(long, env = "DB_TIMEOUT", value_parser = parse_duration, default_value = "3s")]
+    pub db_timeout: Duration,
+
+    /// SMTP server host.
+    #[arg(long, env = "SMTP_HOST", default_value = "127.0.0.1")]
+    pub smtp_host: String,
+
+    /// SMTP server port.
+    #[arg(long, env = "SMTP_PORT", default_value_t = 587)]
+    pub smtp_port: u16,
+
+    /// Transport security.
+    #[arg(long, env = "SMTP_TLS", value_enum, default_value = "starttls")]
+    pub smtp_tls: SmtpTls,
+
+    /// SMTP user name (no authentication if unset).
+    #[arg(long, env = "SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+
+    /// SMTP password. Prefer SMTP_PASSWORD_FILE.
+    #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<Secret>,
+
+    /// File holding the SMTP password.
+    #[arg(long, env = "SMTP_PASSWORD_FILE")]
+    pub smtp_password_file: Option<PathBuf>,
+
+    /// Deadline of one SMTP conversation.
+    #[arg(long, env = "SMTP_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub smtp_timeout: Duration,
+
+    /// The From: address.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "mp3converter <noreply@mp3converter.com>"
+    )]
+    pub mail_from: String,
+
+    /// Put before every subject.
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = "[mp3converter]")]
+    pub subject_prefix: String,
+
+    /// Base URL of the REST edge, used in the download command.
+    #[arg(
+        long,
+        env = "DOWNLOAD_BASE_URL",
+        default_value = "http://mp3converter.com"
+    )]
+    pub download_base_url: String,
+
+    /// How often readiness checks PostgreSQL and SMTP.
+    #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub health_interval: Duration,
+
+    /// How long an email in progress may take after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub telemetry: svc_kit::telemetry::TelemetryArgs,
+}

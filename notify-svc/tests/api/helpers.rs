@@ -1,0 +1,179 @@
+use amqp_kit::{Publisher, event_properties};
+use clap::Parser;
+use mp3converter_proto::{
+    EventType,
+    events::v1::{ConversionFailed, FailureKind, Mp3Ready},
+};
+use notify_svc::{app::App, config::Config};
+use std::time::Duration;
+use svc_kit::config::Secret;
+use test_kit::mailpit::{Mailpit, Summary};
+use tokio_util::sync::CancellationToken;
+
+pub struct Env {
+    pub stack: test_kit::Stack,
+    pub queue: String,
+    pub db_url: String,
+    pub mailpit: Mailpit,
+    publisher: Publisher,
+    retry_delays: String,
+}
+
+pub struct Instance {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn topology(delays: &str) -> amqp_kit::TopologyArgs {
+    amqp_kit::TopologyArgs {
+        delivery_limit: 5,
+        retry_delays: delays
+            .split(',')
+            .map(|d| svc_kit::config::parse_duration(d).unwrap())
+            .collect(),
+    }
+}
+
+impl Env {
+    pub async fn new(retry_delays: &str) -> Self {
+        test_kit::init_tracing();
+        let stack = test_kit::Stack::from_env();
+        let queue = test_kit::unique_name("mp3");
+        let db_url = stack.fresh_database("notify").await;
+        let publisher = Publisher::with_topology(
+            Secret::new(stack.amqp_url.clone()),
+            "notify-tests",
+            Duration::from_secs(10),
+            vec![topology(retry_delays).work_queue(&queue)],
+        );
+        Self {
+            mailpit: Mailpit::new(&stack.mailpit_api_url),
+            stack,
+            queue,
+            db_url,
+            publisher,
+            retry_delays: retry_delays.to_owned(),
+        }
+    }
+
+    pub async fn start(&self) -> Instance {
+        let port = self.stack.smtp_port.to_string();
+        let cfg = Config::try_parse_from([
+            "notify-svc",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--amqp-url",
+            &self.stack.amqp_url,
+            "--mp3-queue",
+            &self.queue,
+            "--amqp-retry-delays",
+            &self.retry_delays,
+            "--database-url",
+            &self.db_url,
+            "--smtp-host",
+            &self.stack.smtp_host,
+            "--smtp-port",
+            &port,
+            "--smtp-tls",
+            "none",
+            "--smtp-timeout",
+            "3s",
+            "--download-base-url",
+            "http://mp3converter.test:8080",
+        ])
+        .unwrap();
+        let app = App::build(cfg).await.unwrap();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until(token.clone()));
+        Instance { token, handle }
+    }
+
+    pub fn owner() -> String {
+        format!("{}@example.com", test_kit::unique_name("owner"))
+    }
+
+    pub fn ready(owner: &str) -> Mp3Ready {
+        let job = test_kit::unique_name("job");
+        Mp3Ready {
+            event_id: format!("mp3ready-{job}"),
+            job_id: job,
+            video_id: "v1".into(),
+            mp3_id: test_kit::unique_name("mp3id"),
+            owner_id: "u1".into(),
+            owner_email: owner.into(),
+            filename: "holiday.mp3".into(),
+            size_bytes: 3 << 20,
+            duration_seconds: 185.0,
+            occur_time: None,
+        }
+    }
+
+    pub fn failed(owner: &str, reason: &str) -> ConversionFailed {
+        let job = test_kit::unique_name("job");
+        ConversionFailed {
+            event_id: format!("failed-{job}"),
+            job_id: job,
+            video_id: "v1".into(),
+            owner_id: "u1".into(),
+            owner_email: owner.into(),
+            filename: "holiday.mkv".into(),
+            reason: reason.into(),
+            kind: FailureKind::InvalidInput as i32,
+            occur_time: None,
+        }
+    }
+
+    pub async fn publish<E: EventType>(&self, event: &E, event_id: &str) {
+        self.publisher
+            .publish(
+                &self.queue,
+                &event.encode_to_vec(),
+                event_properties(E::TYPE, event_id, Default::default()),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_raw(&self, kind: &str, payload: &[u8]) {
+        self.publisher
+            .publish(
+                &self.queue,
+                payload,
+                event_properties(kind, "raw", Default::default()),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `n` emails reached `to`, then returns them.
+    pub async fn emails(&self, to: &str, n: usize, timeout: Duration) -> Vec<Summary> {
+        test_kit::wait_until(&format!("{n} email(s) to {to}"), timeout, || async {
+            let msgs = self.mailpit.messages_to(to).await.ok()?;
+            (msgs.len() >= n).then_some(msgs)
+        })
+        .await
+    }
+
+    pub async fn cleanup(self) {
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "cleanup").await;
+        if let Ok(conn) = conn
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let wq = topology(&self.retry_delays).work_queue(&self.queue);
+            let mut names = vec![wq.name.clone(), wq.dead_letter_queue()];
+            names.extend((1..=wq.retry_delays.len() as u32).filter_map(|n| wq.retry_queue(n)));
+            for name in names {
+                let _ = ch
+                    .queue_delete(name.as_str().into(), Default::default())
+                    .await;
+            }
+        }
+    }
+}
+
+impl Instance {
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
