@@ -35,6 +35,7 @@ pub struct App {
     health: Health,
     store: Store,
     publisher: Publisher,
+    media: Media,
 }
 
 impl std::fmt::Debug for App {
@@ -87,7 +88,7 @@ impl App {
         // Health and reflection stay outside the auth layer: probes and
         // grpcurl `list` carry no token.
         let media_server =
-            MediaServiceServer::new(media).max_decoding_message_size(MAX_CHUNK + (64 << 10));
+            MediaServiceServer::new(media.clone()).max_decoding_message_size(MAX_CHUNK + (64 << 10));
         let routes = Routes::new(health_server)
             .add_service(AuthLayer::new(validator.clone(), GrpcReject).named_layer(media_server));
         let routes = svc_kit::grpc::with_reflection(
@@ -130,6 +131,7 @@ impl App {
             health,
             store,
             publisher,
+            media,
         })
     }
 
@@ -164,6 +166,12 @@ impl App {
             svc_kit::admin::router(self.health.clone()),
             token.clone(),
         ));
+        let sweeper = tokio::spawn(sweep(
+            self.media.clone(),
+            self.config.sweep_interval,
+            self.config.sweep_age,
+            token.clone(),
+        ));
         let health = self.health.clone();
         let t = token.clone();
         tokio::spawn(async move {
@@ -181,6 +189,7 @@ impl App {
         .await;
         probe.abort();
         admin.abort();
+        sweeper.abort();
         if let Some(res) = served {
             res?;
         }
@@ -199,6 +208,23 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
             SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
         }
         a => a,
+    }
+}
+
+async fn sweep(media: Media, interval: Duration, age: Duration, token: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(status) = media.republish_unconfirmed(age).await {
+            tracing::warn!(
+                message = status.message(),
+                "sweeping unconfirmed jobs failed"
+            );
+        }
     }
 }
 

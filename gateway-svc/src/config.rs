@@ -67,6 +67,15 @@ pub struct Config {
     #[arg(long, env = "MAX_UPLOAD_SIZE", value_parser = parse_size, default_value = "2GiB")]
     pub max_upload_size: u64,
 
+    /// How often to look for jobs whose event was never confirmed (a crash
+    /// between recording the job and publishing it).
+    #[arg(long, env = "SWEEP_INTERVAL", value_parser = parse_duration, default_value = "60s")]
+    pub sweep_interval: Duration,
+
+    /// How old such a job must be before its event is published again.
+    #[arg(long, env = "SWEEP_AGE", value_parser = parse_duration, default_value = "2m")]
+    pub sweep_age: Duration,
+
     /// How often readiness checks MongoDB and RabbitMQ.
     #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "2s")]
     pub health_interval: Duration,

@@ -292,6 +292,41 @@ impl Media {
             })
     }
 
+    /// Publishes the events of jobs that were recorded but never confirmed
+    /// (the gateway died between the insert and the publish), so no upload is
+    /// silently dropped. A duplicate is harmless: the converter is idempotent.
+    pub(crate) async fn republish_unconfirmed(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<usize, Status> {
+        let cutoff = DateTime::from_system_time(std::time::SystemTime::now() - older_than);
+        let stale: Vec<Job> = self
+            .store
+            .jobs
+            .find(doc! { "published": false, "state": "queued", "created_at": { "$lte": cutoff } })
+            .limit(100)
+            .await
+            .map_err(|e| store_error("finding unconfirmed jobs", &e))?
+            .try_collect()
+            .await
+            .map_err(|e| store_error("finding unconfirmed jobs", &e))?;
+        let mut done = 0;
+        for job in stale {
+            self.publish(&job).await?;
+            self.store
+                .jobs
+                .update_one(
+                    doc! { "_id": job.id },
+                    doc! { "$set": { "published": true } },
+                )
+                .await
+                .map_err(|e| store_error("marking a job published", &e))?;
+            tracing::warn!(job_id = %job.id, "re-published the event of an unconfirmed job");
+            done += 1;
+        }
+        Ok(done)
+    }
+
     async fn delete_video(&self, id: ObjectId) {
         if let Err(e) = self.store.videos.delete(id.into()).await {
             tracing::error!(error = %e, video_id = %id, "deleting a video failed; it is orphaned");

@@ -134,3 +134,46 @@ async fn health_and_reflection_need_no_token() {
     app.stop().await;
     auth.stop().await;
 }
+
+#[tokio::test]
+async fn a_job_whose_event_was_never_confirmed_is_published_by_the_sweeper() {
+    let auth = Auth::start().await;
+    let app = spawn_app_with(&auth, &["--sweep-interval", "200ms", "--sweep-age", "0s"]).await;
+    let user = app.user().await;
+    // What a gateway that crashed between the insert and the publish leaves.
+    let now = media_store::mongodb::bson::DateTime::now();
+    let id = media_store::mongodb::bson::oid::ObjectId::new();
+    app.store
+        .jobs
+        .insert_one(media_store::Job {
+            id,
+            owner_id: user.id.clone(),
+            owner_email: user.email.clone(),
+            filename: "orphan.mkv".into(),
+            content_type: "video/x-matroska".into(),
+            size_bytes: 1,
+            state: media_store::JobState::Queued,
+            mp3_id: None,
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+            published: false,
+        })
+        .await
+        .unwrap();
+    test_kit::wait_until(
+        "the sweeper to publish it",
+        std::time::Duration::from_secs(15),
+        || async {
+            let published = app
+                .all_jobs()
+                .await
+                .iter()
+                .any(|j| j.id == id && j.published);
+            (published && app.queued_messages().await == 1).then_some(())
+        },
+    )
+    .await;
+    app.stop().await;
+    auth.stop().await;
+}
