@@ -1,0 +1,218 @@
+//! Upload throughput through the gateway — REST (multipart) and gRPC (client
+//! stream) — side by side with writing the same bytes straight to GridFS with
+//! the driver (the limit), and the gateway's peak RSS per upload size.
+//!
+//! auth-svc and gateway-svc run as release processes (so the gateway's memory
+//! is its own); the stack must be up (`scripts/stack up`).
+//!
+//!     cargo build --release -p auth-svc -p gateway-svc
+//!     cargo run --release -p bench --bin gateway-bench -- --sizes 100MiB,1GiB
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use bench::{Proc, free_port, wait_for_port};
+use clap::Parser;
+use futures::{AsyncWriteExt, StreamExt};
+use media_store::{Store, mongodb::bson::doc};
+use mp3converter_proto::{
+    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
+    media::v1::{
+        UploadCommit, UploadMetadata, UploadRequest, media_service_client::MediaServiceClient,
+        upload_request::Payload,
+    },
+};
+use rand::RngCore;
+use std::time::Instant;
+use svc_kit::config::{Secret, parse_size};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Upload sizes.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "100MiB,1GiB")]
+    sizes: Vec<u64>,
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// `size` bytes as 1 MiB chunks cut from one random buffer: generated as sent,
+/// never held whole.
+fn chunks(size: u64, block: bytes::Bytes) -> impl futures::Stream<Item = bytes::Bytes> {
+    let n = size.div_ceil(CHUNK as u64);
+    futures::stream::iter((0..n).map(move |i| {
+        let len = (size - i * CHUNK as u64).min(CHUNK as u64) as usize;
+        block.slice(..len)
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let stack = test_kit::Stack::from_env();
+    let auth_db = stack.fresh_database("gwbench").await;
+    let mongo_db = test_kit::unique_name("gwbench").replace('-', "_");
+    let queue = test_kit::unique_name("video-bench");
+    let (auth_port, grpc_port, http_port) = (free_port(), free_port(), free_port());
+    let admin = || format!("127.0.0.1:{}", free_port());
+
+    let _auth = Proc::start(
+        "auth-svc",
+        &[
+            ("GRPC_ADDR", format!("127.0.0.1:{auth_port}")),
+            ("ADMIN_ADDR", admin()),
+            ("DATABASE_URL", auth_db),
+            (
+                "JWT_SECRET",
+                "bench-secret-bench-secret-bench-secret".into(),
+            ),
+            ("ADMIN_EMAIL", "bench@example.com".into()),
+            ("ADMIN_PASSWORD", "bench password".into()),
+        ],
+    )?;
+    let gateway = Proc::start(
+        "gateway-svc",
+        &[
+            ("GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("ADMIN_ADDR", admin()),
+            ("AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
+            ("MONGODB_URI", stack.mongodb_uri.clone()),
+            ("MONGODB_DATABASE", mongo_db.clone()),
+            ("AMQP_URL", stack.amqp_url.clone()),
+            ("VIDEO_QUEUE", queue.clone()),
+            ("MAX_UPLOAD_SIZE", "4GiB".into()),
+        ],
+    )?;
+    wait_for_port(&format!("127.0.0.1:{auth_port}")).await?;
+    wait_for_port(&format!("127.0.0.1:{http_port}")).await?;
+
+    let mut auth = AuthServiceClient::connect(format!("http://127.0.0.1:{auth_port}")).await?;
+    let token = auth
+        .login(LoginRequest {
+            email: "bench@example.com".into(),
+            password: "bench password".into(),
+        })
+        .await?
+        .into_inner()
+        .token;
+    let store = Store::new(
+        &Secret::new(stack.mongodb_uri.clone()),
+        &mongo_db,
+        "gateway-bench",
+        media_store::Timeouts::default(),
+    )
+    .await?;
+    let mut block = vec![0u8; CHUNK];
+    rand::rng().fill_bytes(&mut block);
+    let block = bytes::Bytes::from(block);
+
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        let mib = size as f64 / f64::from(1u32 << 20);
+
+        // The limit: the driver writing to GridFS, 1 MiB at a time.
+        let t = Instant::now();
+        let mut up = store.videos.open_upload_stream("raw.bin").await?;
+        let mut s = std::pin::pin!(chunks(size, block.clone()));
+        while let Some(c) = s.next().await {
+            up.write_all(&c).await?;
+        }
+        up.close().await?;
+        let raw = t.elapsed();
+        rows.push((mib, "GridFS driver (the limit)", raw, raw, f64::NAN));
+        clean(&store).await?;
+
+        // gRPC client stream.
+        gateway.reset_peak();
+        let mut media =
+            MediaServiceClient::connect(format!("http://127.0.0.1:{grpc_port}")).await?;
+        let msgs = futures::stream::once(async move {
+            UploadRequest {
+                payload: Some(Payload::Metadata(UploadMetadata {
+                    filename: "bench.mkv".into(),
+                    content_type: "video/x-matroska".into(),
+                    declared_size_bytes: Some(size),
+                })),
+            }
+        })
+        .chain(chunks(size, block.clone()).map(|c| UploadRequest {
+            payload: Some(Payload::Chunk(c)),
+        }))
+        .chain(futures::stream::once(async move {
+            UploadRequest {
+                payload: Some(Payload::Commit(UploadCommit { total_bytes: size })),
+            }
+        }));
+        let mut req = tonic::Request::new(msgs);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let t = Instant::now();
+        media.upload(req).await?;
+        rows.push((
+            mib,
+            "gateway gRPC Upload",
+            t.elapsed(),
+            raw,
+            gateway.peak_rss_mib(),
+        ));
+        clean(&store).await?;
+
+        // REST multipart, streamed by the client too.
+        gateway.reset_peak();
+        let body =
+            reqwest::Body::wrap_stream(chunks(size, block.clone()).map(Ok::<_, std::io::Error>));
+        let part = reqwest::multipart::Part::stream_with_length(body, size).file_name("bench.mkv");
+        let t = Instant::now();
+        let res = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{http_port}/upload"))
+            .bearer_auth(&token)
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            res.status().is_success(),
+            "REST upload: {}",
+            res.text().await?
+        );
+        rows.push((
+            mib,
+            "gateway REST /upload",
+            t.elapsed(),
+            raw,
+            gateway.peak_rss_mib(),
+        ));
+        clean(&store).await?;
+    }
+
+    println!(
+        "\ngateway-svc upload throughput ({} cores, FerretDB/SQLite as the GridFS server)\n",
+        std::thread::available_parallelism()?
+    );
+    println!("| size (MiB) | path | seconds | MiB/s | vs driver | gateway peak RSS (MiB) |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for (mib, path, took, raw, rss) in rows {
+        let rss = if rss.is_nan() {
+            "–".into()
+        } else {
+            format!("{rss:.1}")
+        };
+        println!(
+            "| {mib:.0} | {path} | {:.2} | {:.1} | {:.2} | {rss} |",
+            took.as_secs_f64(),
+            mib / took.as_secs_f64(),
+            raw.as_secs_f64() / took.as_secs_f64(),
+        );
+    }
+    let _ = store.db.drop().await;
+    Ok(())
+}
+
+/// Removes every stored video and job between runs (disk space).
+async fn clean(store: &Store) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let files: Vec<_> = store.videos.find(doc! {}).await?.try_collect().await?;
+    for f in files {
+        store.videos.delete(f.id).await?;
+    }
+    store.jobs.delete_many(doc! {}).await?;
+    Ok(())
+}
