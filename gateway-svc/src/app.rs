@@ -87,8 +87,8 @@ impl App {
         };
         // Health and reflection stay outside the auth layer: probes and
         // grpcurl `list` carry no token.
-        let media_server =
-            MediaServiceServer::new(media.clone()).max_decoding_message_size(MAX_CHUNK + (64 << 10));
+        let media_server = MediaServiceServer::new(media.clone())
+            .max_decoding_message_size(MAX_CHUNK + (64 << 10));
         let routes = Routes::new(health_server)
             .add_service(AuthLayer::new(validator.clone(), GrpcReject).named_layer(media_server));
         let routes = svc_kit::grpc::with_reflection(
