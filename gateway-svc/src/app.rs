@@ -7,6 +7,7 @@ use crate::{
     rest::{self, Edge},
 };
 use amqp_kit::Publisher;
+use axum::serve::ListenerExt;
 use media_store::Store;
 use mp3converter_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -178,7 +179,12 @@ impl App {
             t.cancelled().await;
             health.drain().await;
         });
-        let http = axum::serve(self.http_listener, self.rest)
+        // TCP_NODELAY, as on the gRPC side: small responses must not wait
+        // for delayed ACKs.
+        let listener = self.http_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let http = axum::serve(listener, self.rest)
             .with_graceful_shutdown(token.clone().cancelled_owned());
         let grpc = svc_kit::grpc::serve(self.routes, self.grpc_listener, token.clone());
         let served = svc_kit::shutdown::drain_within(&token, self.config.shutdown_grace, async {

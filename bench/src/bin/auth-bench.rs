@@ -87,6 +87,18 @@ async fn main() -> anyhow::Result<()> {
             .token;
         login.push(t.elapsed());
     }
+    let mut wrong = Vec::new();
+    for _ in 0..args.logins {
+        let t = Instant::now();
+        let _ = client
+            .clone()
+            .login(LoginRequest {
+                email: EMAIL.into(),
+                password: "not the password".into(),
+            })
+            .await;
+        wrong.push(t.elapsed());
+    }
     let mut unknown = Vec::new();
     for _ in 0..args.logins {
         let t = Instant::now();
@@ -108,7 +120,11 @@ async fn main() -> anyhow::Result<()> {
         "| operation | concurrency | requests | throughput (req/s) | p50 (ms) | p99 (ms) | max (ms) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, samples) in [("Login (valid)", login), ("Login (unknown email)", unknown)] {
+    for (name, samples) in [
+        ("Login (valid)", login),
+        ("Login (wrong password)", wrong),
+        ("Login (unknown email)", unknown),
+    ] {
         let s = Summary::of(samples);
         println!(
             "| {name} | 1 | {} | {:.1} | {} | {} | {} |",

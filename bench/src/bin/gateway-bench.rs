@@ -183,6 +183,56 @@ async fn main() -> anyhow::Result<()> {
         clean(&store).await?;
     }
 
+    // What the validation cache buys: ListJobs over gRPC with the cache (the
+    // default, 30 s) and without it (every call asks auth-svc).
+    let (nocache_grpc, nocache_http) = (free_port(), free_port());
+    let _nocache = Proc::start(
+        "gateway-svc",
+        &[
+            ("GRPC_ADDR", format!("127.0.0.1:{nocache_grpc}")),
+            ("HTTP_ADDR", format!("127.0.0.1:{nocache_http}")),
+            ("ADMIN_ADDR", admin()),
+            ("AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
+            ("AUTH_CACHE_TTL", "0s".into()),
+            ("MONGODB_URI", stack.mongodb_uri.clone()),
+            ("MONGODB_DATABASE", mongo_db.clone()),
+            ("AMQP_URL", stack.amqp_url.clone()),
+            ("VIDEO_QUEUE", queue.clone()),
+        ],
+    )?;
+    wait_for_port(&format!("127.0.0.1:{nocache_grpc}")).await?;
+    let mut cache_rows = Vec::new();
+    for (label, port) in [("cache on (30 s)", grpc_port), ("cache off", nocache_grpc)] {
+        let media = MediaServiceClient::connect(format!("http://127.0.0.1:{port}")).await?;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let mut media = media.clone();
+            let token = token.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                for _ in 0..250 {
+                    let mut req = tonic::Request::new(
+                        mp3converter_proto::media::v1::ListJobsRequest::default(),
+                    );
+                    req.metadata_mut()
+                        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                    let t = Instant::now();
+                    media.list_jobs(req).await.unwrap();
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await?);
+        }
+        let elapsed = started.elapsed();
+        let s = bench::Summary::of(all);
+        cache_rows.push((label, s.count as f64 / elapsed.as_secs_f64(), s));
+    }
+
     println!(
         "\ngateway-svc upload throughput ({} cores, FerretDB/SQLite as the GridFS server)\n",
         std::thread::available_parallelism()?
@@ -200,6 +250,18 @@ async fn main() -> anyhow::Result<()> {
             took.as_secs_f64(),
             mib / took.as_secs_f64(),
             raw.as_secs_f64() / took.as_secs_f64(),
+        );
+    }
+    println!(
+        "\nListJobs over gRPC, 8 concurrent callers, 2000 calls: what the validation cache buys\n"
+    );
+    println!("| auth cache | calls/s | p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|---:|");
+    for (label, rate, s) in cache_rows {
+        println!(
+            "| {label} | {rate:.0} | {} | {} |",
+            bench::ms(s.p50),
+            bench::ms(s.p99)
         );
     }
     let _ = store.db.drop().await;
