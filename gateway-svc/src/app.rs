@@ -187,11 +187,15 @@ impl App {
         let http = axum::serve(listener, self.rest)
             .with_graceful_shutdown(token.clone().cancelled_owned());
         let grpc = svc_kit::grpc::serve(self.routes, self.grpc_listener, token.clone());
-        let served = svc_kit::shutdown::drain_within(&token, self.config.shutdown_grace, async {
-            tokio::try_join!(async { http.await.map_err(anyhow::Error::from) }, async {
-                grpc.await.map_err(anyhow::Error::from)
-            },)
-        })
+        let served = svc_kit::shutdown::drain_within(
+            &token,
+            self.config.shutdown_grace,
+            Box::pin(async {
+                tokio::try_join!(async { http.await.map_err(anyhow::Error::from) }, async {
+                    grpc.await.map_err(anyhow::Error::from)
+                },)
+            }),
+        )
         .await;
         probe.abort();
         admin.abort();
