@@ -120,12 +120,7 @@ impl App {
             svc_kit::admin::router(self.health.clone()),
             token.clone(),
         ));
-        let health = self.health.clone();
-        let drain_token = token.clone();
-        tokio::spawn(async move {
-            drain_token.cancelled().await;
-            health.drain().await;
-        });
+        self.health.drain_on(token.clone());
         let served = svc_kit::shutdown::drain_within(
             &token,
             self.config.shutdown_grace,
@@ -150,19 +145,14 @@ async fn probe_database(
     timeout: std::time::Duration,
     token: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    svc_kit::health::every(interval, token, || async {
         let ok = matches!(
             tokio::time::timeout(timeout, db::ping(&pool)).await,
             Ok(Ok(()))
         );
         health.set("postgres", ok).await;
-    }
+    })
+    .await;
 }
 
 /// Creates the admin named by ADMIN_EMAIL if no user has that email yet.

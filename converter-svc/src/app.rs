@@ -105,12 +105,7 @@ impl App {
             prefetch: self.config.prefetch,
             grace: self.config.shutdown_grace,
         };
-        let health = self.health.clone();
-        let t = token.clone();
-        tokio::spawn(async move {
-            t.cancelled().await;
-            health.drain().await;
-        });
+        self.health.drain_on(token.clone());
         consumer::run(cfg, self.converter, self.health.clone(), token).await;
         probe.abort();
         admin.abort();
@@ -120,16 +115,10 @@ impl App {
 }
 
 async fn probe(store: Store, health: Health, interval: Duration, token: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let ok = matches!(
-            tokio::time::timeout(interval.max(Duration::from_secs(5)), store.ping()).await,
-            Ok(Ok(()))
-        );
+    svc_kit::health::every(interval, token, || async {
+        let limit = interval.max(Duration::from_secs(5));
+        let ok = matches!(tokio::time::timeout(limit, store.ping()).await, Ok(Ok(())));
         health.set("mongodb", ok).await;
-    }
+    })
+    .await;
 }

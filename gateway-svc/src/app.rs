@@ -173,12 +173,7 @@ impl App {
             self.config.sweep_age,
             token.clone(),
         ));
-        let health = self.health.clone();
-        let t = token.clone();
-        tokio::spawn(async move {
-            t.cancelled().await;
-            health.drain().await;
-        });
+        self.health.drain_on(token.clone());
         // TCP_NODELAY, as on the gRPC side: small responses must not wait
         // for delayed ACKs.
         let listener = self.http_listener.tap_io(|tcp| {
@@ -222,20 +217,15 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 }
 
 async fn sweep(media: Media, interval: Duration, age: Duration, token: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    svc_kit::health::every(interval, token, || async {
         if let Err(status) = media.republish_unconfirmed(age).await {
             tracing::warn!(
                 message = status.message(),
                 "sweeping unconfirmed jobs failed"
             );
         }
-    }
+    })
+    .await;
 }
 
 /// Readiness follows MongoDB and RabbitMQ.
@@ -246,18 +236,14 @@ async fn probe(
     interval: Duration,
     token: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    svc_kit::health::every(interval, token, || async {
+        let limit = interval.max(Duration::from_secs(5));
         let (mongo, amqp) = tokio::join!(
-            tokio::time::timeout(interval.max(Duration::from_secs(5)), store.ping()),
-            tokio::time::timeout(interval.max(Duration::from_secs(5)), publisher.check()),
+            tokio::time::timeout(limit, store.ping()),
+            tokio::time::timeout(limit, publisher.check()),
         );
         health.set("mongodb", matches!(mongo, Ok(Ok(())))).await;
         health.set("rabbitmq", matches!(amqp, Ok(Ok(())))).await;
-    }
+    })
+    .await;
 }

@@ -57,12 +57,7 @@ impl App {
             self.config.health_interval,
             token.clone(),
         ));
-        let health = self.health.clone();
-        let t = token.clone();
-        tokio::spawn(async move {
-            t.cancelled().await;
-            health.drain().await;
-        });
+        self.health.drain_on(token.clone());
         let cfg = ConsumerConfig {
             url: self.config.amqp_url.clone(),
             name: "notify-svc".into(),
@@ -82,12 +77,7 @@ impl App {
 /// Readiness follows PostgreSQL and the SMTP server (RabbitMQ is reported by
 /// the consumer loop).
 async fn probe(n: Notifier, health: Health, interval: Duration, token: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    svc_kit::health::every(interval, token, || async {
         let limit = interval.max(Duration::from_secs(5));
         let pg = async {
             let c = n.pool.get().await.ok()?;
@@ -99,5 +89,6 @@ async fn probe(n: Notifier, health: Health, interval: Duration, token: Cancellat
         );
         health.set("postgres", matches!(pg, Ok(Some(_)))).await;
         health.set("smtp", matches!(smtp, Ok(true))).await;
-    }
+    })
+    .await;
 }

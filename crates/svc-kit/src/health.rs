@@ -68,6 +68,16 @@ impl Health {
         }
     }
 
+    /// Drains (see [`Health::drain`]) as soon as `token` is cancelled, so
+    /// probes take the instance out of rotation first thing on SIGTERM.
+    pub fn drain_on(&self, token: tokio_util::sync::CancellationToken) {
+        let health = self.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            health.drain().await;
+        });
+    }
+
     /// Marks the service as draining (shutdown has begun): never ready again.
     pub async fn drain(&self) {
         self.lock().draining = true;
@@ -121,5 +131,26 @@ impl Health {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs `check` every `interval` (first at once) until `token` is cancelled:
+/// the loop behind each service's dependency probes.
+pub async fn every<F, Fut>(
+    interval: std::time::Duration,
+    token: tokio_util::sync::CancellationToken,
+    mut check: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        check().await;
     }
 }
