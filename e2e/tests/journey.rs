@@ -233,30 +233,21 @@ impl Mesh {
         for t in self.tasks {
             t.await.unwrap().unwrap();
         }
-        let conn = amqp_kit::connect(
-            &svc_kit::config::Secret::new(self.stack.amqp_url.clone()),
-            "e2e",
+        let topo = amqp_kit::TopologyArgs {
+            delivery_limit: 5,
+            retry_delays: ["500ms", "1s", "2s"]
+                .iter()
+                .map(|d| svc_kit::config::parse_duration(d).unwrap())
+                .collect(),
+        };
+        test_kit::delete_work_queues(
+            &self.stack.amqp_url,
+            &[
+                topo.work_queue(&self.video_queue),
+                topo.work_queue(&self.mp3_queue),
+            ],
         )
         .await;
-        if let Ok(conn) = conn
-            && let Ok(ch) = conn.create_channel().await
-        {
-            for q in [&self.video_queue, &self.mp3_queue] {
-                let wq = amqp_kit::WorkQueue {
-                    name: q.clone(),
-                    retry_delays: ["500ms", "1s", "2s"]
-                        .iter()
-                        .map(|d| svc_kit::config::parse_duration(d).unwrap())
-                        .collect(),
-                    delivery_limit: 5,
-                };
-                let mut names = vec![wq.name.clone(), wq.dead_letter_queue()];
-                names.extend((1..=3).filter_map(|n| wq.retry_queue(n)));
-                for n in names {
-                    let _ = ch.queue_delete(n.as_str().into(), Default::default()).await;
-                }
-            }
-        }
     }
 }
 

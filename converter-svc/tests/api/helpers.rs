@@ -2,7 +2,7 @@ use amqp_kit::{Publisher, event_properties, lapin};
 use clap::Parser;
 use converter_svc::{app::App, config::Config};
 use futures::AsyncWriteExt;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use media_store::{
     Job, JobState, Store,
     mongodb::bson::{DateTime, doc, oid::ObjectId},
@@ -299,22 +299,15 @@ impl Env {
 
     pub async fn cleanup(self) {
         let _ = self.store.db.drop().await;
-        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "cleanup").await;
-        if let Ok(conn) = conn
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let topo = topology();
-            for q in [&self.video_queue, &self.mp3_queue] {
-                let wq = topo.work_queue(q);
-                let mut names = vec![wq.name.clone(), wq.dead_letter_queue()];
-                names.extend((1..=4).filter_map(|n| wq.retry_queue(n)));
-                for name in names {
-                    let _ = ch
-                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-            }
-        }
+        let topo = topology();
+        test_kit::delete_work_queues(
+            &self.stack.amqp_url,
+            &[
+                topo.work_queue(&self.video_queue),
+                topo.work_queue(&self.mp3_queue),
+            ],
+        )
+        .await;
     }
 }
 

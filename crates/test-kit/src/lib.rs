@@ -71,6 +71,30 @@ fn url_without_db(url: &str) -> String {
     }
 }
 
+/// Deletes a work queue with its dead-letter and retry queues (tests declare
+/// their own, uniquely named). Best effort: cleanup must not fail a test.
+pub async fn delete_work_queues(amqp_url: &str, queues: &[amqp_kit::WorkQueue]) {
+    let url = svc_kit::config::Secret::new(amqp_url);
+    let Ok(conn) = amqp_kit::connect(&url, "test-cleanup").await else {
+        return;
+    };
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    for q in queues {
+        let retries =
+            (1..=u32::try_from(q.retry_delays.len()).unwrap_or(0)).filter_map(|n| q.retry_queue(n));
+        for name in [q.name.clone(), q.dead_letter_queue()]
+            .into_iter()
+            .chain(retries)
+        {
+            let _ = ch
+                .queue_delete(name.as_str().into(), Default::default())
+                .await;
+        }
+    }
+}
+
 /// `prefix-<12 random hex digits>`: a name no other test uses.
 pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -2,7 +2,7 @@ use auth_svc::token::Claims;
 use clap::Parser;
 use futures::{AsyncWriteExt, TryStreamExt};
 use gateway_svc::{app::App, config::Config};
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use media_store::{
     Store,
     mongodb::bson::{doc, oid::ObjectId},
@@ -320,21 +320,8 @@ impl TestApp {
         self.token.cancel();
         self.handle.await.unwrap().unwrap();
         let _ = self.store.db.drop().await;
-        if let Ok(conn) =
-            amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "gw-test-cleanup").await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let retries = (1..=self.topology.retry_delays.len() as u32)
-                .filter_map(|n| self.topology.retry_queue(n));
-            let queues = [self.queue.clone(), self.topology.dead_letter_queue()]
-                .into_iter()
-                .chain(retries);
-            for q in queues {
-                let _ = ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-        }
+        test_kit::delete_work_queues(&self.stack.amqp_url, std::slice::from_ref(&self.topology))
+            .await;
     }
 }
 

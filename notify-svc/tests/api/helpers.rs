@@ -155,19 +155,11 @@ impl Env {
     }
 
     pub async fn cleanup(self) {
-        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "cleanup").await;
-        if let Ok(conn) = conn
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let wq = topology(&self.retry_delays).work_queue(&self.queue);
-            let mut names = vec![wq.name.clone(), wq.dead_letter_queue()];
-            names.extend((1..=wq.retry_delays.len() as u32).filter_map(|n| wq.retry_queue(n)));
-            for name in names {
-                let _ = ch
-                    .queue_delete(name.as_str().into(), Default::default())
-                    .await;
-            }
-        }
+        test_kit::delete_work_queues(
+            &self.stack.amqp_url,
+            &[topology(&self.retry_delays).work_queue(&self.queue)],
+        )
+        .await;
     }
 }
 
