@@ -251,6 +251,65 @@ impl Mesh {
     }
 }
 
+/// The REST edge, called with the tutorial's request shapes.
+struct Rest {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Rest {
+    fn new(mesh: &Mesh) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", mesh.http),
+        }
+    }
+
+    /// curl -X POST http://HOST/login -u EMAIL:PASSWORD
+    async fn login(&self, email: &str, password: &str) -> String {
+        let res = self
+            .http
+            .post(format!("{}/login", self.base))
+            .basic_auth(email, Some(password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
+    /// curl -X POST -F 'file=@./NAME' -H 'Authorization: Bearer TOKEN' http://HOST/upload
+    async fn upload(&self, token: &str, name: &str, bytes: Vec<u8>) -> serde_json::Value {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+        );
+        let res = self
+            .http
+            .post(format!("{}/upload", self.base))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    /// GET with the bearer token; the response checked to be 200.
+    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "GET {path}");
+        res
+    }
+}
+
 fn authed<T>(bearer: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
@@ -297,50 +356,23 @@ async fn the_tutorial_journey_over_rest() {
     let mesh = Mesh::start().await;
     let (email, password) = mesh.user().await;
     let video = mesh.sample("test.mkv", SAMPLE);
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", mesh.http);
+    let rest = Rest::new(&mesh);
 
-    // curl -X POST http://HOST/login -u EMAIL:PASSWORD
-    let token = http
-        .post(format!("{base}/login"))
-        .basic_auth(&email, Some(&password))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    // curl -X POST -F 'file=@./test.mkv' -H 'Authorization: Bearer TOKEN' http://HOST/upload
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(std::fs::read(&video).unwrap()).file_name("test.mkv"),
-    );
-    let res = http
-        .post(format!("{base}/upload"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let job: serde_json::Value = res.json().await.unwrap();
+    let token = rest.login(&email, &password).await;
+    let job = rest
+        .upload(&token, "test.mkv", std::fs::read(&video).unwrap())
+        .await;
 
     // The email names the MP3.
     let text = mesh.email(&email).await;
     let fid = fid_in(&text);
     assert!(
-        text.contains(&format!("{base}/download?fid={fid}")),
+        text.contains(&format!("{}/download?fid={fid}", rest.base)),
         "{text}"
     );
 
     // curl --output out.mp3 -X GET -H 'Authorization: Bearer TOKEN' "http://HOST/download?fid=ID"
-    let res = http
-        .get(format!("{base}/download?fid={fid}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let res = rest.get(&token, &format!("/download?fid={fid}")).await;
     let out = mesh.dir.path().join("out.mp3");
     std::fs::write(&out, res.bytes().await.unwrap()).unwrap();
     let (format, duration) = ffprobe(&out);
@@ -348,12 +380,9 @@ async fn the_tutorial_journey_over_rest() {
     assert!((duration - 4.0).abs() < 0.2, "{duration}");
 
     let job_id = job["job_id"].as_str().unwrap();
-    let done: serde_json::Value = http
-        .get(format!("{base}/jobs/{job_id}"))
-        .bearer_auth(&token)
-        .send()
+    let done: serde_json::Value = rest
+        .get(&token, &format!("/jobs/{job_id}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -457,43 +486,23 @@ async fn the_journey_over_grpc() {
 async fn a_file_that_is_not_a_video_ends_in_a_failure_email() {
     let mesh = Mesh::start().await;
     let (email, password) = mesh.user().await;
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", mesh.http);
-    let token = http
-        .post(format!("{base}/login"))
-        .basic_auth(&email, Some(&password))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(b"just some text, not a video\n".repeat(1000))
-            .file_name("notes.mkv"),
-    );
-    let job: serde_json::Value = http
-        .post(format!("{base}/upload"))
-        .bearer_auth(&token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest = Rest::new(&mesh);
+    let token = rest.login(&email, &password).await;
+    let job = rest
+        .upload(
+            &token,
+            "notes.mkv",
+            b"just some text, not a video\n".repeat(1000),
+        )
+        .await;
     let text = mesh.email(&email).await;
     assert!(text.contains("could not convert \"notes.mkv\""), "{text}");
     assert!(text.contains("not a media file"), "{text}");
 
     let job_id = job["job_id"].as_str().unwrap();
-    let failed: serde_json::Value = http
-        .get(format!("{base}/jobs/{job_id}"))
-        .bearer_auth(&token)
-        .send()
+    let failed: serde_json::Value = rest
+        .get(&token, &format!("/jobs/{job_id}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
