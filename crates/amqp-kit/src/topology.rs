@@ -12,9 +12,11 @@
 //!
 //! Quorum queues because they are replicated, always durable, and count
 //! deliveries (`x-delivery-count`), which bounds a poison message with
-//! `x-delivery-limit` instead of letting it loop forever. Dead-lettering is
-//! `at-least-once` (needs `overflow: reject-publish`) so a dead letter is never
-//! dropped in transit. One retry queue per delay, each with a queue-wide TTL,
+//! `x-delivery-limit` instead of letting it loop forever. Dead-lettering uses
+//! the default (at-most-once) strategy: RabbitMQ 3.10's `at-least-once`
+//! workers crash after a broker restart and take every quorum queue declared
+//! afterwards down with them (seen in CI); a dead letter can therefore be lost
+//! only if the broker dies while moving it. Revisit on RabbitMQ 4. One retry queue per delay, each with a queue-wide TTL,
 //! because per-message TTLs only expire at the head of a queue: a long delay
 //! would hold up every shorter one behind it. The delay is in the queue's name,
 //! so changing the backoff declares new queues instead of clashing with the
@@ -112,14 +114,6 @@ fn dead_letter_to(args: &mut FieldTable, routing_key: &str) {
     args.insert(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(routing_key.into()),
-    );
-    args.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
     );
 }
 
