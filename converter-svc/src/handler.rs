@@ -274,6 +274,85 @@ impl Converter {
         let output = dir.path().join("output.mp3");
 
         // Spool the video: ffmpeg needs a seekable input (see ffmpeg.rs).
+        self.spool(id, &input, &stop)
+            .instrument(tracing::info_span!(
+                "gridfs.read",
+                otel.name = "gridfs.read videos",
+                db.system.name = "mongodb",
+                db.collection.name = "videos",
+                video_id = %id,
+            ))
+            .await?;
+
+        let invalid = |e: ConvertError| match e {
+            ConvertError::Invalid(r) => Failure::Permanent(r),
+            e @ ConvertError::TimedOut(_) => Failure::Permanent(e.to_string()),
+            ConvertError::Abandoned => Failure::Abandoned,
+            e @ (ConvertError::Killed(_) | ConvertError::Io(_)) => {
+                Failure::Transient(e.to_string())
+            }
+        };
+        let probe = ffmpeg::probe(&input).await.map_err(invalid)?;
+        if !probe.has_audio {
+            return Err(Failure::Permanent(
+                "the video has no audio track, so there is nothing to put in an MP3".into(),
+            ));
+        }
+        if !probe.has_video && !self.allow_audio_only {
+            return Err(Failure::Permanent(
+                "the file is not a video (it has no video stream)".into(),
+            ));
+        }
+        ffmpeg::to_mp3(&input, &output, self.quality, self.job_timeout, stop)
+            .instrument(tracing::info_span!(
+                "ffmpeg",
+                otel.name = "ffmpeg to_mp3",
+                process.executable.name = "ffmpeg",
+                audio.codec = "libmp3lame",
+                audio.quality = self.quality,
+                input.duration_seconds = probe.duration,
+            ))
+            .await
+            .map_err(invalid)?;
+        let out = ffmpeg::probe(&output).await.map_err(|_| {
+            Failure::Permanent("ffmpeg produced no readable MP3 from this file".into())
+        })?;
+        let (Some(got), Some(want)) = (out.duration, probe.duration) else {
+            return Err(Failure::Permanent(
+                "the file's duration cannot be determined; it may be damaged".into(),
+            ));
+        };
+        if (got - want).abs() > self.tolerance.as_secs_f64() {
+            return Err(Failure::Permanent(format!(
+                "the video looks truncated or damaged: only {got:.1} s of its {want:.1} s of audio could be decoded"
+            )));
+        }
+
+        let stored = self
+            .store_mp3(job, &output, got)
+            .instrument(tracing::info_span!(
+                "gridfs.write",
+                otel.name = "gridfs.write mp3s",
+                db.system.name = "mongodb",
+                db.collection.name = "mp3s",
+                video_id = %id,
+            ))
+            .await?;
+        self.jobs
+            .done(id, stored.id.as_object_id().unwrap_or(id))
+            .await
+            .map_err(transient("marking the job done"))?;
+        tracing::info!(job_id = %id, seconds = got, bytes = stored.length, "converted");
+        self.announce(event, job, &stored).await
+    }
+
+    /// Copies the stored video into `input`.
+    async fn spool(
+        &self,
+        id: ObjectId,
+        input: &std::path::Path,
+        stop: &CancellationToken,
+    ) -> Result<(), Failure> {
         let file = self
             .jobs
             .store
@@ -283,7 +362,7 @@ impl Converter {
             .map_err(transient("finding the video"))?
             .ok_or_else(|| Failure::Permanent("the uploaded video is no longer stored".into()))?;
         let mut reader = self.jobs.store.video_reader(&file);
-        let mut spool = tokio::fs::File::create(&input)
+        let mut spool = tokio::fs::File::create(input)
             .await
             .map_err(|e| Failure::Transient(format!("spooling the video: {e}")))?;
         loop {
@@ -310,51 +389,7 @@ impl Converter {
             .sync_all()
             .await
             .map_err(|e| Failure::Transient(format!("spooling the video: {e}")))?;
-        drop(spool);
-
-        let invalid = |e: ConvertError| match e {
-            ConvertError::Invalid(r) => Failure::Permanent(r),
-            e @ ConvertError::TimedOut(_) => Failure::Permanent(e.to_string()),
-            ConvertError::Abandoned => Failure::Abandoned,
-            e @ (ConvertError::Killed(_) | ConvertError::Io(_)) => {
-                Failure::Transient(e.to_string())
-            }
-        };
-        let probe = ffmpeg::probe(&input).await.map_err(invalid)?;
-        if !probe.has_audio {
-            return Err(Failure::Permanent(
-                "the video has no audio track, so there is nothing to put in an MP3".into(),
-            ));
-        }
-        if !probe.has_video && !self.allow_audio_only {
-            return Err(Failure::Permanent(
-                "the file is not a video (it has no video stream)".into(),
-            ));
-        }
-        ffmpeg::to_mp3(&input, &output, self.quality, self.job_timeout, stop)
-            .await
-            .map_err(invalid)?;
-        let out = ffmpeg::probe(&output).await.map_err(|_| {
-            Failure::Permanent("ffmpeg produced no readable MP3 from this file".into())
-        })?;
-        let (Some(got), Some(want)) = (out.duration, probe.duration) else {
-            return Err(Failure::Permanent(
-                "the file's duration cannot be determined; it may be damaged".into(),
-            ));
-        };
-        if (got - want).abs() > self.tolerance.as_secs_f64() {
-            return Err(Failure::Permanent(format!(
-                "the video looks truncated or damaged: only {got:.1} s of its {want:.1} s of audio could be decoded"
-            )));
-        }
-
-        let stored = self.store_mp3(job, &output, got).await?;
-        self.jobs
-            .done(id, stored.id.as_object_id().unwrap_or(id))
-            .await
-            .map_err(transient("marking the job done"))?;
-        tracing::info!(job_id = %id, seconds = got, bytes = stored.length, "converted");
-        self.announce(event, job, &stored).await
+        Ok(())
     }
 
     /// Streams the MP3 file into GridFS. If another converter stored one for

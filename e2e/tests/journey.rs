@@ -7,21 +7,20 @@
 //! that is not a video.
 
 use clap::Parser;
+use e2e::{ADMIN, Rest, SAMPLE, SECRET, ffprobe, fid_in};
 use futures::StreamExt;
 use mp3converter_proto::{
-    auth::v1::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
+    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     media::v1::{
         DownloadRequest, GetJobRequest, JobState, UploadCommit, UploadMetadata, UploadRequest,
         download_response, media_service_client::MediaServiceClient, upload_request::Payload,
     },
 };
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 use test_kit::{Stack, mailpit::Mailpit, unique_name, wait_until};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
-const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e!";
-const ADMIN: (&str, &str) = ("admin@e2e.test", "admin password 1");
 const T: Duration = Duration::from_secs(90);
 
 struct Mesh {
@@ -172,44 +171,12 @@ impl Mesh {
         }
     }
 
-    /// A new user, created by the admin; returns (email, password).
     async fn user(&self) -> (String, String) {
-        let mut auth = AuthServiceClient::connect(format!("http://{}", self.auth))
-            .await
-            .unwrap();
-        let admin = auth
-            .login(LoginRequest {
-                email: ADMIN.0.into(),
-                password: ADMIN.1.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
-        let email = format!("{}@e2e.test", unique_name("user"));
-        let password = "journey password".to_owned();
-        let mut req = Request::new(CreateUserRequest {
-            email: email.clone(),
-            password: password.clone(),
-            admin: false,
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
-        auth.create_user(req).await.unwrap();
-        (email, password)
+        e2e::create_user(self.auth).await
     }
 
     fn sample(&self, name: &str, ffmpeg_args: &str) -> std::path::PathBuf {
-        let out = self.dir.path().join(name);
-        let ok = Command::new("ffmpeg")
-            .args(["-y", "-hide_banner", "-loglevel", "error"])
-            .args(ffmpeg_args.split_whitespace())
-            .arg(&out)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        out
+        e2e::sample(self.dir.path(), name, ffmpeg_args)
     }
 
     /// The one email sent to `to`, its text body.
@@ -251,65 +218,6 @@ impl Mesh {
     }
 }
 
-/// The REST edge, called with the tutorial's request shapes.
-struct Rest {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Rest {
-    fn new(mesh: &Mesh) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: format!("http://{}", mesh.http),
-        }
-    }
-
-    /// curl -X POST http://HOST/login -u EMAIL:PASSWORD
-    async fn login(&self, email: &str, password: &str) -> String {
-        let res = self
-            .http
-            .post(format!("{}/login", self.base))
-            .basic_auth(email, Some(password))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        res.text().await.unwrap()
-    }
-
-    /// curl -X POST -F 'file=@./NAME' -H 'Authorization: Bearer TOKEN' http://HOST/upload
-    async fn upload(&self, token: &str, name: &str, bytes: Vec<u8>) -> serde_json::Value {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
-        );
-        let res = self
-            .http
-            .post(format!("{}/upload", self.base))
-            .bearer_auth(token)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        res.json().await.unwrap()
-    }
-
-    /// GET with the bearer token; the response checked to be 200.
-    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "GET {path}");
-        res
-    }
-}
-
 fn authed<T>(bearer: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
@@ -317,46 +225,12 @@ fn authed<T>(bearer: &str, msg: T) -> Request<T> {
     r
 }
 
-/// The MP3 id in an email: the value of `fid=` in the download command.
-fn fid_in(text: &str) -> String {
-    let start = text.find("fid=").expect("a download command in the email") + 4;
-    text[start..]
-        .chars()
-        .take_while(char::is_ascii_alphanumeric)
-        .collect()
-}
-
-fn ffprobe(path: &Path) -> (String, f64) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=format_name,duration",
-            "-of",
-            "default=noprint_wrappers=1",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (get("format_name"), get("duration").parse().unwrap_or(-1.0))
-}
-
-const SAMPLE: &str = "-f lavfi -i testsrc=duration=4:size=160x120:rate=10 -f lavfi -i sine=frequency=440:duration=4 -shortest -c:v libx264 -pix_fmt yuv420p -c:a aac";
-
 #[tokio::test]
 async fn the_tutorial_journey_over_rest() {
     let mesh = Mesh::start().await;
     let (email, password) = mesh.user().await;
     let video = mesh.sample("test.mkv", SAMPLE);
-    let rest = Rest::new(&mesh);
+    let rest = Rest::new(mesh.http);
 
     let token = rest.login(&email, &password).await;
     let job = rest
@@ -486,7 +360,7 @@ async fn the_journey_over_grpc() {
 async fn a_file_that_is_not_a_video_ends_in_a_failure_email() {
     let mesh = Mesh::start().await;
     let (email, password) = mesh.user().await;
-    let rest = Rest::new(&mesh);
+    let rest = Rest::new(mesh.http);
     let token = rest.login(&email, &password).await;
     let job = rest
         .upload(

@@ -16,13 +16,14 @@ use mp3converter_proto::{
     },
 };
 use std::{net::SocketAddr, time::Duration};
-use svc_kit::health::Health;
+use svc_kit::{health::Health, observe::GrpcClientLayer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     service::{LayerExt, Routes},
     transport::Endpoint,
 };
+use tower::Layer;
 
 const SERVICE_NAME: &str = "mp3converter.media.v1.MediaService";
 
@@ -105,13 +106,15 @@ impl App {
         // The REST edge calls our own gRPC API over loopback, exactly as an
         // outside gRPC client would.
         let media_client = MediaServiceClient::new(
-            Endpoint::from_shared(format!("http://{}", loopback(grpc_listener.local_addr()?)))?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy(),
+            GrpcClientLayer.layer(
+                Endpoint::from_shared(format!("http://{}", loopback(grpc_listener.local_addr()?)))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy(),
+            ),
         );
         let edge = Edge {
             media: media_client,
-            auth: AuthServiceClient::new(auth_channel),
+            auth: AuthServiceClient::new(GrpcClientLayer.layer(auth_channel)),
             health: health.clone(),
         };
         let rest = rest::router(edge, validator, config.max_upload_size);

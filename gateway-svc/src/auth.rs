@@ -17,8 +17,10 @@ use std::{
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
+use svc_kit::observe::TracedChannel;
 use tonic::{Code, transport::Channel};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 /// Who is calling, as auth-svc vouched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +74,7 @@ impl Expiry<[u8; 32], Entry> for UntilExpiry {
 /// SHA-256 digests, so tokens are not kept in memory.
 #[derive(Clone)]
 pub struct Validator {
-    client: AuthServiceClient<Channel>,
+    client: AuthServiceClient<TracedChannel>,
     timeout: Duration,
     cache: Option<Cache<[u8; 32], Entry>>,
 }
@@ -95,24 +97,48 @@ impl Validator {
                 .build()
         });
         Self {
-            client: AuthServiceClient::new(channel),
+            client: AuthServiceClient::new(tower::Layer::layer(
+                &svc_kit::observe::GrpcClientLayer,
+                channel,
+            )),
             timeout,
             cache,
         }
     }
 
     pub async fn validate(&self, token: &str) -> Result<Caller, AuthFailure> {
+        let span = tracing::info_span!(
+            "auth.check_token",
+            cache.hit = tracing::field::Empty,
+            result = tracing::field::Empty,
+        );
+        let res = self.check(token, &span).instrument(span.clone()).await;
+        span.record(
+            "result",
+            match &res {
+                Ok(_) => "valid",
+                Err(AuthFailure::Missing) => "missing",
+                Err(AuthFailure::Rejected { .. }) => "rejected",
+                Err(AuthFailure::Unavailable) => "unavailable",
+            },
+        );
+        res
+    }
+
+    async fn check(&self, token: &str, span: &tracing::Span) -> Result<Caller, AuthFailure> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(cache) = &self.cache {
             if let Some(entry) = cache.get(&key).await
                 && entry.expires > SystemTime::now()
             {
-                metrics::counter!("mp3converter_gateway_auth_cache_total", "result" => "hit")
+                metrics::counter!("mp3converter_gateway_auth_cache_lookups_total", "result" => "hit")
                     .increment(1);
+                span.record("cache.hit", true);
                 return Ok(entry.caller);
             }
-            metrics::counter!("mp3converter_gateway_auth_cache_total", "result" => "miss")
+            metrics::counter!("mp3converter_gateway_auth_cache_lookups_total", "result" => "miss")
                 .increment(1);
+            span.record("cache.hit", false);
         }
         let mut req = tonic::Request::new(ValidateRequest {
             token: token.to_owned(),

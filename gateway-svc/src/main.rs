@@ -2,8 +2,5 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = gateway_svc::config::Config::parse();
-    svc_kit::telemetry::init(&config.telemetry)?;
-    let app = gateway_svc::app::App::build(config).await?;
-    app.run_until(svc_kit::shutdown::on_signal()).await
+    gateway_svc::run(gateway_svc::config::Config::parse()).await
 }

@@ -29,6 +29,7 @@ use std::{pin::Pin, sync::Arc};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// Largest chunk in either direction.
 pub(crate) const MAX_CHUNK: usize = 1 << 20;
@@ -130,30 +131,30 @@ impl Media {
         };
 
         let id = ObjectId::new();
-        let mut upload = self
-            .store
-            .videos
-            .open_upload_stream(&filename)
-            .id(id.into())
-            .metadata(doc! { "owner_id": &caller.user_id, "content_type": &content_type })
+        let span = tracing::info_span!(
+            "gridfs.write",
+            otel.name = "gridfs.write videos",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "mongodb",
+            db.collection.name = "videos",
+            video_id = %id,
+            bytes = tracing::field::Empty,
+        );
+        let total = match self
+            .write_video(&caller, id, &filename, &content_type, &mut rx)
+            .instrument(span.clone())
             .await
-            .map_err(|e| store_error("opening a GridFS upload", &e))?;
-
-        let received = self.receive_chunks(&mut rx, &mut upload).await;
-        let total = match received {
-            Ok(total) => total,
+        {
+            Ok(total) => {
+                span.record("bytes", total);
+                total
+            }
             Err(status) => {
-                if let Err(e) = upload.abort().await {
-                    tracing::warn!(error = %e, video_id = %id, "aborting a GridFS upload failed");
-                }
-                tracing::info!(video_id = %id, code = ?status.code(), message = status.message(), "upload rejected");
+                span.record("otel.status_code", "ERROR");
                 return Err(status);
             }
         };
-        upload
-            .close()
-            .await
-            .map_err(|e| io_store_error("finishing a GridFS upload", &e))?;
+        drop(span);
         metrics::counter!("mp3converter_gateway_upload_bytes_total").increment(total);
 
         let now = DateTime::now();
@@ -197,6 +198,41 @@ impl Media {
             published: true,
             ..job
         }))
+    }
+
+    /// Streams the chunks into a new GridFS file `id`; anything short of a
+    /// committed upload aborts it, so no chunk is left behind.
+    async fn write_video(
+        &self,
+        caller: &Caller,
+        id: ObjectId,
+        filename: &str,
+        content_type: &str,
+        rx: &mut mpsc::Receiver<Result<UploadRequest, Status>>,
+    ) -> Result<u64, Status> {
+        let mut upload = self
+            .store
+            .videos
+            .open_upload_stream(filename)
+            .id(id.into())
+            .metadata(doc! { "owner_id": &caller.user_id, "content_type": content_type })
+            .await
+            .map_err(|e| store_error("opening a GridFS upload", &e))?;
+        let total = match self.receive_chunks(rx, &mut upload).await {
+            Ok(total) => total,
+            Err(status) => {
+                if let Err(e) = upload.abort().await {
+                    tracing::warn!(error = %e, video_id = %id, "aborting a GridFS upload failed");
+                }
+                tracing::info!(video_id = %id, code = ?status.code(), message = status.message(), "upload rejected");
+                return Err(status);
+            }
+        };
+        upload
+            .close()
+            .await
+            .map_err(|e| io_store_error("finishing a GridFS upload", &e))?;
+        Ok(total)
     }
 
     async fn receive_chunks(
@@ -351,7 +387,7 @@ impl MediaService for Media {
         let caller = caller(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let worker = tokio::spawn(self.clone().store_upload(caller, rx));
+        let worker = tokio::spawn(self.clone().store_upload(caller, rx).in_current_span());
         while let Some(msg) = inbound.next().await {
             let failed = msg.is_err();
             if tx.send(msg).await.is_err() || failed {
@@ -394,41 +430,51 @@ impl MediaService for Media {
         // At most 4 GridFS chunks (4 × 255 KiB) per message: under 1 MiB.
         let mut reader = self.store.mp3_reader(&file);
         let (tx, rx) = mpsc::channel::<Result<DownloadResponse, Status>>(4);
-        tokio::spawn(async move {
-            let msg = |p| DownloadResponse { payload: Some(p) };
-            if tx
-                .send(Ok(msg(download_response::Payload::Metadata(meta))))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let mut sent: u64 = 0;
-            loop {
-                let block = match reader.next_block().await {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, mp3_id = %id, "reading an MP3 failed");
-                        let _ = tx
-                            .send(Err(Status::unavailable(
-                                "storage is unavailable; retry later",
-                            )))
-                            .await;
-                        return;
-                    }
-                };
-                sent += block.len() as u64;
+        let span = tracing::info_span!(
+            "gridfs.read",
+            otel.name = "gridfs.read mp3s",
+            db.system.name = "mongodb",
+            db.collection.name = "mp3s",
+            mp3_id = %id,
+        );
+        tokio::spawn(
+            async move {
+                let msg = |p| DownloadResponse { payload: Some(p) };
                 if tx
-                    .send(Ok(msg(download_response::Payload::Chunk(block))))
+                    .send(Ok(msg(download_response::Payload::Metadata(meta))))
                     .await
                     .is_err()
                 {
-                    return; // the client went away
+                    return;
                 }
+                let mut sent: u64 = 0;
+                loop {
+                    let block = match reader.next_block().await {
+                        Ok(Some(b)) => b,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, mp3_id = %id, "reading an MP3 failed");
+                            let _ = tx
+                                .send(Err(Status::unavailable(
+                                    "storage is unavailable; retry later",
+                                )))
+                                .await;
+                            return;
+                        }
+                    };
+                    sent += block.len() as u64;
+                    if tx
+                        .send(Ok(msg(download_response::Payload::Chunk(block))))
+                        .await
+                        .is_err()
+                    {
+                        return; // the client went away
+                    }
+                }
+                metrics::counter!("mp3converter_gateway_download_bytes_total").increment(sent);
             }
-            metrics::counter!("mp3converter_gateway_download_bytes_total").increment(sent);
-        });
+            .instrument(span),
+        );
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as DownloadStream
         ))

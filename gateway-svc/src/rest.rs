@@ -33,14 +33,16 @@ use mp3converter_proto::{
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use svc_kit::health::Health;
+use svc_kit::observe::TracedChannel;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Edge {
-    pub(crate) media: MediaServiceClient<Channel>,
-    pub(crate) auth: AuthServiceClient<Channel>,
+    pub(crate) media: MediaServiceClient<TracedChannel>,
+    pub(crate) auth: AuthServiceClient<TracedChannel>,
     pub(crate) health: Health,
 }
 
@@ -81,6 +83,8 @@ pub(crate) fn router(edge: Edge, validator: Validator, max_upload: u64) -> Route
         .merge(protected)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
         .with_state(edge)
+        // Last, so it wraps every route and sees the matched route template.
+        .layer(svc_kit::observe::ServerLayer::http())
 }
 
 async fn readyz(State(edge): State<Edge>) -> impl IntoResponse {
@@ -210,7 +214,7 @@ async fn upload(
     let (tx, rx) = mpsc::channel::<UploadRequest>(8);
     let req = forward(&headers, ReceiverStream::new(rx));
     let mut client = edge.media.clone();
-    let call = tokio::spawn(async move { client.upload(req).await });
+    let call = tokio::spawn(async move { client.upload(req).await }.in_current_span());
 
     let pumped: Result<(), ApiError> = async {
         let send = |p| {

@@ -6,3 +6,19 @@ pub mod config;
 mod handler;
 mod mail;
 mod sent_log;
+
+/// The service as `main` runs it: until SIGTERM/SIGINT, then drained.
+pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    let telemetry = config.telemetry.clone();
+    svc_kit::telemetry::run(
+        "notify-svc",
+        &telemetry,
+        Box::pin(async {
+            app::App::build(config)
+                .await?
+                .run_until(svc_kit::shutdown::on_signal())
+                .await
+        }),
+    )
+    .await
+}

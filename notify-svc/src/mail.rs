@@ -9,6 +9,7 @@ use lettre::{
 };
 use mp3converter_proto::events::v1::{ConversionFailed, FailureKind, Mp3Ready};
 use svc_kit::config::Secret;
+use tracing::Instrument;
 
 const READY_TXT: &str = include_str!("../templates/ready.txt");
 const READY_HTML: &str = include_str!("../templates/ready.html");
@@ -140,11 +141,28 @@ impl Mailer {
     }
 
     pub(crate) async fn send(&self, msg: Message) -> SmtpResult {
-        match self.transport.send(msg).await {
+        let span = tracing::info_span!(
+            "smtp.send",
+            otel.name = "smtp.send",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            smtp.result = tracing::field::Empty,
+        );
+        let res = match self.transport.send(msg).instrument(span.clone()).await {
             Ok(_) => SmtpResult::Accepted,
             Err(e) if e.is_permanent() => SmtpResult::Permanent(e.to_string()),
             Err(e) => SmtpResult::Transient(e.to_string()),
+        };
+        let label = match &res {
+            SmtpResult::Accepted => "accepted",
+            SmtpResult::Permanent(_) => "rejected",
+            SmtpResult::Transient(_) => "failed",
+        };
+        span.record("smtp.result", label);
+        if !matches!(res, SmtpResult::Accepted) {
+            span.record("otel.status_code", "ERROR");
         }
+        res
     }
 }
 

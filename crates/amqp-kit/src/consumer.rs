@@ -18,6 +18,7 @@ use lapin::{
 use std::{future::Future, time::Duration};
 use svc_kit::{config::Secret, health::Health};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What to do with a delivery once the handler is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +162,8 @@ fn delivery_count(props: &BasicProperties) -> u32 {
     header_u32(props, "x-delivery-count").unwrap_or(0)
 }
 
+/// Handles and settles one delivery inside a consumer span that continues
+/// the publisher's trace.
 async fn process<H: Handler>(
     cfg: &ConsumerConfig,
     handler: &H,
@@ -168,6 +171,42 @@ async fn process<H: Handler>(
     shutdown: &CancellationToken,
     delivery: Delivery,
 ) {
+    let queue = cfg.queue.name.as_str();
+    let span = tracing::info_span!(
+        "amqp.process",
+        otel.name = %format_args!("process {queue}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = queue,
+        messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()),
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        messaging.message.redelivered = delivery.redelivered,
+        outcome = tracing::field::Empty,
+    );
+    crate::trace::continue_from(&span, &delivery.properties);
+    let started = std::time::Instant::now();
+    let outcome = settle(cfg, handler, retry, shutdown, delivery)
+        .instrument(span.clone())
+        .await;
+    span.record("outcome", outcome);
+    if outcome == "dead_lettered" {
+        span.record("otel.status_code", "ERROR");
+    }
+    metrics::histogram!("mp3converter_amqp_process_duration_seconds", "queue" => queue.to_owned(), "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Runs the handler and settles the delivery; returns what happened to it,
+/// as a label.
+async fn settle<H: Handler>(
+    cfg: &ConsumerConfig,
+    handler: &H,
+    retry: &Publisher,
+    shutdown: &CancellationToken,
+    delivery: Delivery,
+) -> &'static str {
     let queue = cfg.queue.name.as_str();
     metrics::counter!("mp3converter_amqp_consumed_total", "queue" => queue.to_owned()).increment(1);
     if delivery.redelivered {
@@ -197,12 +236,12 @@ async fn process<H: Handler>(
         o
     };
 
-    let settled = match outcome {
-        Outcome::Ack => ack(&delivery, queue).await,
-        Outcome::Requeue => nack(&delivery, queue, true).await,
+    let (settled, label) = match outcome {
+        Outcome::Ack => (ack(&delivery, queue).await, "acked"),
+        Outcome::Requeue => (nack(&delivery, queue, true).await, "requeued"),
         Outcome::DeadLetter(reason) => {
             tracing::warn!(%reason, queue, "dead-lettering a message");
-            nack(&delivery, queue, false).await
+            (nack(&delivery, queue, false).await, "dead_lettered")
         }
         Outcome::Retry(reason) => {
             let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0) + 1;
@@ -215,31 +254,34 @@ async fn process<H: Handler>(
                     let props = delivery.properties.clone().with_headers(headers);
                     match retry.publish(&retry_queue, &delivery.data, props).await {
                         // The copy is safely queued; only now drop the original.
-                        Ok(()) => ack(&delivery, queue).await,
+                        Ok(()) => (ack(&delivery, queue).await, "retry_scheduled"),
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot schedule the retry; requeueing");
-                            nack(&delivery, queue, true).await
+                            (nack(&delivery, queue, true).await, "requeued")
                         }
                     }
                 }
                 None => {
                     tracing::error!(%reason, attempt, queue, "retries exhausted; dead-lettering");
                     match handler.exhausted(&delivery, &reason).await {
-                        Ok(()) => nack(&delivery, queue, false).await,
+                        Ok(()) => (nack(&delivery, queue, false).await, "dead_lettered"),
                         Err(e) => {
                             tracing::warn!(error = %e, "reporting the failure failed; requeueing");
-                            nack(&delivery, queue, true).await
+                            (nack(&delivery, queue, true).await, "requeued")
                         }
                     }
                 }
             }
         }
     };
-    if !settled {
+    if settled {
+        label
+    } else {
         tracing::warn!(
             queue,
             "could not settle a delivery (channel gone); the broker will redeliver it"
         );
+        "unsettled"
     }
 }
 

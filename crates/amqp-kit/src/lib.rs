@@ -10,6 +10,7 @@
 pub mod consumer;
 mod publisher;
 mod topology;
+pub mod trace;
 
 pub use publisher::{PublishError, Publisher};
 pub use topology::{TopologyArgs, WorkQueue, declare_work_queue};

@@ -8,6 +8,7 @@ use lapin::{
 use std::{sync::Arc, time::Duration};
 use svc_kit::config::Secret;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -21,6 +22,18 @@ pub enum PublishError {
     Unroutable(String),
     #[error("the broker did not confirm within {0:?}")]
     Timeout(Duration),
+}
+
+impl PublishError {
+    /// A metric label.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Connect(_) | Self::Amqp(_) => "failed",
+            Self::Nacked => "nacked",
+            Self::Unroutable(_) => "unroutable",
+            Self::Timeout(_) => "timeout",
+        }
+    }
 }
 
 /// A confirm-mode channel shared by every task of the process. lapin channels
@@ -109,7 +122,41 @@ impl Publisher {
     /// broker confirms it has taken responsibility for the message (for a
     /// quorum queue: written to a majority). A message no queue takes is
     /// `Unroutable`, not silently dropped.
+    ///
+    /// Runs in a producer span whose trace context goes out in the message
+    /// headers.
     pub async fn publish(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let span = tracing::info_span!(
+            "amqp.publish",
+            otel.name = %format_args!("publish {routing_key}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = routing_key,
+            messaging.message.id = props.message_id().as_ref().map(|m| m.as_str()),
+            messaging.message.body.size = payload.len(),
+        );
+        let props = crate::trace::with_context(props, &span);
+        let res = self
+            .publish_confirmed(routing_key, payload, props)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &res {
+            span.record("otel.status_code", "ERROR");
+            metrics::counter!("mp3converter_amqp_published_total", "queue" => routing_key.to_owned(), "outcome" => e.outcome()).increment(1);
+        } else {
+            metrics::counter!("mp3converter_amqp_published_total", "queue" => routing_key.to_owned(), "outcome" => "confirmed").increment(1);
+        }
+        res
+    }
+
+    async fn publish_confirmed(
         &self,
         routing_key: &str,
         payload: &[u8],

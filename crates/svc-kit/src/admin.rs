@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Latency buckets (seconds) for every `*_duration_seconds` histogram, so they
-/// render as real histograms that can be aggregated across pods.
+/// Latency buckets (seconds) for every `*_seconds` histogram, so they render
+/// as real histograms that can be aggregated across pods.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0,
@@ -24,7 +24,7 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    metrics_exporter_prometheus::Matcher::Suffix("_duration_seconds".into()),
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
                     DURATION_BUCKETS,
                 )
                 .unwrap_or_else(|_| PrometheusBuilder::new());

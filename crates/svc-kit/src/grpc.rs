@@ -44,6 +44,8 @@ pub async fn serve(
         // peers.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Outermost: the span and the metrics cover auth and the handler.
+        .layer(crate::observe::ServerLayer::grpc())
         .add_routes(routes)
         // Our own listener, so the builder's tcp_nodelay does not apply: set
         // it per accepted socket, or Nagle + delayed ACKs add ~40 ms to small

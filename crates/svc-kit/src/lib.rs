@@ -4,7 +4,9 @@
 //! - [`config`]: clap arguments read from the environment (`--help` lists
 //!   them), and [`config::Secret`] for values that must never be logged.
 //! - [`telemetry`]: one `tracing` init per process (text locally, JSON in the
-//!   cluster).
+//!   cluster, trace ids on every line; OTLP export when configured).
+//! - [`observe`]: server/client spans with W3C trace-context propagation, and
+//!   request metrics, as tower layers.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future and as a cancellation token.
 //! - [`health`]: readiness of a service's dependencies, reported over
 //!   grpc.health.v1 and over HTTP.
@@ -18,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod observe;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod shutdown;

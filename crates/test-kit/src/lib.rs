@@ -1,6 +1,7 @@
 //! Test-only helpers (a dev-dependency of every service): the local stack's
 //! connection settings, unique names so tests never share state, fresh
-//! PostgreSQL databases, waiting for a condition, and reading Mailpit.
+//! PostgreSQL databases, waiting for a condition, reading Mailpit, and an
+//! OTLP trace receiver.
 //!
 //! Settings come from the same variables `scripts/stack env` prints, with the
 //! stack's fixed ports as defaults, so `cargo test` works with or without
@@ -9,7 +10,9 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 pub mod mailpit;
+pub mod otlp;
 pub mod pg;
+pub mod prom;
 
 use std::{future::Future, sync::Once, time::Duration};
 

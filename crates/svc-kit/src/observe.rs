@@ -1,0 +1,519 @@
+//! Traces and request metrics at a service's edges, as tower layers:
+//!
+//! - [`ServerLayer`] on every gRPC server and on the REST edge: one server
+//!   span per request, continuing the caller's W3C trace context
+//!   (`traceparent`), and the request counters and latency histograms
+//!   operators expect (`grpc_server_handled_total`,
+//!   `grpc_server_handling_seconds`, `http_server_requests_total`,
+//!   `http_server_request_duration_seconds`). Both are finished when the
+//!   response body ends, so a streamed download is measured whole and its
+//!   gRPC status comes from the trailers.
+//! - [`GrpcClientLayer`] on gRPC channels: a client span whose context goes
+//!   out in the request's metadata.
+//! - [`inject`] / [`extract`] for other carriers (AMQP headers).
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::TraceContextExt,
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use pin_project_lite::pin_project;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Writes `span`'s trace context (`traceparent`, `tracestate`) into a carrier.
+pub fn inject(span: &Span, carrier: &mut dyn Injector) {
+    TraceContextPropagator::new().inject_context(&span.context(), carrier);
+}
+
+/// Reads a remote trace context from a carrier; the empty context if none.
+pub fn extract(carrier: &dyn Extractor) -> Context {
+    TraceContextPropagator::new().extract(carrier)
+}
+
+/// Makes `span` a child of the remote context in `carrier`, if it has one.
+/// Call it before anything is logged in `span`.
+pub fn continue_remote(span: &Span, carrier: &dyn Extractor) {
+    let cx = extract(carrier);
+    if cx.span().span_context().is_valid() {
+        // Fails only if the span has already started; it then stays a root.
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The trace id of `span` (32 hex digits), if it is being traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// HTTP headers (and so gRPC metadata) as a propagation carrier.
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
+fn grpc_names(path: &str) -> (String, String) {
+    match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) => (service.to_owned(), method.to_owned()),
+        None => ("unknown".to_owned(), "unknown".to_owned()),
+    }
+}
+
+/// Probes and reflection get metrics but no spans: they would drown the
+/// traces that matter.
+fn is_infrastructure(service: &str) -> bool {
+    service.starts_with("grpc.health.") || service.starts_with("grpc.reflection.")
+}
+
+/// gRPC codes that mean the server failed (OpenTelemetry semantic
+/// conventions for server spans); the others are the client's doing.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    )
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
+    let v = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from_i32(v))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http,
+    Grpc,
+}
+
+/// Server spans and request metrics; see the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLayer {
+    protocol: Protocol,
+}
+
+impl ServerLayer {
+    /// For a tonic server (`Server::builder().layer(..)`).
+    pub fn grpc() -> Self {
+        Self {
+            protocol: Protocol::Grpc,
+        }
+    }
+
+    /// For an axum router (`Router::layer(..)`, so the matched route is known).
+    pub fn http() -> Self {
+        Self {
+            protocol: Protocol::Http,
+        }
+    }
+}
+
+impl<S> Layer<S> for ServerLayer {
+    type Service = ServerService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerService {
+            inner,
+            protocol: self.protocol,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerService<S> {
+    inner: S,
+    protocol: Protocol,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B, RB> Service<Request<B>> for ServerService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<ObservedBody<RB>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let (span, labels) = match self.protocol {
+            Protocol::Grpc => {
+                let (service, method) = grpc_names(req.uri().path());
+                let span = if is_infrastructure(&service) {
+                    Span::none()
+                } else {
+                    tracing::info_span!(
+                        "grpc.server",
+                        otel.name = %format_args!("{service}/{method}"),
+                        otel.kind = "server",
+                        otel.status_code = Empty,
+                        rpc.system = "grpc",
+                        rpc.service = %service,
+                        rpc.method = %method,
+                        rpc.grpc.status_code = Empty,
+                    )
+                };
+                (span, Labels::Grpc { service, method })
+            }
+            Protocol::Http => {
+                // The route template, never the raw path: ids in paths would
+                // make a metric series per request.
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", |m| m.as_str())
+                    .to_owned();
+                let method = req.method().as_str().to_owned();
+                let span = tracing::info_span!(
+                    "http.server",
+                    otel.name = %format_args!("{method} {route}"),
+                    otel.kind = "server",
+                    otel.status_code = Empty,
+                    http.request.method = %method,
+                    http.route = %route,
+                    http.response.status_code = Empty,
+                );
+                (span, Labels::Http { method, route })
+            }
+        };
+        continue_remote(&span, &HeaderExtractor(req.headers()));
+        let fut = span.in_scope(|| self.inner.call(req));
+        Box::pin(async move {
+            let res = fut.instrument(span.clone()).await?;
+            let mut obs = Observation {
+                labels,
+                started,
+                span,
+                code: None,
+                done: false,
+            };
+            match &obs.labels {
+                Labels::Grpc { .. } => {
+                    // Trailers-only responses (errors, mostly) carry the
+                    // status in the headers.
+                    obs.code = grpc_status(res.headers()).map(|c| c as i32);
+                    if obs.code.is_some() {
+                        obs.finish();
+                    }
+                }
+                Labels::Http { .. } => obs.code = Some(i32::from(res.status().as_u16())),
+            }
+            Ok(res.map(|inner| ObservedBody {
+                inner,
+                obs: Some(obs),
+            }))
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Labels {
+    Grpc { service: String, method: String },
+    Http { method: String, route: String },
+}
+
+/// One request's measurements, recorded once: at the end of the body, or
+/// when the body is dropped early (the client went away).
+#[derive(Debug)]
+struct Observation {
+    labels: Labels,
+    started: Instant,
+    span: Span,
+    /// gRPC code or HTTP status, once known.
+    code: Option<i32>,
+    done: bool,
+}
+
+impl Observation {
+    fn finish(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        match &self.labels {
+            Labels::Grpc { service, method } => {
+                // No trailers before the body ended: the client cancelled.
+                let code =
+                    tonic::Code::from_i32(self.code.unwrap_or(tonic::Code::Cancelled as i32));
+                // The names grpc-go and its dashboards use: `OK`, `NotFound`.
+                let code_name = match code {
+                    tonic::Code::Ok => "OK".to_owned(),
+                    c => format!("{c:?}"),
+                };
+                let labels = [
+                    ("grpc_service", service.clone()),
+                    ("grpc_method", method.clone()),
+                    ("grpc_code", code_name),
+                ];
+                metrics::counter!("grpc_server_handled_total", &labels).increment(1);
+                metrics::histogram!("grpc_server_handling_seconds", &labels).record(elapsed);
+                self.span.record("rpc.grpc.status_code", code as i32);
+                if is_server_error(code) {
+                    self.span.record("otel.status_code", "ERROR");
+                }
+            }
+            Labels::Http { method, route } => {
+                let status = self.code.unwrap_or(500);
+                let labels = [
+                    ("method", method.clone()),
+                    ("route", route.clone()),
+                    ("status", status.to_string()),
+                ];
+                metrics::counter!("http_server_requests_total", &labels).increment(1);
+                metrics::histogram!("http_server_request_duration_seconds", &labels)
+                    .record(elapsed);
+                self.span.record("http.response.status_code", status);
+                if status >= 500 {
+                    self.span.record("otel.status_code", "ERROR");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+pin_project! {
+    /// A response body that finishes its request's [`Observation`] when it
+    /// ends.
+    #[derive(Debug)]
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        obs: Option<Observation>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Some(obs) = this.obs.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(trailers) = frame.trailers_ref()
+                        && let Some(code) = grpc_status(trailers)
+                    {
+                        obs.code = Some(code as i32);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    if matches!(obs.labels, Labels::Grpc { .. }) && obs.code.is_none() {
+                        obs.code = Some(tonic::Code::Internal as i32);
+                    }
+                    obs.finish();
+                }
+                Poll::Ready(None) => {
+                    if matches!(obs.labels, Labels::Grpc { .. }) && obs.code.is_none() {
+                        obs.code = Some(tonic::Code::Unknown as i32);
+                    }
+                    obs.finish();
+                }
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: Default> Default for ObservedBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            obs: None,
+        }
+    }
+}
+
+/// Client spans for gRPC calls, with the trace context sent along.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcClientLayer;
+
+impl<S> Layer<S> for GrpcClientLayer {
+    type Service = GrpcClient<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcClient { inner }
+    }
+}
+
+/// A traced gRPC channel: `SomeClient::new(GrpcClientLayer.layer(channel))`.
+#[derive(Debug, Clone)]
+pub struct GrpcClient<S> {
+    inner: S,
+}
+
+/// The channel type the services' gRPC clients use.
+pub type TracedChannel = GrpcClient<tonic::transport::Channel>;
+
+impl<S, B, RB> Service<Request<B>> for GrpcClient<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let (service, method) = grpc_names(req.uri().path());
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %format_args!("{service}/{method}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = Empty,
+        );
+        inject(&span, &mut HeaderInjector(req.headers_mut()));
+        let fut = span.in_scope(|| self.inner.call(req));
+        Box::pin(
+            async move {
+                let res = fut.await;
+                let span = Span::current();
+                match &res {
+                    // A status in the headers is a trailers-only answer; a
+                    // streamed answer's status comes later, with the body.
+                    Ok(r) => {
+                        if let Some(code) = grpc_status(r.headers()) {
+                            span.record("rpc.grpc.status_code", code as i32);
+                            if code != tonic::Code::Ok {
+                                span.record("otel.status_code", "ERROR");
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                }
+                res
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            grpc_names("/mp3converter.auth.v1.AuthService/Validate"),
+            ("mp3converter.auth.v1.AuthService".into(), "Validate".into())
+        );
+        assert_eq!(
+            grpc_names("/nonsense"),
+            ("unknown".into(), "unknown".into())
+        );
+        assert!(is_infrastructure("grpc.health.v1.Health"));
+        assert!(!is_infrastructure("mp3converter.media.v1.MediaService"));
+    }
+
+    #[test]
+    fn only_server_faults_mark_a_server_span_as_failed() {
+        assert!(is_server_error(tonic::Code::Unavailable));
+        assert!(is_server_error(tonic::Code::Internal));
+        assert!(!is_server_error(tonic::Code::NotFound));
+        assert!(!is_server_error(tonic::Code::Unauthenticated));
+        assert!(!is_server_error(tonic::Code::InvalidArgument));
+    }
+
+    #[test]
+    fn trace_context_survives_a_round_trip_through_headers() {
+        let mut headers = HeaderMap::new();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent", HeaderValue::from_static(parent));
+        let cx = extract(&HeaderExtractor(&headers));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_remote());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+
+        let mut out = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut out));
+        assert_eq!(out.get("traceparent").unwrap(), parent);
+
+        let mut garbage = HeaderMap::new();
+        garbage.insert("traceparent", HeaderValue::from_static("00-zz-yy-01"));
+        assert!(
+            !extract(&HeaderExtractor(&garbage))
+                .span()
+                .span_context()
+                .is_valid()
+        );
+    }
+}
