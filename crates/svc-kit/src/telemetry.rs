@@ -10,6 +10,8 @@
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use std::sync::{Arc, OnceLock};
+use tracing::dispatcher::WeakDispatch;
 use tracing_subscriber::{
     EnvFilter, Layer,
     fmt::{self, FmtContext, FormatEvent, FormatFields, format::Writer},
@@ -145,32 +147,15 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer(service))
-        .with_filter(trace_filter);
-
-    let fmt_layer = match args.log_format {
-        // No colours: a line is re-written to append its trace id, and the
-        // logs mostly end up in files.
-        LogFormat::Text => fmt::layer()
-            .with_ansi(false)
-            .with_target(true)
-            .event_format(WithTraceId::text(fmt::format()))
-            .boxed(),
-        LogFormat::Json => fmt::layer()
-            .json()
-            .event_format(WithTraceId::json(
-                fmt::format()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            ))
-            .boxed(),
-    };
+    let layers = layers(
+        args.log_format,
+        log_filter,
+        trace_filter,
+        provider.tracer(service),
+        std::io::stdout,
+    );
     let installed = tracing_subscriber::registry()
-        .with(fmt_layer.with_filter(log_filter))
-        .with(otel)
+        .with(layers)
         .try_init()
         .is_ok();
     if installed {
@@ -203,21 +188,68 @@ fn resource(service: &'static str) -> Resource {
     }
 }
 
-/// The trace id of the span an event happens in, if any.
-fn current_trace_id<S>(
-    ctx: &FmtContext<'_, S, impl for<'w> FormatFields<'w> + 'static>,
-) -> Option<String>
+/// The log layer (filtered by `log_filter`) and the tracing layer (filtered
+/// by `trace_filter`), writing log lines to `writer`.
+fn layers<S, W>(
+    format: LogFormat,
+    log_filter: EnvFilter,
+    trace_filter: EnvFilter,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    writer: W,
+) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let span = ctx.lookup_current()?;
-    // The global dispatcher (the fast path: no scoped dispatchers) holds the
-    // OpenTelemetry layer that knows the span's context.
-    tracing::dispatcher::get_default(|dispatch| {
-        let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
-        let sc = cx.span().span_context().clone();
-        sc.is_valid().then(|| sc.trace_id().to_string())
-    })
+    let dispatch = Arc::new(OnceLock::new());
+    let fmt_layer = match format {
+        // No colours: a line is re-written to append its trace id, and the
+        // logs mostly end up in files.
+        LogFormat::Text => fmt::layer()
+            .with_writer(writer)
+            .with_ansi(false)
+            .with_target(true)
+            .event_format(WithTraceId {
+                inner: fmt::format(),
+                json: false,
+                dispatch: dispatch.clone(),
+            })
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .with_writer(writer)
+            .json()
+            .event_format(WithTraceId {
+                inner: fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+                json: true,
+                dispatch: dispatch.clone(),
+            })
+            .boxed(),
+    };
+    fmt_layer
+        .with_filter(log_filter)
+        .and_then(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(trace_filter),
+        )
+        .and_then(CaptureDispatch(dispatch))
+}
+
+/// The dispatcher this subscriber is installed in, so the log formatter can
+/// ask the OpenTelemetry layer for a span's trace id (during an event the
+/// thread's current dispatcher is not reachable).
+type DispatchCell = Arc<OnceLock<WeakDispatch>>;
+
+struct CaptureDispatch(DispatchCell);
+
+impl<S: tracing::Subscriber> Layer<S> for CaptureDispatch {
+    fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
+    }
 }
 
 /// Adds `trace_id` to each line logged inside a span: a field of the JSON
@@ -225,14 +257,22 @@ where
 struct WithTraceId<F> {
     inner: F,
     json: bool,
+    dispatch: DispatchCell,
 }
 
 impl<F> WithTraceId<F> {
-    fn text(inner: F) -> Self {
-        Self { inner, json: false }
-    }
-    fn json(inner: F) -> Self {
-        Self { inner, json: true }
+    fn trace_id<S>(
+        &self,
+        ctx: &FmtContext<'_, S, impl for<'w> FormatFields<'w> + 'static>,
+    ) -> Option<String>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let span = ctx.lookup_current()?;
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| sc.trace_id().to_string())
     }
 }
 
@@ -248,7 +288,7 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let Some(trace_id) = current_trace_id(ctx) else {
+        let Some(trace_id) = self.trace_id(ctx) else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::new();
@@ -283,4 +323,90 @@ where
     }
     telemetry.shutdown().await;
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Logs one line outside any span and one inside a span; returns the
+    /// output and the span's trace id.
+    fn log_two_lines(format: LogFormat) -> (Vec<String>, String) {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry().with(layers(
+            format,
+            EnvFilter::new("info"),
+            EnvFilter::new("info"),
+            provider.tracer("test"),
+            move || writer.clone(),
+        ));
+        let trace_id = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(token_len = 3, "outside");
+            let span = tracing::info_span!("work", job_id = "j1");
+            let _entered = span.enter();
+            tracing::info!("inside");
+            span.context().span().span_context().trace_id().to_string()
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        (text.lines().map(str::to_owned).collect(), trace_id)
+    }
+
+    #[test]
+    fn json_lines_inside_a_span_carry_its_trace_id() {
+        let (lines, trace_id) = log_two_lines(LogFormat::Json);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let outside: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        let inside: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert!(outside.get("trace_id").is_none(), "{outside}");
+        assert_eq!(inside["trace_id"], trace_id.as_str(), "{inside}");
+        assert_eq!(inside["message"], "inside");
+        assert_eq!(inside["span"]["job_id"], "j1");
+        assert_ne!(trace_id, "00000000000000000000000000000000");
+    }
+
+    #[test]
+    fn text_lines_inside_a_span_end_with_its_trace_id() {
+        let (lines, trace_id) = log_two_lines(LogFormat::Text);
+        assert!(!lines[0].contains("trace_id"), "{}", lines[0]);
+        assert!(
+            lines[1].ends_with(&format!(" trace_id={trace_id}")),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains("inside"));
+    }
+
+    #[test]
+    fn export_needs_an_endpoint_and_no_opt_out() {
+        let mut args = TelemetryArgs::default();
+        assert_eq!(args.export_endpoint(), None);
+        args.otlp_endpoint = Some("http://collector:4317".into());
+        assert_eq!(args.export_endpoint(), Some("http://collector:4317"));
+        args.otlp_traces_endpoint = Some("http://traces:4317".into());
+        assert_eq!(args.export_endpoint(), Some("http://traces:4317"));
+        args.otel_sdk_disabled = true;
+        assert_eq!(args.export_endpoint(), None);
+        let blank = TelemetryArgs {
+            otlp_endpoint: Some(" ".into()),
+            ..TelemetryArgs::default()
+        };
+        assert_eq!(blank.export_endpoint(), None);
+    }
 }
