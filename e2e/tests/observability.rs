@@ -486,6 +486,17 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
     let before = mesh.scrape().await;
     let (_, _, mp3_bytes) = journey(&mesh, None).await;
 
+    // Refusals are counted with their status too.
+    let rest = Rest::new(mesh.http);
+    let res = rest
+        .http
+        .get(format!("{}/jobs/000000000000000000000000", rest.base))
+        .bearer_auth("not-a-jwt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
     // A message no consumer can read: dead-lettered, and counted.
     let publisher = amqp_kit::Publisher::new(
         svc_kit::config::Secret::new(mesh.stack.amqp_url.as_str()),
@@ -566,6 +577,27 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
             "gateway-svc",
             "http_server_requests_total",
             vec![("route", "/login"), ("status", "200")],
+            1.0,
+        ),
+        (
+            "gateway-svc",
+            "http_server_requests_total",
+            vec![("route", "/jobs/{id}"), ("status", "401")],
+            1.0,
+        ),
+        (
+            "gateway-svc",
+            "mp3converter_gateway_auth_validations_total",
+            vec![("result", "rejected")],
+            1.0,
+        ),
+        (
+            "auth-svc",
+            "grpc_server_handled_total",
+            vec![
+                ("grpc_method", "Validate"),
+                ("grpc_code", "Unauthenticated"),
+            ],
             1.0,
         ),
         (

@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let auth_db = stack.fresh_database("gwbench").await;
     let mongo_db = test_kit::unique_name("gwbench").replace('-', "_");
     let queue = test_kit::unique_name("video-bench");
-    let (auth_port, grpc_port, http_port) = (free_port(), free_port(), free_port());
+    let auth_port = free_port();
     let admin = || format!("127.0.0.1:{}", free_port());
 
     let _auth = Proc::start(
@@ -68,20 +68,24 @@ async fn main() -> anyhow::Result<()> {
             ("ADMIN_PASSWORD", "bench password".into()),
         ],
     )?;
-    let gateway = Proc::start(
-        "gateway-svc",
-        &[
-            ("GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+    // A gateway process with the common settings plus `extra`; returns it
+    // with its gRPC and HTTP ports.
+    let start_gateway = |extra: &[(&'static str, String)]| {
+        let (grpc, http) = (free_port(), free_port());
+        let mut env = vec![
+            ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
+            ("HTTP_ADDR", format!("127.0.0.1:{http}")),
             ("ADMIN_ADDR", admin()),
             ("AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
             ("MONGODB_URI", stack.mongodb_uri.clone()),
             ("MONGODB_DATABASE", mongo_db.clone()),
             ("AMQP_URL", stack.amqp_url.clone()),
             ("VIDEO_QUEUE", queue.clone()),
-            ("MAX_UPLOAD_SIZE", "4GiB".into()),
-        ],
-    )?;
+        ];
+        env.extend_from_slice(extra);
+        Proc::start("gateway-svc", &env).map(|p| (p, grpc, http))
+    };
+    let (gateway, grpc_port, http_port) = start_gateway(&[("MAX_UPLOAD_SIZE", "4GiB".into())])?;
     wait_for_port(&format!("127.0.0.1:{auth_port}")).await?;
     wait_for_port(&format!("127.0.0.1:{http_port}")).await?;
 
@@ -185,53 +189,36 @@ async fn main() -> anyhow::Result<()> {
 
     // What the validation cache buys: ListJobs over gRPC with the cache (the
     // default, 30 s) and without it (every call asks auth-svc).
-    let (nocache_grpc, nocache_http) = (free_port(), free_port());
-    let _nocache = Proc::start(
-        "gateway-svc",
-        &[
-            ("GRPC_ADDR", format!("127.0.0.1:{nocache_grpc}")),
-            ("HTTP_ADDR", format!("127.0.0.1:{nocache_http}")),
-            ("ADMIN_ADDR", admin()),
-            ("AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
-            ("AUTH_CACHE_TTL", "0s".into()),
-            ("MONGODB_URI", stack.mongodb_uri.clone()),
-            ("MONGODB_DATABASE", mongo_db.clone()),
-            ("AMQP_URL", stack.amqp_url.clone()),
-            ("VIDEO_QUEUE", queue.clone()),
-        ],
-    )?;
+    let (_nocache, nocache_grpc, _) = start_gateway(&[("AUTH_CACHE_TTL", "0s".into())])?;
     wait_for_port(&format!("127.0.0.1:{nocache_grpc}")).await?;
     let mut cache_rows = Vec::new();
     for (label, port) in [("cache on (30 s)", grpc_port), ("cache off", nocache_grpc)] {
-        let media = MediaServiceClient::connect(format!("http://127.0.0.1:{port}")).await?;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            let mut media = media.clone();
-            let token = token.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                for _ in 0..250 {
-                    let mut req = tonic::Request::new(
-                        mp3converter_proto::media::v1::ListJobsRequest::default(),
-                    );
-                    req.metadata_mut()
-                        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-                    let t = Instant::now();
-                    media.list_jobs(req).await.unwrap();
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await?);
-        }
-        let elapsed = started.elapsed();
-        let s = bench::Summary::of(all);
-        cache_rows.push((label, s.count as f64 / elapsed.as_secs_f64(), s));
+        let (rate, s) = list_jobs_rate(port, &token).await?;
+        cache_rows.push((label, rate, s));
     }
+
+    // What tracing costs per request: the same gateway with spans off
+    // (TRACE_FILTER=off), recorded but not exported (the default above), and
+    // exported over OTLP/gRPC to a real receiver.
+    let receiver = test_kit::otlp::Receiver::start().await;
+    let (_off, off_port, _) = start_gateway(&[("TRACE_FILTER", "off".into())])?;
+    let (_exporting, exporting_port, _) =
+        start_gateway(&[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())])?;
+    wait_for_port(&format!("127.0.0.1:{off_port}")).await?;
+    wait_for_port(&format!("127.0.0.1:{exporting_port}")).await?;
+    let mut trace_rows = Vec::new();
+    // Twice each, interleaved, so drift on a shared machine hits all three.
+    for _ in 0..2 {
+        for (label, port) in [
+            ("spans off (TRACE_FILTER=off)", off_port),
+            ("spans recorded, not exported (default)", grpc_port),
+            ("spans exported over OTLP", exporting_port),
+        ] {
+            let (rate, s) = list_jobs_rate(port, &token).await?;
+            trace_rows.push((label, rate, s));
+        }
+    }
+    let exported = receiver.spans().len();
 
     println!(
         "\ngateway-svc upload throughput ({} cores, FerretDB/SQLite as the GridFS server)\n",
@@ -264,8 +251,52 @@ async fn main() -> anyhow::Result<()> {
             bench::ms(s.p99)
         );
     }
+    println!(
+        "\nListJobs over gRPC as above (cache on), two rounds: what tracing costs per request ({exported} spans received by the OTLP receiver)\n"
+    );
+    println!("| tracing | calls/s | p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|---:|");
+    for (label, rate, s) in trace_rows {
+        println!(
+            "| {label} | {rate:.0} | {} | {} |",
+            bench::ms(s.p50),
+            bench::ms(s.p99)
+        );
+    }
     let _ = store.db.drop().await;
     Ok(())
+}
+
+/// 8 concurrent callers × 250 ListJobs calls over gRPC: calls per second and
+/// latencies.
+async fn list_jobs_rate(port: u16, token: &str) -> anyhow::Result<(f64, bench::Summary)> {
+    let media = MediaServiceClient::connect(format!("http://127.0.0.1:{port}")).await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut media = media.clone();
+        let token = token.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for _ in 0..250 {
+                let mut req =
+                    tonic::Request::new(mp3converter_proto::media::v1::ListJobsRequest::default());
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                let t = Instant::now();
+                media.list_jobs(req).await.unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let elapsed = started.elapsed();
+    let s = bench::Summary::of(all);
+    Ok((s.count as f64 / elapsed.as_secs_f64(), s))
 }
 
 /// Removes every stored video and job between runs (disk space).

@@ -202,15 +202,21 @@ where
             Protocol::Http => {
                 // The route template, never the raw path: ids in paths would
                 // make a metric series per request.
-                let route = req
+                let matched = req
                     .extensions()
                     .get::<axum::extract::MatchedPath>()
-                    .map_or("unmatched", |m| m.as_str())
-                    .to_owned();
+                    .map(|m| m.as_str().to_owned());
                 let method = req.method().as_str().to_owned();
+                // Semantic conventions: `METHOD route`, or just `METHOD` when
+                // no route matched.
+                let name = match &matched {
+                    Some(route) => format!("{method} {route}"),
+                    None => method.clone(),
+                };
+                let route = matched.unwrap_or_else(|| "unmatched".to_owned());
                 let span = tracing::info_span!(
                     "http.server",
-                    otel.name = %format_args!("{method} {route}"),
+                    otel.name = %name,
                     otel.kind = "server",
                     otel.status_code = Empty,
                     http.request.method = %method,

@@ -394,6 +394,22 @@ mod tests {
     }
 
     #[test]
+    fn only_otlp_over_grpc_is_accepted() {
+        let args = TelemetryArgs {
+            otlp_protocol: Some("http/protobuf".into()),
+            otlp_endpoint: Some("http://collector:4318".into()),
+            ..TelemetryArgs::default()
+        };
+        let err = init("test", &args).unwrap_err().to_string();
+        assert!(err.contains("http/protobuf"), "{err}");
+        let bad_filter = TelemetryArgs {
+            trace_filter: "[[[".into(),
+            ..TelemetryArgs::default()
+        };
+        assert!(init("test", &bad_filter).is_err());
+    }
+
+    #[test]
     fn export_needs_an_endpoint_and_no_opt_out() {
         let mut args = TelemetryArgs::default();
         assert_eq!(args.export_endpoint(), None);
