@@ -40,7 +40,9 @@ pub struct TelemetryArgs {
 
     /// Which spans to record for tracing, in `RUST_LOG` syntax. Separate from
     /// the log filter, so quieter logs do not cut traces short.
-    #[arg(long, env = "TRACE_FILTER", default_value = "info")]
+    /// lapin's connection-long `io_loop` span is left out: it would be one
+    /// hours-long root span per connection.
+    #[arg(long, env = "TRACE_FILTER", default_value = "info,lapin=off")]
     pub trace_filter: String,
 
     /// OTLP/gRPC collector to send spans to (e.g. `http://otel-collector:4317`).
@@ -69,7 +71,7 @@ impl Default for TelemetryArgs {
         Self {
             log_format: LogFormat::Text,
             log_filter: "info".into(),
-            trace_filter: "info".into(),
+            trace_filter: "info,lapin=off".into(),
             otlp_endpoint: None,
             otlp_traces_endpoint: None,
             otlp_protocol: None,
