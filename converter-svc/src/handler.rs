@@ -83,10 +83,30 @@ impl Handler for Converter {
             Err(why) => return Outcome::DeadLetter(why),
         };
         let started = std::time::Instant::now();
+        let _busy = svc_kit::observe::InFlight::new(metrics::gauge!(
+            "mp3converter_conversions_in_progress"
+        ));
+        let span = tracing::info_span!(
+            "convert",
+            job_id = %id,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let result = self
             .convert(&event, id, abandon)
-            .instrument(tracing::info_span!("convert", job_id = %id))
+            .instrument(span.clone())
             .await;
+        let failed = match &result {
+            Err(Failure::Permanent(reason)) => Some(("invalid_input", reason.as_str())),
+            Err(Failure::Transient(reason)) => Some(("transient", reason.as_str())),
+            Ok(()) | Err(Failure::Abandoned) => None,
+        };
+        if let Some((kind, reason)) = failed {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", reason);
+            span.record("error.type", kind);
+        }
         let outcome = match result {
             Ok(()) => {
                 metrics::histogram!("mp3converter_conversion_duration_seconds")

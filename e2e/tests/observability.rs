@@ -612,6 +612,25 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
             vec![("grpc_method", "Download"), ("grpc_code", "OK")],
             1.0,
         ),
+        // What the gateway's dependencies cost it: client-side gRPC metrics.
+        (
+            "gateway-svc",
+            "grpc_client_handled_total",
+            vec![("grpc_method", "Validate"), ("grpc_code", "OK")],
+            1.0,
+        ),
+        (
+            "gateway-svc",
+            "grpc_client_handling_seconds_count",
+            vec![("grpc_method", "Login"), ("grpc_code", "OK")],
+            1.0,
+        ),
+        (
+            "gateway-svc",
+            "grpc_client_handled_total",
+            vec![("grpc_method", "Upload"), ("grpc_code", "OK")],
+            1.0,
+        ),
         (
             "gateway-svc",
             "mp3converter_gateway_upload_bytes_total",
@@ -713,6 +732,24 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
             failures.push(format!(
                 "{service} {name}{labels:?} moved by {moved}, expected ≥ {at_least}"
             ));
+        }
+    }
+    // Gauges: which build runs, and nothing left in progress once idle.
+    for (service, text) in &after {
+        let build = prom::sum(text, "mp3converter_build_info", &[("service", service)]);
+        if build != 1.0 {
+            failures.push(format!("{service} mp3converter_build_info is {build}"));
+        }
+    }
+    for (service, name) in [
+        ("gateway-svc", "http_server_active_requests"),
+        ("gateway-svc", "grpc_server_active_requests"),
+        ("gateway-svc", "mp3converter_gateway_uploads_in_progress"),
+        ("converter-svc", "mp3converter_conversions_in_progress"),
+    ] {
+        let text = &after[service];
+        if !text.contains(&format!("\n{name}")) || prom::sum(text, name, &[]) != 0.0 {
+            failures.push(format!("{service} {name} should be present and 0"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

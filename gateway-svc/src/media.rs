@@ -101,6 +101,9 @@ impl Media {
         caller: Arc<Caller>,
         mut rx: mpsc::Receiver<Result<UploadRequest, Status>>,
     ) -> Result<pb::Job, Status> {
+        let _busy = svc_kit::observe::InFlight::new(metrics::gauge!(
+            "mp3converter_gateway_uploads_in_progress"
+        ));
         let meta = match rx.recv().await {
             Some(Ok(UploadRequest {
                 payload: Some(upload_request::Payload::Metadata(m)),

@@ -9,7 +9,8 @@
 //!   response body ends, so a streamed download is measured whole and its
 //!   gRPC status comes from the trailers.
 //! - [`GrpcClientLayer`] on gRPC channels: a client span whose context goes
-//!   out in the request's metadata.
+//!   out in the request's metadata, and `grpc_client_handled_total` /
+//!   `grpc_client_handling_seconds` (what a dependency costs us).
 //! - [`inject`] / [`extract`] for other carriers (AMQP headers).
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -81,6 +82,24 @@ impl Extractor for HeaderExtractor<'_> {
     }
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Counts itself in a gauge while it lives: work in progress (saturation),
+/// right even when the work is dropped half-way.
+#[derive(Debug)]
+pub struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    pub fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 
@@ -180,7 +199,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let (span, labels) = match self.protocol {
+        let (span, active, labels) = match self.protocol {
             Protocol::Grpc => {
                 let (service, method) = grpc_names(req.uri().path());
                 let span = if is_infrastructure(&service) {
@@ -197,7 +216,12 @@ where
                         rpc.grpc.status_code = Empty,
                     )
                 };
-                (span, Labels::Grpc { service, method })
+                let active = InFlight::new(metrics::gauge!(
+                    "grpc_server_active_requests",
+                    "grpc_service" => service.clone(),
+                    "grpc_method" => method.clone(),
+                ));
+                (span, active, Labels::Grpc { service, method })
             }
             Protocol::Http => {
                 // The route template, never the raw path: ids in paths would
@@ -223,43 +247,51 @@ where
                     http.route = %route,
                     http.response.status_code = Empty,
                 );
-                (span, Labels::Http { method, route })
+                let active = InFlight::new(metrics::gauge!(
+                    "http_server_active_requests",
+                    "method" => method.clone(),
+                    "route" => route.clone(),
+                ));
+                (span, active, Labels::Http { method, route })
             }
         };
         continue_remote(&span, &HeaderExtractor(req.headers()));
         let fut = span.in_scope(|| self.inner.call(req));
         Box::pin(async move {
             let res = fut.instrument(span.clone()).await?;
-            let mut obs = Observation {
+            let obs = Observation {
                 labels,
                 started,
                 span,
                 code: None,
-                done: false,
+                active: Some(active),
             };
-            match &obs.labels {
-                Labels::Grpc { .. } => {
-                    // Trailers-only responses (errors, mostly) carry the
-                    // status in the headers.
-                    obs.code = grpc_status(res.headers()).map(|c| c as i32);
-                    if obs.code.is_some() {
-                        obs.finish();
-                    }
-                }
-                Labels::Http { .. } => obs.code = Some(i32::from(res.status().as_u16())),
-            }
-            Ok(res.map(|inner| ObservedBody {
-                inner,
-                obs: Some(obs),
-            }))
+            Ok(obs.attach(res))
         })
     }
 }
 
 #[derive(Debug)]
 enum Labels {
-    Grpc { service: String, method: String },
-    Http { method: String, route: String },
+    Grpc {
+        service: String,
+        method: String,
+    },
+    /// A call we make: the same names, the client-side metrics.
+    GrpcClient {
+        service: String,
+        method: String,
+    },
+    Http {
+        method: String,
+        route: String,
+    },
+}
+
+impl Labels {
+    fn is_grpc(&self) -> bool {
+        matches!(self, Self::Grpc { .. } | Self::GrpcClient { .. })
+    }
 }
 
 /// One request's measurements, recorded once: at the end of the body, or
@@ -271,19 +303,36 @@ struct Observation {
     span: Span,
     /// gRPC code or HTTP status, once known.
     code: Option<i32>,
-    done: bool,
+    /// Until finished.
+    active: Option<InFlight>,
 }
 
 impl Observation {
-    fn finish(&mut self) {
-        if self.done {
-            return;
+    /// Wraps the response body so the observation finishes when it ends; a
+    /// trailers-only gRPC response (errors, mostly) finishes it now.
+    fn attach<B>(mut self, res: Response<B>) -> Response<ObservedBody<B>> {
+        if self.labels.is_grpc() {
+            self.code = grpc_status(res.headers()).map(|c| c as i32);
+            if self.code.is_some() {
+                self.finish();
+            }
+        } else {
+            self.code = Some(i32::from(res.status().as_u16()));
         }
-        self.done = true;
+        res.map(|inner| ObservedBody {
+            inner,
+            obs: Some(self),
+        })
+    }
+
+    fn finish(&mut self) {
+        if self.active.take().is_none() {
+            return; // already finished
+        }
         let elapsed = self.started.elapsed().as_secs_f64();
         match &self.labels {
-            Labels::Grpc { service, method } => {
-                // No trailers before the body ended: the client cancelled.
+            Labels::Grpc { service, method } | Labels::GrpcClient { service, method } => {
+                // No trailers before the body ended: the call was cancelled.
                 let code =
                     tonic::Code::from_i32(self.code.unwrap_or(tonic::Code::Cancelled as i32));
                 // The names grpc-go and its dashboards use: `OK`, `NotFound`.
@@ -296,10 +345,23 @@ impl Observation {
                     ("grpc_method", method.clone()),
                     ("grpc_code", code_name),
                 ];
-                metrics::counter!("grpc_server_handled_total", &labels).increment(1);
-                metrics::histogram!("grpc_server_handling_seconds", &labels).record(elapsed);
+                let client = matches!(self.labels, Labels::GrpcClient { .. });
+                if client {
+                    metrics::counter!("grpc_client_handled_total", &labels).increment(1);
+                    metrics::histogram!("grpc_client_handling_seconds", &labels).record(elapsed);
+                } else {
+                    metrics::counter!("grpc_server_handled_total", &labels).increment(1);
+                    metrics::histogram!("grpc_server_handling_seconds", &labels).record(elapsed);
+                }
                 self.span.record("rpc.grpc.status_code", code as i32);
-                if is_server_error(code) {
+                // A client span fails with any status but OK; a server span
+                // only with the server's own faults.
+                let failed = if client {
+                    code != tonic::Code::Ok
+                } else {
+                    is_server_error(code)
+                };
+                if failed {
                     self.span.record("otel.status_code", "ERROR");
                 }
             }
@@ -359,13 +421,13 @@ impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
                     }
                 }
                 Poll::Ready(Some(Err(_))) => {
-                    if matches!(obs.labels, Labels::Grpc { .. }) && obs.code.is_none() {
+                    if obs.labels.is_grpc() && obs.code.is_none() {
                         obs.code = Some(tonic::Code::Internal as i32);
                     }
                     obs.finish();
                 }
                 Poll::Ready(None) => {
-                    if matches!(obs.labels, Labels::Grpc { .. }) && obs.code.is_none() {
+                    if obs.labels.is_grpc() && obs.code.is_none() {
                         obs.code = Some(tonic::Code::Unknown as i32);
                     }
                     obs.finish();
@@ -421,7 +483,7 @@ where
     S::Error: Send + 'static,
     RB: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<ObservedBody<RB>>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -430,6 +492,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let started = Instant::now();
         let (service, method) = grpc_names(req.uri().path());
         let span = tracing::info_span!(
             "grpc.client",
@@ -443,29 +506,26 @@ where
         );
         inject(&span, &mut HeaderInjector(req.headers_mut()));
         let fut = span.in_scope(|| self.inner.call(req));
-        Box::pin(
-            async move {
-                let res = fut.await;
-                let span = Span::current();
-                match &res {
-                    // A status in the headers is a trailers-only answer; a
-                    // streamed answer's status comes later, with the body.
-                    Ok(r) => {
-                        if let Some(code) = grpc_status(r.headers()) {
-                            span.record("rpc.grpc.status_code", code as i32);
-                            if code != tonic::Code::Ok {
-                                span.record("otel.status_code", "ERROR");
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        span.record("otel.status_code", "ERROR");
-                    }
+        Box::pin(async move {
+            let mut obs = Observation {
+                labels: Labels::GrpcClient { service, method },
+                started,
+                span: span.clone(),
+                code: None,
+                active: Some(InFlight::new(metrics::gauge!(
+                    "grpc_client_active_requests"
+                ))),
+            };
+            match fut.instrument(span).await {
+                Ok(res) => Ok(obs.attach(res)),
+                Err(e) => {
+                    // Never reached the server (connect failure, timeout).
+                    obs.code = Some(tonic::Code::Unavailable as i32);
+                    obs.finish();
+                    Err(e)
                 }
-                res
             }
-            .instrument(span),
-        )
+        })
     }
 }
 

@@ -319,6 +319,14 @@ where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     let telemetry = init(service, args)?;
+    // Which build runs where: `count by (version) (mp3converter_build_info)`.
+    crate::admin::metrics_handle();
+    metrics::gauge!(
+        "mp3converter_build_info",
+        "service" => service,
+        "version" => env!("CARGO_PKG_VERSION"),
+    )
+    .set(1.0);
     let res = app.await;
     if let Err(e) = &res {
         tracing::error!(error = format!("{e:#}"), "{service} failed");
