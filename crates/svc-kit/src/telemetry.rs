@@ -211,6 +211,7 @@ where
             .with_writer(writer)
             .with_ansi(false)
             .with_target(true)
+            .fmt_fields(TerseFields)
             .event_format(WithTraceId {
                 inner: fmt::format(),
                 json: false,
@@ -239,6 +240,66 @@ where
                 .with_filter(trace_filter),
         )
         .and_then(CaptureDispatch(dispatch))
+}
+
+/// Text-log fields without the dotted ones (`otel.kind`, `messaging.system`,
+/// `rpc.method`…): those are span attributes for the trace, and would bury
+/// the message under every enclosing span's attributes. Domain fields
+/// (`job_id`, `event_id`) stay.
+struct TerseFields;
+
+impl<'w> FormatFields<'w> for TerseFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = TerseVisitor {
+            writer: &mut writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut more = String::new();
+        self.format_fields(Writer::new(&mut more), fields)?;
+        if !more.is_empty() {
+            if !current.fields.is_empty() {
+                current.fields.push(' ');
+            }
+            current.fields.push_str(&more);
+        }
+        Ok(())
+    }
+}
+
+struct TerseVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    result: std::fmt::Result,
+    first: bool,
+}
+
+impl tracing::field::Visit for TerseVisitor<'_, '_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.contains('.') {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = if name == "message" {
+            write!(self.writer, "{sep}{value:?}")
+        } else {
+            write!(self.writer, "{sep}{name}={value:?}")
+        };
+    }
 }
 
 /// The dispatcher this subscriber is installed in, so the log formatter can
@@ -369,7 +430,7 @@ mod tests {
         ));
         let trace_id = tracing::subscriber::with_default(subscriber, || {
             tracing::info!(token_len = 3, "outside");
-            let span = tracing::info_span!("work", job_id = "j1");
+            let span = tracing::info_span!("work", job_id = "j1", otel.kind = "server");
             let _entered = span.enter();
             tracing::info!("inside");
             span.context().span().span_context().trace_id().to_string()
@@ -400,7 +461,9 @@ mod tests {
             "{}",
             lines[1]
         );
-        assert!(lines[1].contains("inside"));
+        assert!(lines[1].contains("work{job_id=\"j1\"}: "), "{}", lines[1]);
+        assert!(!lines[1].contains("otel.kind"), "{}", lines[1]);
+        assert!(lines[0].contains("outside token_len=3"), "{}", lines[0]);
     }
 
     #[test]
