@@ -11,6 +11,7 @@
 //! - every service's `/metrics` moves with the journey.
 
 use e2e::{ADMIN, Rest, SAMPLE, SECRET, create_user, ffprobe, fid_in, sample};
+use mp3converter_proto::auth::v1::{LoginRequest, auth_service_client::AuthServiceClient};
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -47,6 +48,7 @@ struct ProcMesh {
     procs: Vec<Proc>,
     auth: SocketAddr,
     http: SocketAddr,
+    grpc: SocketAddr,
     video_queue: String,
     mp3_queue: String,
     stack: Stack,
@@ -68,6 +70,7 @@ impl ProcMesh {
             procs: Vec::new(),
             auth,
             http,
+            grpc,
             video_queue: video_queue.clone(),
             mp3_queue: mp3_queue.clone(),
             mailpit: Mailpit::new(&stack.mailpit_api_url),
@@ -496,6 +499,18 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
+    // A path the gateway does not serve: counted, under one `unknown` series.
+    let mut wrong = AuthServiceClient::connect(format!("http://{}", mesh.grpc))
+        .await
+        .unwrap();
+    let err = wrong
+        .login(LoginRequest {
+            email: "a@b.c".into(),
+            password: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
 
     // A message no consumer can read: dead-lettered, and counted.
     let publisher = amqp_kit::Publisher::new(
@@ -604,6 +619,12 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
             "gateway-svc",
             "grpc_server_handled_total",
             vec![("grpc_method", "Upload"), ("grpc_code", "OK")],
+            1.0,
+        ),
+        (
+            "gateway-svc",
+            "grpc_server_handled_total",
+            vec![("grpc_service", "unknown"), ("grpc_code", "Unimplemented")],
             1.0,
         ),
         (
@@ -733,6 +754,15 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
                 "{service} {name}{labels:?} moved by {moved}, expected ≥ {at_least}"
             ));
         }
+    }
+    let unserved = [("grpc_service", "mp3converter.auth.v1.AuthService")];
+    if prom::sum(
+        &after["gateway-svc"],
+        "grpc_server_handled_total",
+        &unserved,
+    ) != 0.0
+    {
+        failures.push("an unserved path got its own series on the gateway".into());
     }
     // Gauges: which build runs, and nothing left in progress once idle.
     for (service, text) in &after {

@@ -111,6 +111,23 @@ fn grpc_names(path: &str) -> (String, String) {
     }
 }
 
+/// The service and method labels of a finished call. Paths that name no
+/// service of ours (UNIMPLEMENTED from the server) share one series: anyone
+/// can send any path, and a label per path would grow the registry without
+/// bound.
+fn metric_names<'a>(
+    service: &'a str,
+    method: &'a str,
+    code: tonic::Code,
+    client: bool,
+) -> (&'a str, &'a str) {
+    if !client && code == tonic::Code::Unimplemented {
+        ("unknown", "unknown")
+    } else {
+        (service, method)
+    }
+}
+
 /// Probes and reflection get metrics but no spans: they would drown the
 /// traces that matter.
 fn is_infrastructure(service: &str) -> bool {
@@ -340,12 +357,13 @@ impl Observation {
                     tonic::Code::Ok => "OK".to_owned(),
                     c => format!("{c:?}"),
                 };
+                let client = matches!(self.labels, Labels::GrpcClient { .. });
+                let (service, method) = metric_names(service, method, code, client);
                 let labels = [
-                    ("grpc_service", service.clone()),
-                    ("grpc_method", method.clone()),
+                    ("grpc_service", service.to_owned()),
+                    ("grpc_method", method.to_owned()),
                     ("grpc_code", code_name),
                 ];
-                let client = matches!(self.labels, Labels::GrpcClient { .. });
                 if client {
                     metrics::counter!("grpc_client_handled_total", &labels).increment(1);
                     metrics::histogram!("grpc_client_handling_seconds", &labels).record(elapsed);
@@ -545,6 +563,21 @@ mod tests {
         );
         assert!(is_infrastructure("grpc.health.v1.Health"));
         assert!(!is_infrastructure("mp3converter.media.v1.MediaService"));
+    }
+
+    #[test]
+    fn unknown_paths_share_one_metric_series() {
+        use tonic::Code;
+        assert_eq!(metric_names("x.Svc", "M", Code::Ok, false), ("x.Svc", "M"));
+        assert_eq!(
+            metric_names("random123", "junk", Code::Unimplemented, false),
+            ("unknown", "unknown")
+        );
+        // What we called is known; keep it.
+        assert_eq!(
+            metric_names("x.Svc", "M", Code::Unimplemented, true),
+            ("x.Svc", "M")
+        );
     }
 
     #[test]
