@@ -12,6 +12,46 @@ use tonic::Request;
 pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e!";
 pub const ADMIN: (&str, &str) = ("admin@e2e.test", "admin password 1");
 
+/// Short retry delays, so retried messages come back within a test.
+pub const RETRY_DELAYS: &str = "500ms,1s,2s";
+
+/// How long a test waits for the journey's asynchronous steps.
+pub const T: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The text of the one email sent to `to` (waits for it, then checks that
+/// no second one follows).
+pub async fn only_email(mailpit: &test_kit::mailpit::Mailpit, to: &str) -> String {
+    let msgs = test_kit::wait_until(&format!("an email to {to}"), T, || async {
+        let m = mailpit.messages_to(to).await.ok()?;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        mailpit.messages_to(to).await.unwrap().len(),
+        1,
+        "exactly one email"
+    );
+    mailpit.message(&msgs[0].id).await.unwrap().text
+}
+
+/// Deletes a test's `video` and `mp3` work queues (with their retry and
+/// dead-letter queues), declared with [`RETRY_DELAYS`].
+pub async fn delete_queues(amqp_url: &str, video_queue: &str, mp3_queue: &str) {
+    let topo = amqp_kit::TopologyArgs {
+        delivery_limit: 5,
+        retry_delays: RETRY_DELAYS
+            .split(',')
+            .map(|d| svc_kit::config::parse_duration(d).unwrap())
+            .collect(),
+    };
+    test_kit::delete_work_queues(
+        amqp_url,
+        &[topo.work_queue(video_queue), topo.work_queue(mp3_queue)],
+    )
+    .await;
+}
+
 /// A 4-second H.264 + AAC clip.
 pub const SAMPLE: &str = "-f lavfi -i testsrc=duration=4:size=160x120:rate=10 -f lavfi -i sine=frequency=440:duration=4 -shortest -c:v libx264 -pix_fmt yuv420p -c:a aac";
 

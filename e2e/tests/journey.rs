@@ -16,12 +16,10 @@ use mp3converter_proto::{
         download_response, media_service_client::MediaServiceClient, upload_request::Payload,
     },
 };
-use std::{net::SocketAddr, time::Duration};
-use test_kit::{Stack, mailpit::Mailpit, unique_name, wait_until};
+use std::net::SocketAddr;
+use test_kit::{Stack, mailpit::Mailpit, unique_name};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
-
-const T: Duration = Duration::from_secs(90);
 
 struct Mesh {
     auth: SocketAddr,
@@ -44,7 +42,7 @@ impl Mesh {
         let mongo_db = unique_name("e2e").replace('-', "_");
         let video_queue = unique_name("video");
         let mp3_queue = unique_name("mp3");
-        let delays = "500ms,1s,2s";
+        let delays = e2e::RETRY_DELAYS;
         let mut tasks = Vec::new();
 
         let auth_db = stack.fresh_database("e2eauth").await;
@@ -181,18 +179,7 @@ impl Mesh {
 
     /// The one email sent to `to`, its text body.
     async fn email(&self, to: &str) -> String {
-        let msgs = wait_until(&format!("an email to {to}"), T, || async {
-            let m = self.mailpit.messages_to(to).await.ok()?;
-            (!m.is_empty()).then_some(m)
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(
-            self.mailpit.messages_to(to).await.unwrap().len(),
-            1,
-            "exactly one email"
-        );
-        self.mailpit.message(&msgs[0].id).await.unwrap().text
+        e2e::only_email(&self.mailpit, to).await
     }
 
     async fn stop(self) {
@@ -200,21 +187,7 @@ impl Mesh {
         for t in self.tasks {
             t.await.unwrap().unwrap();
         }
-        let topo = amqp_kit::TopologyArgs {
-            delivery_limit: 5,
-            retry_delays: ["500ms", "1s", "2s"]
-                .iter()
-                .map(|d| svc_kit::config::parse_duration(d).unwrap())
-                .collect(),
-        };
-        test_kit::delete_work_queues(
-            &self.stack.amqp_url,
-            &[
-                topo.work_queue(&self.video_queue),
-                topo.work_queue(&self.mp3_queue),
-            ],
-        )
-        .await;
+        e2e::delete_queues(&self.stack.amqp_url, &self.video_queue, &self.mp3_queue).await;
     }
 }
 

@@ -10,7 +10,7 @@
 //!   carry the same trace id;
 //! - every service's `/metrics` moves with the journey.
 
-use e2e::{ADMIN, Rest, SAMPLE, SECRET, create_user, ffprobe, fid_in, sample};
+use e2e::{ADMIN, Rest, SAMPLE, SECRET, T, create_user, ffprobe, fid_in, sample};
 use mp3converter_proto::auth::v1::{LoginRequest, auth_service_client::AuthServiceClient};
 use std::{
     collections::HashMap,
@@ -25,9 +25,6 @@ use test_kit::{
     otlp::{ReceivedSpan, Receiver, render_tree},
     prom, unique_name, wait_until,
 };
-
-const T: Duration = Duration::from_secs(90);
-const DELAYS: &str = "500ms,1s,2s";
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -109,7 +106,7 @@ impl ProcMesh {
                 s("--video-queue"),
                 video_queue.clone(),
                 s("--amqp-retry-delays"),
-                s(DELAYS),
+                s(e2e::RETRY_DELAYS),
             ],
             &[],
             otlp.as_deref(),
@@ -124,7 +121,7 @@ impl ProcMesh {
                 s("--mp3-queue"),
                 mp3_queue.clone(),
                 s("--amqp-retry-delays"),
-                s(DELAYS),
+                s(e2e::RETRY_DELAYS),
                 s("--mongodb-uri"),
                 stack.mongodb_uri.clone(),
                 s("--mongodb-database"),
@@ -141,7 +138,7 @@ impl ProcMesh {
                 s("--mp3-queue"),
                 mp3_queue,
                 s("--amqp-retry-delays"),
-                s(DELAYS),
+                s(e2e::RETRY_DELAYS),
                 s("--database-url"),
                 notify_db,
                 s("--smtp-host"),
@@ -243,12 +240,7 @@ impl ProcMesh {
 
     /// The text of the one email to `to`.
     async fn email(&self, to: &str) -> String {
-        let msgs = wait_until(&format!("an email to {to}"), T, || async {
-            let m = self.mailpit.messages_to(to).await.ok()?;
-            (!m.is_empty()).then_some(m)
-        })
-        .await;
-        self.mailpit.message(&msgs[0].id).await.unwrap().text
+        e2e::only_email(&self.mailpit, to).await
     }
 
     /// SIGTERM to each process, as Kubernetes does; each must drain, flush
@@ -275,21 +267,7 @@ impl ProcMesh {
                 std::fs::read_to_string(&p.log).unwrap_or_default()
             );
         }
-        let topo = amqp_kit::TopologyArgs {
-            delivery_limit: 5,
-            retry_delays: DELAYS
-                .split(',')
-                .map(|d| svc_kit::config::parse_duration(d).unwrap())
-                .collect(),
-        };
-        test_kit::delete_work_queues(
-            &self.stack.amqp_url,
-            &[
-                topo.work_queue(&self.video_queue),
-                topo.work_queue(&self.mp3_queue),
-            ],
-        )
-        .await;
+        e2e::delete_queues(&self.stack.amqp_url, &self.video_queue, &self.mp3_queue).await;
     }
 }
 

@@ -51,13 +51,6 @@ pub fn continue_remote(span: &Span, carrier: &dyn Extractor) {
     }
 }
 
-/// The trace id of `span` (32 hex digits), if it is being traced.
-pub fn trace_id(span: &Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
-}
-
 /// HTTP headers (and so gRPC metadata) as a propagation carrier.
 #[derive(Debug)]
 pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
@@ -462,15 +455,6 @@ impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B: Default> Default for ObservedBody<B> {
-    fn default() -> Self {
-        Self {
-            inner: B::default(),
-            obs: None,
-        }
     }
 }
 

@@ -101,11 +101,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are being sent to a collector.
-    pub fn is_exporting(&self) -> bool {
-        self.exporting
-    }
-
     /// Sends the spans still queued and stops the exporter. Blocking work, so
     /// it runs off the async workers.
     pub async fn shutdown(self) {
