@@ -1,12 +1,13 @@
 //! Wiring: everything `main` and the tests start.
 
-use crate::{config::Config, handler::Converter, jobs::Jobs};
+use crate::{config::Config, convert::Settings, handler::Converter, workdir::WorkDir};
 use amqp_kit::{
     Publisher,
+    broadcast::Broadcaster,
     consumer::{self, ConsumerConfig},
 };
 use media_store::Store;
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use svc_kit::health::Health;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,14 +42,12 @@ impl App {
             std::env::var("HOSTNAME").unwrap_or_else(|_| "converter".into()),
             uuid::Uuid::new_v4().simple()
         );
-        let jobs = Jobs {
-            store: store.clone(),
-            instance,
-            lease_ttl: config.lease_ttl,
-        };
-        jobs.ensure_indexes().await?;
-        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&work_dir)?;
+        store.ensure_indexes().await?;
+        let work_root = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let (work, stale) = WorkDir::create(&work_root, &instance)?;
+        if stale > 0 {
+            tracing::info!(stale, "removed work directories of converters that died");
+        }
         let publisher = Publisher::with_topology(
             config.amqp_url.clone(),
             "converter-svc",
@@ -56,14 +55,28 @@ impl App {
             vec![config.topology.work_queue(&config.mp3_queue)],
         );
         let converter = Converter {
-            jobs,
+            store: store.clone(),
+            instance,
+            lease_ttl: config.lease_ttl,
             publisher,
+            job_events: Broadcaster::start(
+                config.amqp_url.clone(),
+                "converter-svc-events",
+                config.job_events_exchange.clone(),
+            ),
             mp3_queue: config.mp3_queue.clone(),
-            quality: config.mp3_quality,
-            job_timeout: config.job_timeout,
-            tolerance: config.duration_tolerance,
-            allow_audio_only: config.allow_audio_only,
-            work_dir,
+            settings: Settings {
+                job_timeout: config.job_timeout,
+                max_input_duration: config.max_input_duration,
+                max_output_bytes: config.max_output_size,
+                tolerance: config.duration_tolerance,
+                allow_audio_only: config.allow_audio_only,
+                progress_interval: config.progress_interval,
+            },
+            work: Arc::new(work),
+            retention: (!config.mp3_retention.is_zero()).then_some(config.mp3_retention),
+            delete_source: config.delete_source,
+            active: Arc::default(),
         };
         let (health, _grpc_health) = Health::new(&["rabbitmq", "mongodb"]).await;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
@@ -102,7 +115,7 @@ impl App {
             name: "converter-svc".into(),
             queue: self.config.topology.work_queue(&self.config.video_queue),
             also_declare: vec![self.config.topology.work_queue(&self.config.mp3_queue)],
-            prefetch: self.config.prefetch,
+            concurrency: self.config.concurrency,
             grace: self.config.shutdown_grace,
         };
         self.health.drain_on(token.clone());

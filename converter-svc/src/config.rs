@@ -1,15 +1,34 @@
 //! Settings, read from flags or environment variables (`converter-svc --help`).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
-use svc_kit::config::{Secret, parse_duration};
+use svc_kit::config::{Secret, parse_duration, parse_size};
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(
     name = "converter-svc",
     version,
     args_override_self = true,
     about = "Converts uploaded videos to MP3 (consumes the video queue)"
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Convert videos (the default).
+    Serve,
+    /// Look at and replay the dead letters of the video queue.
+    Dlq {
+        #[command(subcommand)]
+        action: amqp_kit::dlq::DlqCommand,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9093")]
@@ -30,11 +49,11 @@ pub struct Config {
     #[command(flatten)]
     pub topology: amqp_kit::TopologyArgs,
 
-    /// Jobs fetched ahead per instance. 1: a conversion keeps a core busy, so
-    /// a second prefetched job would only wait here instead of going to an
-    /// idle instance.
-    #[arg(long, env = "PREFETCH", default_value_t = 1)]
-    pub prefetch: u16,
+    /// Conversions at once per instance (and so jobs taken from the queue).
+    /// A conversion keeps about one core busy (audio decoding and MP3
+    /// encoding are single-threaded), and waits on GridFS in between.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 2)]
+    pub concurrency: u16,
 
     /// MongoDB URL (GridFS and jobs).
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
@@ -44,13 +63,39 @@ pub struct Config {
     #[arg(long, env = "MONGODB_DATABASE", default_value = "mp3converter")]
     pub mongodb_database: String,
 
-    /// LAME VBR quality, 0 (best) to 9 (smallest).
-    #[arg(long, env = "MP3_QUALITY", default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=9))]
-    pub mp3_quality: u8,
-
-    /// Longest a single ffmpeg run may take.
+    /// Longest a single conversion may take (ffmpeg is killed after it and
+    /// the job fails).
     #[arg(long, env = "JOB_TIMEOUT", value_parser = parse_duration, default_value = "30m")]
     pub job_timeout: Duration,
+
+    /// Longest input accepted (its declared duration, or what ffmpeg has
+    /// decoded so far when it declares none).
+    #[arg(long, env = "MAX_INPUT_DURATION", value_parser = parse_duration, default_value = "4h")]
+    pub max_input_duration: Duration,
+
+    /// Largest MP3 written; ffmpeg is stopped beyond it. The default holds
+    /// 4 h at 320 kb/s.
+    #[arg(long, env = "MAX_OUTPUT_SIZE", value_parser = parse_size, default_value = "600MiB")]
+    pub max_output_size: u64,
+
+    /// How often at most a job's progress is recorded and announced.
+    #[arg(long, env = "PROGRESS_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub progress_interval: Duration,
+
+    /// How long an MP3 is kept after its conversion; then it and its job are
+    /// deleted (gateway-svc's janitor). 0 keeps them forever.
+    #[arg(long, env = "MP3_RETENTION", value_parser = parse_duration, default_value = "168h")]
+    pub mp3_retention: Duration,
+
+    /// Delete the uploaded video once its MP3 is stored or its conversion
+    /// failed.
+    #[arg(long, env = "DELETE_SOURCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub delete_source: bool,
+
+    /// Fanout exchange for job changes (progress, state), read by every
+    /// gateway replica for live watchers.
+    #[arg(long, env = "JOB_EVENTS_EXCHANGE", default_value = "job-events")]
+    pub job_events_exchange: String,
 
     /// How far the MP3's duration may differ from the input's before the
     /// output is judged truncated.
@@ -66,7 +111,8 @@ pub struct Config {
     #[arg(long, env = "LEASE_TTL", value_parser = parse_duration, default_value = "30s")]
     pub lease_ttl: Duration,
 
-    /// Where videos are spooled for ffmpeg (an emptyDir in Kubernetes).
+    /// Scratch space: the MP3 as ffmpeg writes it, and videos in containers
+    /// ffmpeg cannot read from a pipe (an emptyDir in Kubernetes).
     #[arg(long, env = "WORK_DIR")]
     pub work_dir: Option<PathBuf>,
 

@@ -90,6 +90,8 @@ impl Mesh {
                 &stack.amqp_url,
                 "--video-queue",
                 &video_queue,
+                "--mp3-queue",
+                &mp3_queue,
                 "--amqp-retry-delays",
                 delays,
             ])
@@ -101,7 +103,7 @@ impl Mesh {
         tasks.push(tokio::spawn(gateway.run_until(token.clone())));
 
         let converter = converter_svc::app::App::build(
-            converter_svc::config::Config::try_parse_from([
+            converter_svc::config::Cli::try_parse_from([
                 "converter-svc",
                 "--admin-addr",
                 "127.0.0.1:0",
@@ -118,7 +120,8 @@ impl Mesh {
                 "--mongodb-database",
                 &mongo_db,
             ])
-            .unwrap(),
+            .unwrap()
+            .config,
         )
         .await
         .unwrap();
@@ -128,7 +131,7 @@ impl Mesh {
         let smtp_port = stack.smtp_port.to_string();
         let base = format!("http://{http}");
         let notify = notify_svc::app::App::build(
-            notify_svc::config::Config::try_parse_from([
+            notify_svc::config::Cli::try_parse_from([
                 "notify-svc",
                 "--admin-addr",
                 "127.0.0.1:0",
@@ -149,7 +152,8 @@ impl Mesh {
                 "--download-base-url",
                 &base,
             ])
-            .unwrap(),
+            .unwrap()
+            .config,
         )
         .await
         .unwrap();
@@ -266,6 +270,7 @@ async fn the_journey_over_grpc() {
             filename: "clip.mp4".into(),
             content_type: "video/mp4".into(),
             declared_size_bytes: Some(video.len() as u64),
+            options: None,
         })),
     }];
     msgs.extend(video.chunks(64 << 10).map(|c| UploadRequest {

@@ -3,10 +3,13 @@
 use crate::{
     auth::{AuthLayer, GrpcReject, Validator},
     config::Config,
+    janitor::{self, Janitor},
     media::{MAX_CHUNK, Media},
+    quota::Quotas,
     rest::{self, Edge},
+    watch::Hub,
 };
-use amqp_kit::Publisher;
+use amqp_kit::{Publisher, broadcast::Broadcaster};
 use axum::serve::ListenerExt;
 use media_store::Store;
 use mp3converter_proto::{
@@ -18,7 +21,7 @@ use mp3converter_proto::{
 use std::{net::SocketAddr, time::Duration};
 use svc_kit::{health::Health, observe::GrpcClientLayer};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
     service::{LayerExt, Routes},
     transport::Endpoint,
@@ -64,7 +67,10 @@ impl App {
             config.amqp_url.clone(),
             "gateway-svc",
             config.publish_timeout,
-            vec![config.video_topology.work_queue(&config.video_queue)],
+            vec![
+                config.video_topology.work_queue(&config.video_queue),
+                config.video_topology.work_queue(&config.mp3_queue),
+            ],
         );
 
         let auth_channel = Endpoint::from_shared(config.auth_url.clone())?
@@ -84,8 +90,23 @@ impl App {
         let media = Media {
             store: store.clone(),
             publisher: publisher.clone(),
+            job_events: Broadcaster::start(
+                config.amqp_url.clone(),
+                "gateway-svc-events",
+                config.job_events_exchange.clone(),
+            ),
+            hub: Hub::default(),
             video_queue: config.video_queue.clone(),
             max_upload: config.max_upload_size,
+            quotas: Quotas {
+                max_uploads: config.max_uploads_per_user,
+                max_waiting: config.max_waiting_jobs_per_user,
+                max_stored: config.max_stored_per_user,
+            },
+            download_stall: config.download_stall_timeout,
+            max_watchers_per_user: config.max_watchers_per_user,
+            uploads: TaskTracker::new(),
+            abort_uploads: CancellationToken::new(),
         };
         // Health and reflection stay outside the auth layer: probes and
         // grpcurl `list` carry no token.
@@ -116,8 +137,9 @@ impl App {
             media: media_client,
             auth: AuthServiceClient::new(GrpcClientLayer.layer(auth_channel)),
             health: health.clone(),
+            limits: rest::Limits::from(&config),
         };
-        let rest = rest::router(edge, validator, config.max_upload_size);
+        let rest = rest::router(edge, validator);
 
         tracing::info!(
             grpc = %grpc_listener.local_addr()?,
@@ -157,7 +179,36 @@ impl App {
             .unwrap_or(self.config.admin_addr)
     }
 
+    fn janitor(&self) -> Janitor {
+        let j = &self.config.janitor;
+        let instance = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
+            uuid::Uuid::new_v4().simple()
+        );
+        Janitor {
+            media: self.media.clone(),
+            lock: self
+                .store
+                .lock("janitor", &instance, j.janitor_interval * 3),
+            settings: janitor::Settings {
+                interval: j.janitor_interval,
+                unconfirmed_after: j.unconfirmed_after,
+                stuck_after: j.stuck_after,
+                max_republish: j.max_republish,
+                max_job_age: j.max_job_age,
+                upload_stale: j.upload_stale_after,
+                orphan_age: j.orphan_age,
+                orphan_interval: j.orphan_interval,
+                tombstone_age: j.tombstone_age,
+                delete_source: j.delete_source,
+                mp3_queue: self.config.mp3_queue.clone(),
+            },
+        }
+    }
+
     pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
+        let janitor = tokio::spawn(self.janitor().run(token.clone()));
         let probe = tokio::spawn(probe(
             self.store.clone(),
             self.publisher.clone(),
@@ -170,12 +221,16 @@ impl App {
             svc_kit::admin::router(self.health.clone()),
             token.clone(),
         ));
-        let sweeper = tokio::spawn(sweep(
-            self.media.clone(),
-            self.config.sweep_interval,
-            self.config.sweep_age,
-            token.clone(),
-        ));
+        let watch_listener = {
+            let hub = self.media.hub.clone();
+            tokio::spawn(amqp_kit::broadcast::listen(
+                self.config.amqp_url.clone(),
+                "gateway-svc-watch".into(),
+                self.config.job_events_exchange.clone(),
+                token.clone(),
+                move |heard| hub.heard(heard),
+            ))
+        };
         self.health.drain_on(token.clone());
         // TCP_NODELAY, as on the gRPC side: small responses must not wait
         // for delayed ACKs.
@@ -195,9 +250,20 @@ impl App {
             }),
         )
         .await;
+        // Uploads still running past the grace period are aborted, so their
+        // chunks are removed now rather than orphaned by the exit.
+        self.media.abort_uploads.cancel();
+        self.media.uploads.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.media.uploads.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("uploads did not abort in time; the janitor will clean up after them");
+        }
         probe.abort();
         admin.abort();
-        sweeper.abort();
+        watch_listener.abort();
+        let _ = janitor.await;
         if let Some(res) = served {
             res?;
         }
@@ -217,18 +283,6 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
         }
         a => a,
     }
-}
-
-async fn sweep(media: Media, interval: Duration, age: Duration, token: CancellationToken) {
-    svc_kit::health::every(interval, token, || async {
-        if let Err(status) = media.republish_unconfirmed(age).await {
-            tracing::warn!(
-                message = status.message(),
-                "sweeping unconfirmed jobs failed"
-            );
-        }
-    })
-    .await;
 }
 
 /// Readiness follows MongoDB and RabbitMQ.

@@ -56,6 +56,15 @@ pub struct Config {
     #[arg(long, env = "VIDEO_QUEUE", default_value = "video")]
     pub video_queue: String,
 
+    /// Queue of conversion outcomes (the janitor announces jobs it fails).
+    #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
+    pub mp3_queue: String,
+
+    /// Fanout exchange of job changes (progress, state) for live watchers;
+    /// every replica listens to it.
+    #[arg(long, env = "JOB_EVENTS_EXCHANGE", default_value = "job-events")]
+    pub job_events_exchange: String,
+
     #[command(flatten)]
     pub video_topology: amqp_kit::TopologyArgs,
 
@@ -67,14 +76,28 @@ pub struct Config {
     #[arg(long, env = "MAX_UPLOAD_SIZE", value_parser = parse_size, default_value = "2GiB")]
     pub max_upload_size: u64,
 
-    /// How often to look for jobs whose event was never confirmed (a crash
-    /// between recording the job and publishing it).
-    #[arg(long, env = "SWEEP_INTERVAL", value_parser = parse_duration, default_value = "60s")]
-    pub sweep_interval: Duration,
+    /// Uploads at once per user.
+    #[arg(long, env = "MAX_UPLOADS_PER_USER", default_value_t = 3)]
+    pub max_uploads_per_user: u64,
 
-    /// How old such a job must be before its event is published again.
-    #[arg(long, env = "SWEEP_AGE", value_parser = parse_duration, default_value = "2m")]
-    pub sweep_age: Duration,
+    /// Jobs waiting for (or in) conversion per user.
+    #[arg(long, env = "MAX_WAITING_JOBS_PER_USER", default_value_t = 20)]
+    pub max_waiting_jobs_per_user: u64,
+
+    /// Bytes stored per user (videos not yet deleted, and MP3s).
+    #[arg(long, env = "MAX_STORED_PER_USER", value_parser = parse_size, default_value = "10GiB")]
+    pub max_stored_per_user: u64,
+
+    /// Live watchers (WatchJobs, /jobs/events) per user on one replica.
+    #[arg(long, env = "MAX_WATCHERS_PER_USER", default_value_t = 8)]
+    pub max_watchers_per_user: usize,
+
+    /// A download whose client reads nothing for this long is dropped.
+    #[arg(long, env = "DOWNLOAD_STALL_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub download_stall_timeout: Duration,
+
+    #[command(flatten)]
+    pub janitor: JanitorArgs,
 
     /// How often readiness checks MongoDB and RabbitMQ.
     #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "2s")]
@@ -86,4 +109,55 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: svc_kit::telemetry::TelemetryArgs,
+}
+
+/// The janitor's settings (see `janitor.rs`): one replica at a time drives
+/// stuck jobs on, removes what is abandoned and applies retention.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JanitorArgs {
+    /// How often the janitor works (one replica at a time).
+    #[arg(long, env = "JANITOR_INTERVAL", value_parser = parse_duration, default_value = "30s")]
+    pub janitor_interval: Duration,
+
+    /// How old a job whose event was never confirmed must be before the
+    /// janitor publishes it (a gateway died between recording and
+    /// publishing); also how long an unannounced outcome waits.
+    #[arg(long, env = "UNCONFIRMED_AFTER", value_parser = parse_duration, default_value = "2m")]
+    pub unconfirmed_after: Duration,
+
+    /// How long a queued or converting job without a live lease may sit
+    /// unchanged before it counts as stuck (its message lost).
+    #[arg(long, env = "STUCK_AFTER", value_parser = parse_duration, default_value = "10m")]
+    pub stuck_after: Duration,
+
+    /// Re-publishes of a stuck job before it is failed.
+    #[arg(long, env = "MAX_REPUBLISH", default_value_t = 3)]
+    pub max_republish: u32,
+
+    /// Age past which a job not yet done is failed and the user told.
+    #[arg(long, env = "MAX_JOB_AGE", value_parser = parse_duration, default_value = "24h")]
+    pub max_job_age: Duration,
+
+    /// An upload whose heartbeat stopped this long ago is removed.
+    #[arg(long, env = "UPLOAD_STALE_AFTER", value_parser = parse_duration, default_value = "5m")]
+    pub upload_stale_after: Duration,
+
+    /// GridFS chunks without a files document, and files without a job,
+    /// are removed once this old (longer than any upload pauses).
+    #[arg(long, env = "ORPHAN_AGE", value_parser = parse_duration, default_value = "15m")]
+    pub orphan_age: Duration,
+
+    /// How often orphans are looked for (a scan of the GridFS collections).
+    #[arg(long, env = "ORPHAN_INTERVAL", value_parser = parse_duration, default_value = "10m")]
+    pub orphan_interval: Duration,
+
+    /// How long a deleted job's tombstone is kept (a repeated delete is
+    /// recognised meanwhile).
+    #[arg(long, env = "TOMBSTONE_AGE", value_parser = parse_duration, default_value = "24h")]
+    pub tombstone_age: Duration,
+
+    /// Delete the uploaded video once its job is done or failed (the
+    /// converter does; the janitor catches what it could not).
+    #[arg(long, env = "DELETE_SOURCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub delete_source: bool,
 }

@@ -10,8 +10,11 @@ pub mod app;
 pub mod auth;
 pub mod config;
 mod error;
+mod janitor;
 mod media;
+mod quota;
 mod rest;
+mod watch;
 
 /// The service as `main` runs it: until SIGTERM/SIGINT, then drained.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! `mp3converter.media.v1.MediaService`: uploads into GridFS, jobs, downloads.
+//! `mp3converter.media.v1.MediaService`: uploads into GridFS, jobs,
+//! downloads, deletion, live job changes.
 //!
 //! Driver work runs in spawned tasks fed through channels, never in the
 //! handler's own future: a client that cancels drops the handler mid-await,
@@ -9,37 +10,54 @@
 use crate::{
     auth::Caller,
     error::{io_store_error, store_error},
+    quota::Quotas,
+    watch::{Hub, Update},
 };
-use amqp_kit::{Publisher, event_properties};
-use futures::{AsyncWriteExt, StreamExt, TryStreamExt};
+use amqp_kit::{Publisher, broadcast::Broadcaster, event_properties};
+use futures::{AsyncWriteExt, StreamExt};
 use media_store::{
-    Job, JobState, Store,
-    mongodb::bson::{DateTime, doc, oid::ObjectId},
+    Deleted, Job, Store,
+    mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::VideoUploaded,
+    events::v1::{JobChanged, VideoUploaded},
     media::v1::{
-        self as pb, DownloadRequest, DownloadResponse, GetJobRequest, GetJobResponse,
-        ListJobsRequest, ListJobsResponse, Mp3Metadata, UploadRequest, UploadResponse,
-        download_response, media_service_server::MediaService, upload_request,
+        self as pb, DeleteJobRequest, DeleteJobResponse, DownloadRequest, DownloadResponse,
+        GetJobRequest, GetJobResponse, ListJobsRequest, ListJobsResponse, Mp3Metadata,
+        UploadRequest, UploadResponse, WatchJobsRequest, WatchJobsResponse, download_response,
+        media_service_server::MediaService, upload_request, watch_jobs_response,
     },
 };
-use std::{pin::Pin, sync::Arc};
-use tokio::sync::mpsc;
+use std::{pin::Pin, sync::Arc, time::Duration};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 /// Largest chunk in either direction.
 pub(crate) const MAX_CHUNK: usize = 1 << 20;
 
+/// How often an upload in progress tells the janitor it is alive.
+const UPLOAD_HEARTBEAT: Duration = Duration::from_secs(30);
+
 #[derive(Clone, Debug)]
 pub(crate) struct Media {
     pub(crate) store: Store,
     pub(crate) publisher: Publisher,
+    pub(crate) job_events: Broadcaster,
+    pub(crate) hub: Hub,
     pub(crate) video_queue: String,
     pub(crate) max_upload: u64,
+    pub(crate) quotas: Quotas,
+    /// A download whose client reads nothing for this long is dropped.
+    pub(crate) download_stall: Duration,
+    pub(crate) max_watchers_per_user: usize,
+    /// Uploads in progress, so shutdown can abort them cleanly.
+    pub(crate) uploads: TaskTracker,
+    /// Cancelled when shutdown gives up on the uploads still running.
+    pub(crate) abort_uploads: CancellationToken,
 }
 
 fn caller<T>(req: &Request<T>) -> Result<Arc<Caller>, Status> {
@@ -56,12 +74,14 @@ fn parse_id(field: &str, raw: &str) -> Result<ObjectId, Status> {
         .map_err(|_| svc_kit::error::invalid_argument(field, "is not a valid id"))
 }
 
-/// A display name without paths or control characters.
-fn clean_filename(raw: &str) -> String {
+/// A display name: no paths, no control or bidirectional-override
+/// characters, at most 200 characters. It is shown in emails and pages and
+/// used for the MP3's name, always as data (escaped, quoted), never as code.
+pub(crate) fn clean_filename(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or_default();
     let cleaned: String = base
         .chars()
-        .filter(|c| !c.is_control() && *c != '"')
+        .filter(|c| !c.is_control() && *c != '"' && !is_bidi_control(*c))
         .take(200)
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').to_owned();
@@ -72,27 +92,42 @@ fn clean_filename(raw: &str) -> String {
     }
 }
 
-pub(crate) fn job_to_proto(job: &Job) -> pb::Job {
-    let ts = |t: DateTime| prost_types::Timestamp::from(t.to_system_time());
-    pb::Job {
-        job_id: job.id.to_hex(),
-        video_id: job.id.to_hex(),
-        filename: job.filename.clone(),
-        size_bytes: u64::try_from(job.size_bytes).unwrap_or_default(),
-        state: match job.state {
-            JobState::Queued => pb::JobState::Queued,
-            JobState::Converting => pb::JobState::Converting,
-            JobState::Done => pb::JobState::Done,
-            JobState::Failed => pb::JobState::Failed,
-        } as i32,
-        mp3_id: job.mp3_id.map(|id| id.to_hex()).unwrap_or_default(),
-        failure_reason: job.failure_reason.clone().unwrap_or_default(),
-        create_time: Some(ts(job.created_at)),
-        update_time: Some(ts(job.updated_at)),
+/// Characters that reorder how text is displayed (U+202E, RIGHT-TO-LEFT
+/// OVERRIDE, makes `clip<U+202E>4pm.exe` look like `clipexe.mp4`).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+fn too_large(limit: u64) -> Status {
+    Status::resource_exhausted(format!(
+        "the file is larger than the limit of {} ({limit} bytes)",
+        human_bytes(limit)
+    ))
+}
+
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
 impl Media {
+    /// Tells live watchers, on every replica, about a job.
+    pub(crate) fn notify(&self, job: &Job, deleted: bool) {
+        let change = media_store::proto::job_changed(job, deleted);
+        self.job_events
+            .send(JobChanged::TYPE, prost::Message::encode_to_vec(&change));
+    }
+
     /// Reads the client's messages from `rx` into a GridFS upload, then
     /// records the job and publishes its event. Anything short of a complete,
     /// committed, queued upload leaves nothing behind.
@@ -121,6 +156,8 @@ impl Media {
             }
             None => return Err(Status::aborted("the upload ended before its metadata")),
         };
+        let options = media_store::proto::parse_options(meta.options.as_ref())
+            .map_err(|e| svc_kit::error::invalid_argument(e.field, e.why))?;
         if let Some(declared) = meta.declared_size_bytes
             && declared > self.max_upload
         {
@@ -130,10 +167,46 @@ impl Media {
         let content_type = if meta.content_type.trim().is_empty() {
             "application/octet-stream".to_owned()
         } else {
-            meta.content_type.chars().take(100).collect()
+            meta.content_type
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(100)
+                .collect()
         };
 
+        // Quotas first, then the job (so concurrent uploads count), then the
+        // bytes: an upload over quota stores nothing.
+        let room = self
+            .quotas
+            .check_new_upload(
+                &self.store,
+                &caller.user_id,
+                meta.declared_size_bytes.unwrap_or(0),
+            )
+            .await?;
         let id = ObjectId::new();
+        let job = Job::uploading(
+            id,
+            &caller.user_id,
+            &caller.email,
+            &filename,
+            &content_type,
+            options,
+        );
+        self.store
+            .jobs
+            .insert(&job)
+            .await
+            .map_err(|e| store_error("recording an upload", &e))?;
+        if let Err(status) = self
+            .quotas
+            .check_concurrent(&self.store, &caller.user_id)
+            .await
+        {
+            self.discard(id).await;
+            return Err(status);
+        }
+
         let span = tracing::info_span!(
             "gridfs.write",
             otel.name = "gridfs.write videos",
@@ -143,8 +216,9 @@ impl Media {
             video_id = %id,
             bytes = tracing::field::Empty,
         );
+        let limit = self.max_upload.min(room);
         let total = match self
-            .write_video(&caller, id, &filename, &content_type, &mut rx)
+            .write_video(&caller, id, &filename, &content_type, limit, &mut rx)
             .instrument(span.clone())
             .await
         {
@@ -154,53 +228,41 @@ impl Media {
             }
             Err(status) => {
                 span.record("otel.status_code", "ERROR");
+                self.discard(id).await;
                 return Err(status);
             }
         };
         drop(span);
         metrics::counter!("mp3converter_gateway_upload_bytes_total").increment(total);
 
-        let now = DateTime::now();
-        let job = Job {
-            id,
-            owner_id: caller.user_id.clone(),
-            owner_email: caller.email.clone(),
-            filename,
-            content_type,
-            size_bytes: i64::try_from(total).unwrap_or(i64::MAX),
-            state: JobState::Queued,
-            mp3_id: None,
-            failure_reason: None,
-            created_at: now,
-            updated_at: now,
-            published: false,
+        let job = match self.store.jobs.commit_upload(id, total).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                self.discard(id).await;
+                return Err(Status::aborted("the upload was abandoned; retry"));
+            }
+            Err(e) => {
+                self.discard(id).await;
+                return Err(store_error("recording a job", &e));
+            }
         };
-        if let Err(e) = self.store.jobs.insert_one(&job).await {
-            self.delete_video(id).await;
-            return Err(store_error("recording a job", &e));
-        }
         if let Err(status) = self.publish(&job).await {
             // Not queued means not accepted: remove what was stored so the
             // user can simply retry.
-            if let Err(e) = self.store.jobs.delete_one(doc! { "_id": id }).await {
-                tracing::error!(error = %e, job_id = %id, "deleting an unpublished job failed");
-            }
-            self.delete_video(id).await;
+            self.discard(id).await;
             return Err(status);
         }
-        if let Err(e) = self
-            .store
-            .jobs
-            .update_one(doc! { "_id": id }, doc! { "$set": { "published": true } })
-            .await
-        {
+        if let Err(e) = self.store.jobs.mark_published(id).await {
+            // The janitor re-publishes it (the converter ignores the repeat).
             tracing::warn!(error = %e, job_id = %id, "marking a job published failed");
         }
-        tracing::info!(job_id = %id, bytes = total, "video uploaded and queued");
-        Ok(job_to_proto(&Job {
+        let job = Job {
             published: true,
             ..job
-        }))
+        };
+        self.notify(&job, false);
+        tracing::info!(job_id = %id, bytes = total, "video uploaded and queued");
+        Ok(media_store::proto::job(&job))
     }
 
     /// Streams the chunks into a new GridFS file `id`; anything short of a
@@ -211,6 +273,7 @@ impl Media {
         id: ObjectId,
         filename: &str,
         content_type: &str,
+        limit: u64,
         rx: &mut mpsc::Receiver<Result<UploadRequest, Status>>,
     ) -> Result<u64, Status> {
         let mut upload = self
@@ -221,30 +284,41 @@ impl Media {
             .metadata(doc! { "owner_id": &caller.user_id, "content_type": content_type })
             .await
             .map_err(|e| store_error("opening a GridFS upload", &e))?;
-        let total = match self.receive_chunks(rx, &mut upload).await {
+        let received = tokio::select! {
+            r = self.receive_chunks(id, limit, rx, &mut upload) => r,
+            () = self.abort_uploads.cancelled() => {
+                Err(Status::unavailable("the server is shutting down; retry the upload"))
+            }
+        };
+        let total = match received {
             Ok(total) => total,
             Err(status) => {
                 if let Err(e) = upload.abort().await {
-                    tracing::warn!(error = %e, video_id = %id, "aborting a GridFS upload failed");
+                    tracing::warn!(error = %e, video_id = %id, "aborting a GridFS upload failed; the janitor will remove its chunks");
                 }
                 tracing::info!(video_id = %id, code = ?status.code(), message = status.message(), "upload rejected");
                 return Err(status);
             }
         };
-        upload
-            .close()
-            .await
-            .map_err(|e| io_store_error("finishing a GridFS upload", &e))?;
+        if let Err(e) = upload.close().await {
+            // The files document may not be there: remove the chunks
+            // ourselves (abort() refuses a closed stream).
+            let _ = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await;
+            return Err(io_store_error("finishing a GridFS upload", &e));
+        }
         Ok(total)
     }
 
     async fn receive_chunks(
         &self,
+        id: ObjectId,
+        limit: u64,
         rx: &mut mpsc::Receiver<Result<UploadRequest, Status>>,
         upload: &mut media_store::mongodb::gridfs::GridFsUploadStream,
     ) -> Result<u64, Status> {
         use upload_request::Payload;
         let mut total: u64 = 0;
+        let mut heartbeat = tokio::time::Instant::now();
         loop {
             let msg = match rx.recv().await {
                 None => {
@@ -272,10 +346,19 @@ impl Media {
                     if total > self.max_upload {
                         return Err(too_large(self.max_upload));
                     }
+                    if total > limit {
+                        return Err(self.quotas.stored_exceeded());
+                    }
                     upload
                         .write_all(&chunk)
                         .await
                         .map_err(|e| io_store_error("writing to GridFS", &e))?;
+                    if heartbeat.elapsed() > UPLOAD_HEARTBEAT {
+                        heartbeat = tokio::time::Instant::now();
+                        if let Err(e) = self.store.jobs.touch_upload(id).await {
+                            tracing::warn!(error = %e, job_id = %id, "upload heartbeat failed");
+                        }
+                    }
                 }
                 Some(Payload::Commit(commit)) => {
                     if commit.total_bytes != total {
@@ -307,9 +390,23 @@ impl Media {
         }
     }
 
-    async fn publish(&self, job: &Job) -> Result<(), Status> {
+    /// Removes an upload that will not become a job (its video, if any, and
+    /// its record); the janitor catches what this cannot.
+    async fn discard(&self, id: ObjectId) {
+        if let Err(e) = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await
+        {
+            tracing::warn!(error = %e, video_id = %id, "deleting a discarded video failed; the janitor will");
+        }
+        if let Err(e) = self.store.jobs.discard_upload(id).await {
+            tracing::warn!(error = %e, job_id = %id, "deleting a discarded upload's job failed; the janitor will");
+        }
+    }
+
+    /// Publishes the job's `VideoUploaded`. The event id is derived from the
+    /// job, so a re-publish (the janitor's) is recognisably the same event.
+    pub(crate) async fn publish(&self, job: &Job) -> Result<(), Status> {
         let event = VideoUploaded {
-            event_id: uuid::Uuid::new_v4().to_string(),
+            event_id: format!("video-{}", job.id.to_hex()),
             job_id: job.id.to_hex(),
             video_id: job.id.to_hex(),
             owner_id: job.owner_id.clone(),
@@ -330,56 +427,10 @@ impl Media {
                 Status::unavailable("the job queue is unavailable; nothing was stored, retry later")
             })
     }
-
-    /// Publishes the events of jobs that were recorded but never confirmed
-    /// (the gateway died between the insert and the publish), so no upload is
-    /// silently dropped. A duplicate is harmless: the converter is idempotent.
-    pub(crate) async fn republish_unconfirmed(
-        &self,
-        older_than: std::time::Duration,
-    ) -> Result<usize, Status> {
-        let cutoff = DateTime::from_system_time(std::time::SystemTime::now() - older_than);
-        let stale: Vec<Job> = self
-            .store
-            .jobs
-            .find(doc! { "published": false, "state": "queued", "created_at": { "$lte": cutoff } })
-            .limit(100)
-            .await
-            .map_err(|e| store_error("finding unconfirmed jobs", &e))?
-            .try_collect()
-            .await
-            .map_err(|e| store_error("finding unconfirmed jobs", &e))?;
-        let mut done = 0;
-        for job in stale {
-            self.publish(&job).await?;
-            self.store
-                .jobs
-                .update_one(
-                    doc! { "_id": job.id },
-                    doc! { "$set": { "published": true } },
-                )
-                .await
-                .map_err(|e| store_error("marking a job published", &e))?;
-            tracing::warn!(job_id = %job.id, "re-published the event of an unconfirmed job");
-            done += 1;
-        }
-        Ok(done)
-    }
-
-    async fn delete_video(&self, id: ObjectId) {
-        if let Err(e) = self.store.videos.delete(id.into()).await {
-            tracing::error!(error = %e, video_id = %id, "deleting a video failed; it is orphaned");
-        }
-    }
-}
-
-fn too_large(limit: u64) -> Status {
-    Status::resource_exhausted(format!(
-        "the file is larger than the limit of {limit} bytes"
-    ))
 }
 
 type DownloadStream = Pin<Box<dyn futures::Stream<Item = Result<DownloadResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WatchJobsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl MediaService for Media {
@@ -390,7 +441,9 @@ impl MediaService for Media {
         let caller = caller(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let worker = tokio::spawn(self.clone().store_upload(caller, rx).in_current_span());
+        let worker = self
+            .uploads
+            .spawn(self.clone().store_upload(caller, rx).in_current_span());
         while let Some(msg) = inbound.next().await {
             let failed = msg.is_err();
             if tx.send(msg).await.is_err() || failed {
@@ -430,9 +483,11 @@ impl MediaService for Media {
             content_type: "audio/mpeg".into(),
             size_bytes: file.length,
         };
-        // At most 4 GridFS chunks (4 × 255 KiB) per message: under 1 MiB.
-        let mut reader = self.store.mp3_reader(&file);
-        let (tx, rx) = mpsc::channel::<Result<DownloadResponse, Status>>(4);
+        // One cursor, 4 GridFS chunks (~1 MiB) per message and one message
+        // queued: a stalled client holds little, and not for long.
+        let mut reader = self.store.mp3_files.stream((&file).into(), 0, 4);
+        let (tx, rx) = mpsc::channel::<Result<DownloadResponse, Status>>(1);
+        let stall = self.download_stall;
         let span = tracing::info_span!(
             "gridfs.read",
             otel.name = "gridfs.read mp3s",
@@ -443,35 +498,32 @@ impl MediaService for Media {
         tokio::spawn(
             async move {
                 let msg = |p| DownloadResponse { payload: Some(p) };
-                if tx
-                    .send(Ok(msg(download_response::Payload::Metadata(meta))))
-                    .await
-                    .is_err()
-                {
+                let send = |m| async {
+                    matches!(tokio::time::timeout(stall, tx.send(m)).await, Ok(Ok(())))
+                };
+                if !send(Ok(msg(download_response::Payload::Metadata(meta)))).await {
                     return;
                 }
                 let mut sent: u64 = 0;
                 loop {
-                    let block = match reader.next_block().await {
+                    let block = match reader.next_block(MAX_CHUNK).await {
                         Ok(Some(b)) => b,
                         Ok(None) => break,
                         Err(e) => {
                             tracing::warn!(error = %e, mp3_id = %id, "reading an MP3 failed");
-                            let _ = tx
-                                .send(Err(Status::unavailable(
-                                    "storage is unavailable; retry later",
-                                )))
-                                .await;
+                            let _ = send(Err(Status::unavailable(
+                                "storage is unavailable; retry later",
+                            )))
+                            .await;
                             return;
                         }
                     };
                     sent += block.len() as u64;
-                    if tx
-                        .send(Ok(msg(download_response::Payload::Chunk(block))))
-                        .await
-                        .is_err()
-                    {
-                        return; // the client went away
+                    if !send(Ok(msg(download_response::Payload::Chunk(block)))).await {
+                        // The client went away or stopped reading.
+                        metrics::counter!("mp3converter_gateway_downloads_dropped_total")
+                            .increment(1);
+                        return;
                     }
                 }
                 metrics::counter!("mp3converter_gateway_download_bytes_total").increment(sent);
@@ -492,12 +544,12 @@ impl MediaService for Media {
         let job = self
             .store
             .jobs
-            .find_one(doc! { "_id": id, "owner_id": &caller.user_id })
+            .get_visible(id, &caller.user_id)
             .await
             .map_err(|e| store_error("finding a job", &e))?
             .ok_or_else(|| Status::not_found("no such job"))?;
         Ok(Response::new(GetJobResponse {
-            job: Some(job_to_proto(&job)),
+            job: Some(media_store::proto::job(&job)),
         }))
     }
 
@@ -511,20 +563,15 @@ impl MediaService for Media {
             0 => 20,
             n => n.min(100),
         };
-        let mut filter = doc! { "owner_id": &caller.user_id };
-        if !r.page_token.is_empty() {
-            let after = parse_id("page_token", &r.page_token)?;
-            filter.insert("_id", doc! { "$lt": after });
-        }
-        let mut jobs: Vec<Job> = self
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_id("page_token", &r.page_token)?)
+        };
+        let mut jobs = self
             .store
             .jobs
-            .find(filter)
-            .sort(doc! { "_id": -1 })
-            .limit(i64::from(size) + 1)
-            .await
-            .map_err(|e| store_error("listing jobs", &e))?
-            .try_collect()
+            .list_visible(&caller.user_id, before, i64::from(size) + 1)
             .await
             .map_err(|e| store_error("listing jobs", &e))?;
         let more = jobs.len() > size as usize;
@@ -534,9 +581,123 @@ impl MediaService for Media {
             _ => String::new(),
         };
         Ok(Response::new(ListJobsResponse {
-            jobs: jobs.iter().map(job_to_proto).collect(),
+            jobs: jobs.iter().map(media_store::proto::job).collect(),
             next_page_token,
         }))
+    }
+
+    async fn delete_job(
+        &self,
+        req: Request<DeleteJobRequest>,
+    ) -> Result<Response<DeleteJobResponse>, Status> {
+        let caller = caller(&req)?;
+        let id = parse_id("job_id", &req.get_ref().job_id)?;
+        let job = match self
+            .store
+            .jobs
+            .delete(id, &caller.user_id)
+            .await
+            .map_err(|e| store_error("deleting a job", &e))?
+        {
+            Deleted::Now(job) => {
+                self.notify(&job, true);
+                tracing::info!(job_id = %id, state = job.state.as_str(), "job deleted by its owner");
+                *job
+            }
+            // Again (a retry after an error): make sure its files are gone.
+            Deleted::Already => match self.store.jobs.get(id).await {
+                Ok(Some(job)) => job,
+                _ => return Ok(Response::new(DeleteJobResponse {})),
+            },
+            Deleted::NotFound => return Err(Status::not_found("no such job")),
+        };
+        self.store
+            .delete_media(&job)
+            .await
+            .map_err(|e| store_error("deleting a job's files", &e))?;
+        Ok(Response::new(DeleteJobResponse {}))
+    }
+
+    type WatchJobsStream = WatchStream;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let caller = caller(&req)?;
+        let only = match req.get_ref().job_id.trim() {
+            "" => None,
+            raw => Some(parse_id("job_id", raw)?),
+        };
+        // Subscribe before reading the current state, so nothing that
+        // happens in between is missed.
+        let mut sub = self
+            .hub
+            .subscribe(&caller.user_id, self.max_watchers_per_user)
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "at most {} watchers per user at once",
+                    self.max_watchers_per_user
+                ))
+            })?;
+        let current = match only {
+            Some(id) => self
+                .store
+                .jobs
+                .get_visible(id, &caller.user_id)
+                .await
+                .map_err(|e| store_error("finding a job", &e))?
+                .map(|j| vec![j])
+                .ok_or_else(|| Status::not_found("no such job"))?,
+            None => self
+                .store
+                .jobs
+                .list_visible(&caller.user_id, None, 100)
+                .await
+                .map_err(|e| store_error("listing jobs", &e))?,
+        };
+        let (tx, rx) = mpsc::channel::<Result<WatchJobsResponse, Status>>(16);
+        let only_hex = only.map(|i| i.to_hex());
+        tokio::spawn(async move {
+            use watch_jobs_response::Event;
+            let send = |e| tx.send(Ok(WatchJobsResponse { event: Some(e) }));
+            // Oldest first, so a client applying them in order ends with the
+            // newest on top.
+            for job in current.iter().rev() {
+                if send(Event::Job(media_store::proto::job(job)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            loop {
+                let ev = match sub.rx.recv().await {
+                    Ok(Update::Changed(c)) => {
+                        let Some(job) = c.job.clone() else { continue };
+                        if only_hex.as_ref().is_some_and(|id| *id != job.job_id) {
+                            continue;
+                        }
+                        if c.deleted {
+                            Event::DeletedJobId(job.job_id)
+                        } else {
+                            Event::Job(job)
+                        }
+                    }
+                    Ok(Update::Resync) | Err(RecvError::Lagged(_)) => {
+                        metrics::counter!("mp3converter_gateway_watch_resyncs_total").increment(1);
+                        Event::Resync(pb::Resync {})
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if send(ev).await.is_err() {
+                    return; // the watcher went away
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as WatchStream
+        ))
     }
 }
 
@@ -549,8 +710,17 @@ mod tests {
         assert_eq!(clean_filename("../../etc/passwd"), "passwd");
         assert_eq!(clean_filename("C:\\videos\\clip.mkv"), "clip.mkv");
         assert_eq!(clean_filename("a\u{0}b\"c.mp4"), "abc.mp4");
+        assert_eq!(clean_filename("line\nbreak\r.mp4"), "linebreak.mp4");
+        assert_eq!(clean_filename("clip\u{202E}4pm.exe"), "clip4pm.exe");
         assert_eq!(clean_filename(""), "upload");
         assert_eq!(clean_filename(".hidden"), "hidden");
         assert_eq!(clean_filename(&"x".repeat(500)).len(), 200);
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(2 << 30), "2 GiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 bytes");
     }
 }

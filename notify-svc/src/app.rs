@@ -63,7 +63,7 @@ impl App {
             name: "notify-svc".into(),
             queue: self.config.topology.work_queue(&self.config.mp3_queue),
             also_declare: Vec::new(),
-            prefetch: 1,
+            concurrency: self.config.concurrency,
             grace: self.config.shutdown_grace,
         };
         consumer::run(cfg, self.notifier, self.health.clone(), token).await;

@@ -13,13 +13,32 @@ pub enum SmtpTls {
     Tls,
 }
 
-#[derive(Debug, Clone, clap::Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(
     name = "notify-svc",
     version,
     args_override_self = true,
     about = "Emails users when their MP3 is ready (consumes the mp3 queue)"
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Send emails (the default).
+    Serve,
+    /// Look at and replay the dead letters of the mp3 queue.
+    Dlq {
+        #[command(subcommand)]
+        action: amqp_kit::dlq::DlqCommand,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9094")]
@@ -35,6 +54,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub topology: amqp_kit::TopologyArgs,
+
+    /// Emails sent at once (each waits on the SMTP server).
+    #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
 
     /// PostgreSQL URL of the sent-log.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

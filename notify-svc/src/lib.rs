@@ -7,18 +7,49 @@ mod handler;
 mod mail;
 mod sent_log;
 
-/// The service as `main` runs it: until SIGTERM/SIGINT, then drained.
-pub async fn run(config: config::Config) -> anyhow::Result<()> {
-    let telemetry = config.telemetry.clone();
-    svc_kit::telemetry::run(
-        "notify-svc",
-        &telemetry,
-        Box::pin(async {
-            app::App::build(config)
-                .await?
-                .run_until(svc_kit::shutdown::on_signal())
+use config::{Cli, Command};
+
+/// The service as `main` runs it: until SIGTERM/SIGINT, then drained; or one
+/// of its operator subcommands.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config;
+    match cli.command {
+        None | Some(Command::Serve) => {
+            let telemetry = config.telemetry.clone();
+            svc_kit::telemetry::run(
+                "notify-svc",
+                &telemetry,
+                Box::pin(async {
+                    app::App::build(config)
+                        .await?
+                        .run_until(svc_kit::shutdown::on_signal())
+                        .await
+                }),
+            )
+            .await
+        }
+        Some(Command::Dlq { action }) => {
+            amqp_kit::dlq::run(action, &config.amqp_url, &config.mp3_queue, describe_event)
                 .await
-        }),
-    )
-    .await
+                .map_err(anyhow::Error::msg)
+        }
+    }
+}
+
+/// A dead letter's payload in words.
+fn describe_event(kind: Option<&str>, payload: &[u8]) -> String {
+    use mp3converter_proto::{
+        EventType,
+        events::v1::{ConversionFailed, Mp3Ready},
+    };
+    let decoded = match kind {
+        Some(Mp3Ready::TYPE) => {
+            <Mp3Ready as prost::Message>::decode(payload).map(|e| format!("{e:?}"))
+        }
+        Some(ConversionFailed::TYPE) => {
+            <ConversionFailed as prost::Message>::decode(payload).map(|e| format!("{e:?}"))
+        }
+        other => return format!("unexpected type {other:?}: {} bytes", payload.len()),
+    };
+    decoded.unwrap_or_else(|e| format!("undecodable ({e}): {} bytes", payload.len()))
 }

@@ -14,7 +14,7 @@ use clap::Parser;
 use futures::AsyncWriteExt;
 use media_store::{
     Job, JobState, Store,
-    mongodb::bson::{DateTime, doc, oid::ObjectId},
+    mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
     EventType,
@@ -125,25 +125,18 @@ impl Env {
             .unwrap();
         up.write_all(&bytes).await.unwrap();
         up.close().await.unwrap();
-        let now = DateTime::now();
-        self.store
-            .jobs
-            .insert_one(Job {
-                id,
-                owner_id: "bench".into(),
-                owner_email: "bench@example.com".into(),
-                filename: "clip.mp4".into(),
-                content_type: "video/mp4".into(),
-                size_bytes: bytes.len() as i64,
-                state: JobState::Queued,
-                mp3_id: None,
-                failure_reason: None,
-                created_at: now,
-                updated_at: now,
-                published: true,
-            })
-            .await
-            .unwrap();
+        let mut job = Job::uploading(
+            id,
+            "bench",
+            "bench@example.com",
+            "clip.mp4",
+            "video/mp4",
+            Default::default(),
+        );
+        job.state = JobState::Queued;
+        job.size_bytes = bytes.len() as i64;
+        job.published = true;
+        self.store.jobs.insert(&job).await.unwrap();
         id
     }
 
@@ -205,9 +198,9 @@ impl Env {
             .await
             .unwrap()
             .unwrap();
-        let mut r = self.store.video_reader(&file);
+        let mut r = self.store.video_files.stream((&file).into(), 0, 16);
         let mut out = tokio::fs::File::create(to).await.unwrap();
-        while let Some(b) = r.next_block().await.unwrap() {
+        while let Some(b) = r.next_chunk().await.unwrap() {
             tokio::io::AsyncWriteExt::write_all(&mut out, &b)
                 .await
                 .unwrap();

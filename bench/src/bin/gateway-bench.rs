@@ -135,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
                     filename: "bench.mkv".into(),
                     content_type: "video/x-matroska".into(),
                     declared_size_bytes: Some(size),
+                    options: None,
                 })),
             }
         })
@@ -306,6 +307,6 @@ async fn clean(store: &Store) -> anyhow::Result<()> {
     for f in files {
         store.videos.delete(f.id).await?;
     }
-    store.jobs.delete_many(doc! {}).await?;
+    store.jobs.coll.delete_many(doc! {}).await?;
     Ok(())
 }

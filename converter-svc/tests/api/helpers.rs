@@ -1,11 +1,11 @@
 use amqp_kit::{Publisher, event_properties, lapin};
 use clap::Parser;
-use converter_svc::{app::App, config::Config};
+use converter_svc::{app::App, config::Cli};
 use futures::AsyncWriteExt;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use media_store::{
-    Job, JobState, Store,
-    mongodb::bson::{DateTime, doc, oid::ObjectId},
+    Job, JobState, OutputOptions, Store,
+    mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
     EventType,
@@ -110,7 +110,7 @@ impl Env {
     pub async fn start_with(&self, extra: &[&str]) -> Instance {
         let mut args = self.args();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let app = App::build(Config::try_parse_from(args).unwrap())
+        let app = App::build(Cli::try_parse_from(args).unwrap().config)
             .await
             .unwrap();
         let token = CancellationToken::new();
@@ -148,25 +148,18 @@ impl Env {
             .unwrap();
         up.write_all(&bytes).await.unwrap();
         up.close().await.unwrap();
-        let now = DateTime::now();
-        self.store
-            .jobs
-            .insert_one(Job {
-                id,
-                owner_id: "user-1".into(),
-                owner_email: "user@example.com".into(),
-                filename: filename.clone(),
-                content_type: "application/octet-stream".into(),
-                size_bytes: bytes.len() as i64,
-                state: JobState::Queued,
-                mp3_id: None,
-                failure_reason: None,
-                created_at: now,
-                updated_at: now,
-                published: true,
-            })
-            .await
-            .unwrap();
+        let mut job = Job::uploading(
+            id,
+            "user-1",
+            "user@example.com",
+            &filename,
+            "application/octet-stream",
+            OutputOptions::default(),
+        );
+        job.state = JobState::Queued;
+        job.size_bytes = bytes.len() as i64;
+        job.published = true;
+        self.store.jobs.insert(&job).await.unwrap();
         self.publish_uploaded(id, &filename, bytes.len() as u64)
             .await;
         id
@@ -256,12 +249,7 @@ impl Env {
     }
 
     pub async fn job(&self, id: ObjectId) -> Job {
-        self.store
-            .jobs
-            .find_one(doc! { "_id": id })
-            .await
-            .unwrap()
-            .unwrap()
+        self.store.jobs.get(id).await.unwrap().unwrap()
     }
 
     pub async fn mp3_count(&self, video: Option<ObjectId>) -> u64 {
@@ -287,9 +275,9 @@ impl Env {
             .await
             .unwrap()
             .unwrap();
-        let mut reader = self.store.mp3_reader(&file);
+        let mut reader = self.store.mp3_files.stream((&file).into(), 0, 16);
         let mut bytes = Vec::new();
-        while let Some(b) = reader.next_block().await.unwrap() {
+        while let Some(b) = reader.next_chunk().await.unwrap() {
             bytes.extend_from_slice(&b);
         }
         let path = self.clips.path().join(format!("{mp3_id}.mp3"));

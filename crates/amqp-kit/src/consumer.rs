@@ -15,9 +15,10 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 use svc_kit::{config::Secret, health::Health};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 /// What to do with a delivery once the handler is done.
@@ -33,6 +34,9 @@ pub enum Outcome {
     DeadLetter(String),
     /// Abandoned at shutdown: back to the queue for another consumer.
     Requeue,
+    /// Not now, and not a failure (another instance holds the work): look
+    /// again after about this long. Does not count against the retries.
+    Defer(Duration),
 }
 
 /// How a delivery is processed.
@@ -64,31 +68,63 @@ pub struct ConsumerConfig {
     /// Other queues this service publishes to, declared too so its publishes
     /// are routable before their consumers start.
     pub also_declare: Vec<WorkQueue>,
-    /// Unacknowledged deliveries in flight per consumer.
-    pub prefetch: u16,
+    /// Deliveries handled at once (and so unacknowledged deliveries in
+    /// flight): each is its own task.
+    pub concurrency: u16,
     /// How long a delivery in progress may run on after shutdown begins.
     pub grace: Duration,
 }
 
-/// Runs until `shutdown` is cancelled. `health` gets a "rabbitmq" component.
+/// What every delivery task of a consumer shares.
+struct Shared<H> {
+    cfg: ConsumerConfig,
+    handler: H,
+    retry: Publisher,
+    shutdown: CancellationToken,
+}
+
+/// Runs until `shutdown` is cancelled, then waits for the deliveries in
+/// progress (each has the grace period, then is abandoned). `health` gets a
+/// "rabbitmq" component.
+///
+/// Deliveries run as tasks of their own, at most `concurrency` at once, so
+/// the loop keeps watching the connection while they work: a lost connection
+/// is noticed and re-opened at once, and the tasks still running finish their
+/// work (their acks then fail, and the broker has already redelivered).
 pub async fn run<H: Handler>(
     cfg: ConsumerConfig,
     handler: H,
     health: Health,
     shutdown: CancellationToken,
 ) {
-    let retry_publisher = Publisher::new(
-        cfg.url.clone(),
-        format!("{}-retry", cfg.name),
-        Duration::from_secs(10),
-    );
+    let shared = Arc::new(Shared {
+        retry: Publisher::new(
+            cfg.url.clone(),
+            format!("{}-retry", cfg.name),
+            Duration::from_secs(10),
+        ),
+        cfg,
+        handler,
+        shutdown: shutdown.clone(),
+    });
+    // Shared across reconnects: tasks of a lost channel still count.
+    let slots = Arc::new(Semaphore::new(usize::from(shared.cfg.concurrency.max(1))));
+    let tasks = TaskTracker::new();
+    let depth = tokio::spawn(crate::report_queue_depths(
+        shared.cfg.url.clone(),
+        vec![
+            shared.cfg.queue.name.clone(),
+            shared.cfg.queue.dead_letter_queue(),
+        ],
+        shutdown.clone(),
+    ));
     let mut backoff = Duration::from_millis(500);
     while !shutdown.is_cancelled() {
-        match consume(&cfg, &handler, &health, &retry_publisher, &shutdown).await {
+        match consume(&shared, &slots, &tasks, &health).await {
             Ok(()) => break, // shut down cleanly
             Err(e) => {
                 health.set("rabbitmq", false).await;
-                tracing::warn!(error = %e, retry_in = ?backoff, queue = %cfg.queue.name, "AMQP consumer lost; reconnecting");
+                tracing::warn!(error = %e, retry_in = ?backoff, queue = %shared.cfg.queue.name, "AMQP consumer lost; reconnecting");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -98,26 +134,30 @@ pub async fn run<H: Handler>(
         }
     }
     health.set("rabbitmq", false).await;
+    tasks.close();
+    tasks.wait().await;
+    depth.abort();
 }
 
 async fn consume<H: Handler>(
-    cfg: &ConsumerConfig,
-    handler: &H,
+    shared: &Arc<Shared<H>>,
+    slots: &Arc<Semaphore>,
+    tasks: &TaskTracker,
     health: &Health,
-    retry: &Publisher,
-    shutdown: &CancellationToken,
 ) -> Result<(), lapin::Error> {
+    let cfg = &shared.cfg;
+    let shutdown = &shared.shutdown;
     let conn = crate::connect(&cfg.url, &cfg.name).await?;
     let ch = conn.create_channel().await?;
     // Per-consumer prefetch (global=false): quorum queues do not support
     // global QoS.
-    ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+    ch.basic_qos(cfg.concurrency.max(1), BasicQosOptions::default())
         .await?;
     crate::declare_work_queue(&ch, &cfg.queue).await?;
     for q in &cfg.also_declare {
         crate::declare_work_queue(&ch, q).await?;
     }
-    let tag = format!("{}-{}", cfg.name, std::process::id());
+    let tag = format!("{}-{}-{}", cfg.name, std::process::id(), next_tag());
     let mut consumer = ch
         .basic_consume(
             cfg.queue.name.as_str().into(),
@@ -127,12 +167,20 @@ async fn consume<H: Handler>(
         )
         .await?;
     health.set("rabbitmq", true).await;
-    tracing::info!(queue = %cfg.queue.name, prefetch = cfg.prefetch, "consuming");
+    tracing::info!(queue = %cfg.queue.name, concurrency = cfg.concurrency, "consuming");
 
     loop {
-        let next = tokio::select! {
+        // A free slot first: never take a delivery we cannot start.
+        let permit = tokio::select! {
             () = shutdown.cancelled() => None,
-            d = consumer.next() => Some(d),
+            p = slots.clone().acquire_owned() => p.ok(),
+        };
+        let next = match permit {
+            None => None,
+            Some(permit) => tokio::select! {
+                () = shutdown.cancelled() => None,
+                d = consumer.next() => Some((d, permit)),
+            },
         };
         let delivery = match next {
             // Shutdown: stop taking work; unacked prefetched messages go back
@@ -144,16 +192,27 @@ async fn consume<H: Handler>(
                 let _ = conn.close(200, "shutting down".into()).await;
                 return Ok(());
             }
-            Some(None) => {
+            Some((None, _)) => {
                 return Err(lapin::Error::from(
                     lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
                 ));
             }
-            Some(Some(Err(e))) => return Err(e),
-            Some(Some(Ok(d))) => d,
+            Some((Some(Err(e)), _)) => return Err(e),
+            Some((Some(Ok(d)), permit)) => (d, permit),
         };
-        process(cfg, handler, retry, shutdown, delivery).await;
+        let (delivery, permit) = delivery;
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            process(&shared, delivery).await;
+            drop(permit);
+        });
     }
+}
+
+/// Distinguishes the consumer tags of one process's reconnects.
+fn next_tag() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The delivery count the broker reports (quorum queues), 0 on first
@@ -164,14 +223,8 @@ fn delivery_count(props: &BasicProperties) -> u32 {
 
 /// Handles and settles one delivery inside a consumer span that continues
 /// the publisher's trace.
-async fn process<H: Handler>(
-    cfg: &ConsumerConfig,
-    handler: &H,
-    retry: &Publisher,
-    shutdown: &CancellationToken,
-    delivery: Delivery,
-) {
-    let queue = cfg.queue.name.as_str();
+async fn process<H: Handler>(shared: &Shared<H>, delivery: Delivery) {
+    let queue = shared.cfg.queue.name.as_str();
     let span = tracing::info_span!(
         "amqp.process",
         otel.name = %format_args!("process {queue}"),
@@ -187,9 +240,7 @@ async fn process<H: Handler>(
     );
     crate::trace::continue_from(&span, &delivery.properties);
     let started = std::time::Instant::now();
-    let outcome = settle(cfg, handler, retry, shutdown, delivery)
-        .instrument(span.clone())
-        .await;
+    let outcome = settle(shared, delivery).instrument(span.clone()).await;
     span.record("outcome", outcome);
     if outcome == "dead_lettered" {
         span.record("otel.status_code", "ERROR");
@@ -200,13 +251,13 @@ async fn process<H: Handler>(
 
 /// Runs the handler and settles the delivery; returns what happened to it,
 /// as a label.
-async fn settle<H: Handler>(
-    cfg: &ConsumerConfig,
-    handler: &H,
-    retry: &Publisher,
-    shutdown: &CancellationToken,
-    delivery: Delivery,
-) -> &'static str {
+async fn settle<H: Handler>(shared: &Shared<H>, delivery: Delivery) -> &'static str {
+    let Shared {
+        cfg,
+        handler,
+        retry,
+        shutdown,
+    } = shared;
     let queue = cfg.queue.name.as_str();
     metrics::counter!("mp3converter_amqp_consumed_total", "queue" => queue.to_owned()).increment(1);
     if delivery.redelivered {
@@ -243,22 +294,24 @@ async fn settle<H: Handler>(
             tracing::warn!(%reason, queue, "dead-lettering a message");
             (nack(&delivery, queue, false).await, "dead_lettered")
         }
+        Outcome::Defer(wait) => {
+            let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
+            let retry_queue = cfg.queue.wait_queue(wait);
+            tracing::info!(?wait, queue, via = %retry_queue, "deferred; looking again later");
+            match republish(retry, &delivery, queue, &retry_queue, attempt).await {
+                Ok(settled) => (settled, "deferred"),
+                Err(settled) => (settled, "requeued"),
+            }
+        }
         Outcome::Retry(reason) => {
             let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0) + 1;
             let over_limit = delivery_count(&delivery.properties) + 1 >= cfg.queue.delivery_limit;
             match cfg.queue.retry_queue(attempt).filter(|_| !over_limit) {
                 Some(retry_queue) => {
                     tracing::warn!(%reason, attempt, queue, "transient failure; retrying later");
-                    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-                    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongInt(attempt as i32));
-                    let props = delivery.properties.clone().with_headers(headers);
-                    match retry.publish(&retry_queue, &delivery.data, props).await {
-                        // The copy is safely queued; only now drop the original.
-                        Ok(()) => (ack(&delivery, queue).await, "retry_scheduled"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot schedule the retry; requeueing");
-                            (nack(&delivery, queue, true).await, "requeued")
-                        }
+                    match republish(retry, &delivery, queue, &retry_queue, attempt).await {
+                        Ok(settled) => (settled, "retry_scheduled"),
+                        Err(settled) => (settled, "requeued"),
                     }
                 }
                 None => {
@@ -282,6 +335,51 @@ async fn settle<H: Handler>(
             "could not settle a delivery (channel gone); the broker will redeliver it"
         );
         "unsettled"
+    }
+}
+
+/// Puts a copy of the delivery on a retry queue (from which it comes back
+/// when the queue's TTL runs out), then acks the original; requeues it if the
+/// copy cannot be published (`Err`). Either way, whether the original was
+/// settled. The broker's own headers are not copied: the
+/// copy is a new message with a delivery count of its own.
+async fn republish(
+    retry: &Publisher,
+    delivery: &Delivery,
+    queue: &str,
+    retry_queue: &str,
+    attempt: u32,
+) -> Result<bool, bool> {
+    let mut headers = FieldTable::default();
+    if let Some(old) = delivery.properties.headers() {
+        for (k, v) in old.inner() {
+            if !matches!(
+                k.as_str(),
+                "x-delivery-count"
+                    | "x-death"
+                    | "x-first-death-exchange"
+                    | "x-first-death-queue"
+                    | "x-first-death-reason"
+                    | "x-last-death-exchange"
+                    | "x-last-death-queue"
+                    | "x-last-death-reason"
+            ) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongInt(i32::try_from(attempt).unwrap_or(i32::MAX)),
+    );
+    let props = delivery.properties.clone().with_headers(headers);
+    match retry.publish(retry_queue, &delivery.data, props).await {
+        // The copy is safely queued; only now drop the original.
+        Ok(()) => Ok(ack(delivery, queue).await),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot schedule the retry; requeueing");
+            Err(nack(delivery, queue, true).await)
+        }
     }
 }
 

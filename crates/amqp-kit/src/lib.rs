@@ -7,7 +7,9 @@
 //! visible (a publish during an outage fails at once and the caller answers
 //! 503; health goes NOT_SERVING) and recovery has no retry budget to exhaust.
 
+pub mod broadcast;
 pub mod consumer;
+pub mod dlq;
 mod publisher;
 mod topology;
 pub mod trace;
@@ -90,4 +92,58 @@ pub fn header_str<'a>(props: &'a BasicProperties, key: &str) -> Option<&'a str> 
         AMQPValue::ShortString(s) => Some(s.as_str()),
         _ => None,
     }
+}
+
+/// How often consumers report the depth of their queues.
+const DEPTH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Sets `mp3converter_amqp_queue_messages{queue}` (messages ready) for each
+/// queue every few seconds until `shutdown`: what an alert on a growing
+/// backlog or a non-empty dead-letter queue watches.
+pub async fn report_queue_depths(
+    url: Secret,
+    queues: Vec<String>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ch: Option<(Connection, lapin::Channel)> = None;
+    let mut tick = tokio::time::interval(DEPTH_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !ch
+            .as_ref()
+            .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected())
+        {
+            ch = match connect(&url, "queue-depth").await {
+                Ok(conn) => conn.create_channel().await.ok().map(|c| (conn, c)),
+                Err(_) => None,
+            };
+        }
+        let Some((_, channel)) = &ch else { continue };
+        for q in &queues {
+            match queue_depth(channel, q).await {
+                Ok(n) => metrics::gauge!("mp3converter_amqp_queue_messages", "queue" => q.clone())
+                    .set(f64::from(n)),
+                // A missing queue closes the channel; the next round reopens it.
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Messages ready in a queue (passive declare: fails if it does not exist).
+pub async fn queue_depth(ch: &lapin::Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
 }

@@ -113,6 +113,22 @@ impl Publisher {
         Ok(ch)
     }
 
+    /// Messages ready in `queue`, asked on a channel of its own (a missing
+    /// queue closes the channel it is asked on).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, PublishError> {
+        self.channel().await?;
+        let conn = {
+            let state = self.inner.state.lock().await;
+            match state.as_ref() {
+                Some((conn, _)) => conn.create_channel().await.map_err(PublishError::Connect)?,
+                None => return Err(PublishError::Nacked),
+            }
+        };
+        let depth = crate::queue_depth(&conn, queue).await;
+        let _ = conn.close(200, "done".into()).await;
+        Ok(depth?)
+    }
+
     /// Checks that the broker is reachable (used by readiness).
     pub async fn check(&self) -> Result<(), PublishError> {
         self.channel().await.map(drop)

@@ -89,6 +89,30 @@ impl WorkQueue {
             .map(|d| format!("{}.retry.{}ms", self.name, d.as_millis()))
     }
 
+    /// The retry queue to wait about `wait` in, without it counting as a
+    /// retry: the longest delay not over `wait` (the shortest if all are),
+    /// so a deferred message comes back soon after it can succeed and defers
+    /// again if it is early.
+    pub fn wait_queue(&self, wait: Duration) -> String {
+        let idx = self
+            .retry_delays
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d <= wait)
+            .max_by_key(|(_, d)| **d)
+            .map(|(i, _)| i)
+            .or_else(|| {
+                self.retry_delays
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, d)| **d)
+                    .map(|(i, _)| i)
+            })
+            .unwrap_or(0);
+        self.retry_queue(u32::try_from(idx).unwrap_or(0) + 1)
+            .unwrap_or_else(|| self.name.clone())
+    }
+
     /// Exponential backoff: `base`, `2·base`, `4·base`… capped at `max`.
     pub fn exponential(base: Duration, max: Duration, retries: u32) -> Vec<Duration> {
         (0..retries)
@@ -178,5 +202,25 @@ mod tests {
         assert_eq!(q.retry_queue(3), None);
         assert_eq!(q.retry_queue(0), None);
         assert_eq!(q.dead_letter_queue(), "video.dlq");
+    }
+
+    #[test]
+    fn a_wait_takes_the_longest_delay_that_fits() {
+        let q = WorkQueue {
+            name: "video".into(),
+            retry_delays: [2, 10, 30].map(Duration::from_secs).to_vec(),
+            delivery_limit: 5,
+        };
+        assert_eq!(q.wait_queue(Duration::from_secs(25)), "video.retry.10000ms");
+        assert_eq!(q.wait_queue(Duration::from_secs(40)), "video.retry.30000ms");
+        assert_eq!(
+            q.wait_queue(Duration::from_millis(100)),
+            "video.retry.2000ms"
+        );
+        let none = WorkQueue {
+            retry_delays: vec![],
+            ..q
+        };
+        assert_eq!(none.wait_queue(Duration::from_secs(1)), "video");
     }
 }

@@ -26,17 +26,12 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         "converter-svc" => {
-            Box::pin(converter_svc::run(
-                converter_svc::config::Config::parse_from(args),
-            ))
-            .await
-        }
-        "notify-svc" => {
-            Box::pin(notify_svc::run(notify_svc::config::Config::parse_from(
+            Box::pin(converter_svc::run(converter_svc::config::Cli::parse_from(
                 args,
             )))
             .await
         }
+        "notify-svc" => Box::pin(notify_svc::run(notify_svc::config::Cli::parse_from(args))).await,
         other => anyhow::bail!("unknown service `{other}`"),
     }
 }

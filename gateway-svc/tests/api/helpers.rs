@@ -1,6 +1,6 @@
 use auth_svc::token::Claims;
 use clap::Parser;
-use futures::{AsyncWriteExt, TryStreamExt};
+use futures::AsyncWriteExt;
 use gateway_svc::{app::App, config::Config};
 use lapin::options::QueueDeclareOptions;
 use media_store::{
@@ -235,7 +235,7 @@ impl TestApp {
     }
 
     pub async fn job_count(&self) -> u64 {
-        self.store.jobs.count_documents(doc! {}).await.unwrap()
+        self.store.jobs.coll.count_documents(doc! {}).await.unwrap()
     }
 
     /// Messages ready in this app's video queue.
@@ -268,10 +268,10 @@ impl TestApp {
             .await
             .unwrap()
             .unwrap();
-        let mut reader = self.store.video_reader(&file);
+        let mut reader = self.store.video_files.stream((&file).into(), 0, 16);
         let mut out = Vec::new();
-        while let Some(block) = reader.next_block().await.unwrap() {
-            out.extend_from_slice(&block);
+        while let Some(chunk) = reader.next_chunk().await.unwrap() {
+            out.extend_from_slice(&chunk);
         }
         out
     }
@@ -295,6 +295,7 @@ impl TestApp {
         if let Some(job) = video_id {
             self.store
                 .jobs
+                .coll
                 .update_one(
                     doc! { "_id": job },
                     doc! { "$set": { "state": "done", "mp3_id": id } },
@@ -306,14 +307,7 @@ impl TestApp {
     }
 
     pub async fn all_jobs(&self) -> Vec<media_store::Job> {
-        self.store
-            .jobs
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
+        self.store.jobs.find(doc! {}, 10_000).await.unwrap()
     }
 
     pub async fn stop(self) {

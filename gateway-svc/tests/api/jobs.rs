@@ -136,33 +136,29 @@ async fn health_and_reflection_need_no_token() {
 }
 
 #[tokio::test]
-async fn a_job_whose_event_was_never_confirmed_is_published_by_the_sweeper() {
+async fn a_job_whose_event_was_never_confirmed_is_published_by_the_janitor() {
     let auth = Auth::start().await;
-    let app = spawn_app_with(&auth, &["--sweep-interval", "200ms", "--sweep-age", "0s"]).await;
+    let app = spawn_app_with(
+        &auth,
+        &["--janitor-interval", "200ms", "--unconfirmed-after", "0s"],
+    )
+    .await;
     let user = app.user().await;
-    // What a gateway that crashed between the insert and the publish leaves.
-    let now = media_store::mongodb::bson::DateTime::now();
+    // What a gateway that crashed between the commit and the publish leaves.
     let id = media_store::mongodb::bson::oid::ObjectId::new();
-    app.store
-        .jobs
-        .insert_one(media_store::Job {
-            id,
-            owner_id: user.id.clone(),
-            owner_email: user.email.clone(),
-            filename: "orphan.mkv".into(),
-            content_type: "video/x-matroska".into(),
-            size_bytes: 1,
-            state: media_store::JobState::Queued,
-            mp3_id: None,
-            failure_reason: None,
-            created_at: now,
-            updated_at: now,
-            published: false,
-        })
-        .await
-        .unwrap();
+    let mut job = media_store::Job::uploading(
+        id,
+        &user.id,
+        &user.email,
+        "orphan.mkv",
+        "video/x-matroska",
+        Default::default(),
+    );
+    job.state = media_store::JobState::Queued;
+    job.size_bytes = 1;
+    app.store.jobs.insert(&job).await.unwrap();
     test_kit::wait_until(
-        "the sweeper to publish it",
+        "the janitor to publish it",
         std::time::Duration::from_secs(15),
         || async {
             let published = app

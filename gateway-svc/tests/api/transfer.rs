@@ -32,6 +32,7 @@ fn grpc_upload_stream(
             filename: "clip.mkv".into(),
             content_type: "video/x-matroska".into(),
             declared_size_bytes: Some(bytes.len() as u64),
+            options: None,
         })),
     };
     let chunks: Vec<UploadRequest> = bytes
@@ -93,7 +94,7 @@ async fn rest_upload_and_download_of_100_mib_keep_every_byte() {
     assert_eq!(res.headers()["content-type"], "audio/mpeg");
     assert_eq!(
         res.headers()["content-disposition"],
-        "attachment; filename=\"clip.mp3\""
+        "attachment; filename=\"clip.mp3\"; filename*=UTF-8''clip.mp3"
     );
     let body = res.bytes().await.unwrap();
     assert!(
@@ -411,7 +412,17 @@ async fn uploads_over_the_limit_are_413_and_nothing_is_kept() {
 #[tokio::test]
 async fn twenty_parallel_uploads_make_twenty_jobs_and_messages() {
     let auth = Auth::start().await;
-    let app = spawn_app(&auth).await;
+    // One user here, so the per-user quotas are raised for the test.
+    let app = spawn_app_with(
+        &auth,
+        &[
+            "--max-uploads-per-user",
+            "20",
+            "--max-waiting-jobs-per-user",
+            "20",
+        ],
+    )
+    .await;
     let user = app.user().await;
     let client = reqwest::Client::new();
     let uploads = (0..20).map(|i| {

@@ -4,7 +4,7 @@ use mp3converter_proto::{
     EventType,
     events::v1::{ConversionFailed, FailureKind, Mp3Ready},
 };
-use notify_svc::{app::App, config::Config};
+use notify_svc::{app::App, config::Cli};
 use std::time::Duration;
 use svc_kit::config::Secret;
 use test_kit::mailpit::{Mailpit, Summary};
@@ -58,7 +58,7 @@ impl Env {
 
     pub async fn start(&self) -> Instance {
         let port = self.stack.smtp_port.to_string();
-        let cfg = Config::try_parse_from([
+        let cfg = Cli::try_parse_from([
             "notify-svc",
             "--admin-addr",
             "127.0.0.1:0",
@@ -81,7 +81,8 @@ impl Env {
             "--download-base-url",
             "http://mp3converter.test:8080",
         ])
-        .unwrap();
+        .unwrap()
+        .config;
         let app = App::build(cfg).await.unwrap();
         let token = CancellationToken::new();
         let handle = tokio::spawn(app.run_until(token.clone()));
@@ -105,6 +106,7 @@ impl Env {
             size_bytes: 3 << 20,
             duration_seconds: 185.0,
             occur_time: None,
+            expire_time: None,
         }
     }
 
@@ -120,6 +122,7 @@ impl Env {
             reason: reason.into(),
             kind: FailureKind::InvalidInput as i32,
             occur_time: None,
+            source_deleted: true,
         }
     }
 

@@ -1,0 +1,460 @@
+//! The conversion itself: the stored video streamed through one ffmpeg into
+//! an MP3 that is stored as it is written, under limits (time, input
+//! duration, output size), with progress reported as ffmpeg goes. Nothing is
+//! kept unless ffmpeg succeeded and wrote as much audio as the input holds.
+
+use crate::{
+    ffmpeg::{self, Event, Ffmpeg, Input},
+    input::{self, FeedError, Plan},
+    output::{Mp3Sink, SinkError},
+    workdir::WorkDir,
+};
+use media_store::{FileInfo, Job, READ_BATCH_CHUNKS, ReadError, Store, mongodb::bson::doc};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Limits and policy of every conversion.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Longest one conversion may take (wall clock).
+    pub(crate) job_timeout: Duration,
+    /// Longest input accepted.
+    pub(crate) max_input_duration: Duration,
+    /// Largest MP3 written.
+    pub(crate) max_output_bytes: u64,
+    /// How far the MP3's length may differ from the input's.
+    pub(crate) tolerance: Duration,
+    pub(crate) allow_audio_only: bool,
+    /// At most one progress report per job this often.
+    pub(crate) progress_interval: Duration,
+}
+
+/// Why a job did not finish.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Tell the user; retrying cannot help.
+    Permanent(String),
+    /// Try again later.
+    Transient(String),
+    /// Shutdown: give the job back.
+    Abandoned,
+    /// Our lease on the job ended (deleted, or taken over).
+    LostLease,
+}
+
+impl Failure {
+    /// (error.type, reason) for the span, for real failures.
+    pub(crate) fn error_kind(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Self::Permanent(r) => Some(("invalid_input", r)),
+            Self::Transient(r) => Some(("transient", r)),
+            Self::Abandoned | Self::LostLease => None,
+        }
+    }
+}
+
+/// A stored MP3.
+#[derive(Debug, Clone)]
+pub(crate) struct Converted {
+    pub(crate) id: media_store::mongodb::bson::oid::ObjectId,
+    pub(crate) size_bytes: u64,
+    pub(crate) duration_seconds: f64,
+}
+
+pub(crate) struct Context<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) work: &'a WorkDir,
+    pub(crate) settings: &'a Settings,
+    /// Called with the percentage done, at most once per interval.
+    pub(crate) progress: &'a (dyn Fn(f64) + Send + Sync),
+}
+
+pub(crate) use media_store::proto::mp3_name;
+
+fn read_failure(e: ReadError) -> Failure {
+    match e {
+        ReadError::Mongo(e) => Failure::Transient(format!("reading the video: {e}")),
+        e @ ReadError::Corrupt(_) => {
+            Failure::Permanent(format!("the stored video is damaged ({e})"))
+        }
+    }
+}
+
+fn feed_failure(e: FeedError) -> Failure {
+    match e {
+        FeedError::Read(e) => read_failure(e),
+        FeedError::Write(e) => Failure::Transient(format!("feeding ffmpeg: {e}")),
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// Converts `job`'s video and stores the MP3.
+pub(crate) async fn run(ctx: &Context<'_>, job: &Job) -> Result<Converted, Failure> {
+    let s = ctx.settings;
+    let file = ctx
+        .store
+        .videos
+        .find_one(doc! { "_id": job.id })
+        .await
+        .map_err(|e| Failure::Transient(format!("finding the video: {e}")))?
+        .ok_or_else(|| Failure::Permanent("the uploaded video is no longer stored".into()))?;
+    let info = FileInfo::from(&file);
+    let dir = ctx
+        .work
+        .job(&job.id.to_hex())
+        .map_err(|e| Failure::Transient(format!("no work directory: {e}")))?;
+
+    let read_span = tracing::info_span!(
+        "gridfs.read",
+        otel.name = "gridfs.read videos",
+        db.system.name = "mongodb",
+        db.collection.name = "videos",
+        video_id = %job.id,
+        bytes = info.length,
+    );
+    let mut stream = ctx
+        .store
+        .video_files
+        .stream(info.clone(), 0, READ_BATCH_CHUNKS);
+    let first = stream
+        .next_chunk()
+        .instrument(read_span.clone())
+        .await
+        .map_err(read_failure)?
+        .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
+    let (plan, declared) = input::plan(&ctx.store.video_files, &info, &first)
+        .instrument(read_span.clone())
+        .await
+        .map_err(read_failure)?;
+    if let Some(d) = declared.audio_duration
+        && d > s.max_input_duration.as_secs_f64()
+    {
+        return Err(too_long(d, s.max_input_duration));
+    }
+
+    let input_path = dir.path().join("input");
+    let output_path = dir.path().join("output.mp3");
+    let mut pipe = None;
+    let input = match plan {
+        Plan::Pipe { moved } => {
+            pipe = Some((stream, first, moved));
+            Input::Pipe
+        }
+        Plan::Spool => {
+            input::spool(stream, first, &input_path)
+                .instrument(read_span.clone())
+                .await
+                .map_err(feed_failure)?;
+            Input::File(&input_path)
+        }
+    };
+    let title = mp3_name(&job.filename);
+    let title = title.trim_end_matches(".mp3");
+    let args = ffmpeg::args(&input, &output_path, &job.options, title);
+
+    let ffmpeg_span = tracing::info_span!(
+        "ffmpeg",
+        otel.name = "ffmpeg to_mp3",
+        process.executable.name = "ffmpeg",
+        audio.codec = "libmp3lame",
+        input.piped = matches!(input, Input::Pipe),
+        input.duration_seconds = tracing::field::Empty,
+        output.duration_seconds = tracing::field::Empty,
+    );
+    let mut ff = Ffmpeg::spawn(&args).map_err(Failure::Transient)?;
+    let mut feeder = match pipe {
+        Some((stream, first, moved)) => {
+            let mut stdin = ff
+                .take_stdin()
+                .ok_or_else(|| Failure::Transient("ffmpeg has no stdin".into()))?;
+            Some(tokio::spawn(
+                async move { input::feed(stream, first, moved.as_ref(), &mut stdin).await }
+                    .instrument(read_span),
+            ))
+        }
+        None => {
+            drop(ff.take_stdin()); // nothing to read there: EOF
+            None
+        }
+    };
+    let mut sink = Mp3Sink::new(&ctx.store.mp3_files, &output_path, s.max_output_bytes);
+
+    let watched = watch(
+        ctx,
+        job,
+        &mut ff,
+        &mut feeder,
+        &mut sink,
+        declared.audio_duration,
+    )
+    .instrument(ffmpeg_span.clone())
+    .await;
+    if let Some(f) = feeder.take() {
+        f.abort();
+    }
+    let facts = match watched {
+        Ok(facts) => facts,
+        Err(failure) => {
+            ff.kill();
+            while ff.next().await.is_some() {}
+            let _ = ff.wait().await;
+            sink.abort().await;
+            return Err(failure);
+        }
+    };
+    let status = ff.wait().await.map_err(Failure::Transient)?;
+    let judged = judge(s, job, &facts, status, declared.audio_duration);
+    if let Some(d) = facts.source_duration(declared.audio_duration) {
+        ffmpeg_span.record("input.duration_seconds", d);
+    }
+    ffmpeg_span.record(
+        "output.duration_seconds",
+        facts.out_time.unwrap_or_default(),
+    );
+    let duration = match judged {
+        Ok(d) => d,
+        Err(f) => {
+            sink.abort().await;
+            return Err(f);
+        }
+    };
+
+    let stored = sink
+        .finish(
+            &mp3_name(&job.filename),
+            doc! {
+                "owner_id": &job.owner_id,
+                "video_id": job.id,
+                "duration_seconds": duration,
+            },
+        )
+        .instrument(tracing::info_span!(
+            "gridfs.write",
+            otel.name = "gridfs.write mp3s",
+            db.system.name = "mongodb",
+            db.collection.name = "mp3s",
+            video_id = %job.id,
+        ))
+        .await;
+    match stored {
+        Ok(size) => Ok(Converted {
+            id: sink.id(),
+            size_bytes: size,
+            duration_seconds: duration,
+        }),
+        Err(SinkError::Store(e)) if media_store::is_duplicate_key(&e) => {
+            // Another converter stored this video's MP3 first (one per video):
+            // theirs stands.
+            sink.abort().await;
+            let theirs = ctx
+                .store
+                .mp3_for(job.id)
+                .await
+                .map_err(|e| Failure::Transient(format!("finding the MP3: {e}")))?
+                .ok_or_else(|| Failure::Transient("the other MP3 vanished".into()))?;
+            tracing::info!(job_id = %job.id, "another converter stored the MP3 first");
+            Ok(Converted::adopted(&theirs))
+        }
+        Err(e @ (SinkError::TooLarge(_) | SinkError::Empty)) => {
+            sink.abort().await;
+            Err(Failure::Permanent(e.to_string()))
+        }
+        Err(e) => {
+            sink.abort().await;
+            Err(Failure::Transient(e.to_string()))
+        }
+    }
+}
+
+fn too_long(d: f64, max: Duration) -> Failure {
+    Failure::Permanent(format!(
+        "the video is {} long; the longest accepted is {}",
+        seconds(Duration::from_secs_f64(d.max(0.0))),
+        seconds(max)
+    ))
+}
+
+/// What ffmpeg said about the input and the output.
+#[derive(Debug, Default)]
+struct Facts {
+    streams: Option<(bool, bool)>,
+    container_duration: Option<f64>,
+    out_time: Option<f64>,
+    errors: Vec<String>,
+}
+
+impl Facts {
+    fn source_duration(&self, declared: Option<f64>) -> Option<f64> {
+        declared.or(self.container_duration)
+    }
+}
+
+/// Follows ffmpeg until it closes its output, enforcing the limits, storing
+/// the MP3 as it grows and reporting progress.
+async fn watch(
+    ctx: &Context<'_>,
+    job: &Job,
+    ff: &mut Ffmpeg,
+    feeder: &mut Option<tokio::task::JoinHandle<Result<u64, FeedError>>>,
+    sink: &mut Mp3Sink,
+    declared: Option<f64>,
+) -> Result<Facts, Failure> {
+    let s = ctx.settings;
+    let max_input = s.max_input_duration.as_secs_f64();
+    let deadline = tokio::time::Instant::now() + s.job_timeout;
+    let mut facts = Facts::default();
+    let mut pump = tokio::time::interval(Duration::from_millis(100));
+    pump.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report = Instant::now();
+    loop {
+        tokio::select! {
+            ev = ff.next() => match ev {
+                None => return Ok(facts),
+                Some(Event::Streams { audio, video }) => {
+                    facts.streams = Some((audio, video));
+                    if !audio {
+                        return Err(no_audio());
+                    }
+                    if !video && !s.allow_audio_only {
+                        return Err(not_a_video());
+                    }
+                }
+                Some(Event::Duration(d)) => {
+                    facts.container_duration = Some(d);
+                    if declared.unwrap_or(d) > max_input {
+                        return Err(too_long(declared.unwrap_or(d), s.max_input_duration));
+                    }
+                }
+                Some(Event::Progress(t)) => {
+                    facts.out_time = Some(t);
+                    if facts.source_duration(declared).is_none() && t > max_input {
+                        return Err(too_long(t, s.max_input_duration));
+                    }
+                    let expected = facts
+                        .source_duration(declared)
+                        .map(|d| job.options.expected_duration(d))
+                        .filter(|e| *e > 0.0);
+                    if let Some(expected) = expected
+                        && last_report.elapsed() >= s.progress_interval
+                    {
+                        last_report = Instant::now();
+                        (ctx.progress)((t / expected * 100.0).clamp(0.0, 99.9));
+                    }
+                }
+                Some(Event::Error(line)) => {
+                    if facts.errors.len() < 20 {
+                        facts.errors.push(line);
+                    }
+                }
+            },
+            _ = pump.tick() => match sink.pump().await {
+                Ok(_) => {}
+                Err(e @ SinkError::TooLarge(_)) => return Err(Failure::Permanent(e.to_string())),
+                Err(e) => return Err(Failure::Transient(e.to_string())),
+            },
+            fed = async { feeder.as_mut().expect("guarded").await }, if feeder.is_some() => {
+                *feeder = None;
+                match fed {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(feed_failure(e)),
+                    Err(e) => return Err(Failure::Transient(format!("the feeding task failed: {e}"))),
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(Failure::Permanent(format!(
+                    "the conversion took longer than {}",
+                    seconds(s.job_timeout)
+                )));
+            }
+        }
+    }
+}
+
+fn no_audio() -> Failure {
+    Failure::Permanent("the video has no audio track, so there is nothing to put in an MP3".into())
+}
+
+fn not_a_video() -> Failure {
+    Failure::Permanent("the file is not a video (it has no video stream)".into())
+}
+
+/// Decides from ffmpeg's exit and what it said whether the MP3 is whole;
+/// its duration if so.
+fn judge(
+    s: &Settings,
+    job: &Job,
+    facts: &Facts,
+    status: std::process::ExitStatus,
+    declared: Option<f64>,
+) -> Result<f64, Failure> {
+    let Some((audio, video)) = facts.streams else {
+        return Err(Failure::Permanent(format!(
+            "not a media file ffmpeg can read ({})",
+            ffmpeg::short_reason(&facts.errors)
+        )));
+    };
+    if !audio {
+        return Err(no_audio());
+    }
+    if !video && !s.allow_audio_only {
+        return Err(not_a_video());
+    }
+    if !status.success() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(sig) = status.signal() {
+                // Not ours (we kill only on the paths above): the OOM killer,
+                // a node drain. Worth another try.
+                return Err(Failure::Transient(format!(
+                    "ffmpeg was killed by signal {sig}"
+                )));
+            }
+        }
+        return Err(Failure::Permanent(format!(
+            "the file could not be decoded ({})",
+            ffmpeg::short_reason(&facts.errors)
+        )));
+    }
+    let got = facts.out_time.unwrap_or(0.0);
+    match facts.source_duration(declared) {
+        Some(source) => {
+            let want = job.options.expected_duration(source);
+            if (got - want).abs() > s.tolerance.as_secs_f64() {
+                return Err(Failure::Permanent(format!(
+                    "the video looks truncated or damaged: only {got:.1} s of its {want:.1} s of audio could be decoded"
+                )));
+            }
+        }
+        // Nothing declared (live-recorded WebM, MPEG-TS): what decoded
+        // without error is all there is.
+        None => {
+            tracing::info!(job_id = %job.id, got, "the input declares no duration; not checked")
+        }
+    }
+    if got <= 0.0 {
+        return Err(Failure::Permanent(
+            "the file holds no audio that could be decoded".into(),
+        ));
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(seconds(Duration::from_secs(5 * 3600 + 60)), "5h01m");
+        assert_eq!(seconds(Duration::from_secs(125)), "2m05s");
+    }
+}

@@ -1,0 +1,461 @@
+//! GridFS as the services read and write it, on top of the driver's
+//! collections rather than its streams:
+//!
+//! - [`ChunkStream`] reads a file through **one** cursor with a bounded batch
+//!   size, checking chunk numbers and sizes as the GridFS spec asks of
+//!   readers. The cost of a read is one query per file, whatever its size,
+//!   instead of one per range: on servers that scan the chunks collection for
+//!   every `files_id` query (FerretDB), that was quadratic in the file size.
+//!   A cursor that dies (server restart, the idle-cursor timeout of a slow
+//!   reader) or has sat idle for long is re-opened from the next chunk
+//!   number, so nothing is re-read and no cursor is held for long.
+//! - [`ChunkWriter`] writes chunks in any order and the files document last,
+//!   so a file is invisible until complete. The converter uses it to store an
+//!   MP3 while ffmpeg is still writing it, holding back chunk 0 (whose header
+//!   ffmpeg rewrites at the end).
+//! - [`delete_file`] removes the files document and then the chunks, and is
+//!   idempotent (the driver's `delete` fails when the files document is
+//!   already gone).
+
+use bytes::{Bytes, BytesMut};
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Cursor, Database, IndexModel,
+    bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype},
+    gridfs::FilesCollectionDocument,
+    options::IndexOptions,
+};
+use std::time::{Duration, Instant};
+
+/// The chunk size the driver uses, and so ours: 255 KiB.
+pub const CHUNK_SIZE: u32 = 255 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("GridFS file is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The layout facts of a stored file a reader needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileInfo {
+    pub id: Bson,
+    pub length: u64,
+    pub chunk_size: u64,
+}
+
+impl FileInfo {
+    pub fn chunks(&self) -> u32 {
+        u32::try_from(self.length.div_ceil(self.chunk_size)).unwrap_or(u32::MAX)
+    }
+
+    /// The size chunk `n` must have.
+    fn expected_len(&self, n: u32) -> u64 {
+        if n + 1 == self.chunks() {
+            self.length - self.chunk_size * u64::from(n)
+        } else {
+            self.chunk_size
+        }
+    }
+}
+
+impl From<&FilesCollectionDocument> for FileInfo {
+    fn from(f: &FilesCollectionDocument) -> Self {
+        Self {
+            id: f.id.clone(),
+            length: f.length,
+            chunk_size: u64::from(f.chunk_size_bytes.max(1)),
+        }
+    }
+}
+
+/// A bucket's two collections.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub name: String,
+    pub files: Collection<Document>,
+    pub chunks: Collection<Document>,
+}
+
+impl Bucket {
+    pub fn new(db: &Database, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            files: db.collection(&format!("{name}.files")),
+            chunks: db.collection(&format!("{name}.chunks")),
+        }
+    }
+
+    /// The indexes the GridFS spec expects drivers to create before the first
+    /// write (`files_id_1_n_1` unique on chunks, `filename_1_uploadDate_1` on
+    /// files). The driver creates them lazily and only on its own upload path,
+    /// and not at all on some servers; without the chunks index every read is
+    /// a collection scan. Idempotent.
+    pub async fn ensure_indexes(&self) -> Result<(), mongodb::error::Error> {
+        self.chunks
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "files_id": 1, "n": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .unique(true)
+                            .name("files_id_1_n_1".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        self.files
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "filename": 1, "uploadDate": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("filename_1_uploadDate_1".to_owned())
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Chunks `[from, to)` of a file in one query, verified.
+    pub async fn read_chunks(
+        &self,
+        file: &FileInfo,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<Bytes>, ReadError> {
+        let to = to.min(file.chunks());
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<Document> = self
+            .chunks
+            .find(doc! { "files_id": &file.id, "n": { "$gte": i64::from(from), "$lt": i64::from(to) } })
+            .sort(doc! { "n": 1 })
+            .batch_size(to - from)
+            .await?
+            .try_collect()
+            .await?;
+        let mut out = Vec::with_capacity(docs.len());
+        for (i, d) in docs.iter().enumerate() {
+            let n = from + u32::try_from(i).unwrap_or(u32::MAX);
+            out.push(check_chunk(file, d, n)?);
+        }
+        if out.len() != (to - from) as usize {
+            return Err(ReadError::Corrupt(format!(
+                "chunk {} is missing",
+                from + u32::try_from(out.len()).unwrap_or(0)
+            )));
+        }
+        Ok(out)
+    }
+
+    /// A sequential reader of a file from chunk `from` on.
+    pub fn stream(&self, file: FileInfo, from: u32, batch: u32) -> ChunkStream {
+        ChunkStream {
+            chunks: self.chunks.clone(),
+            next_n: from.min(file.chunks()),
+            file,
+            cursor: None,
+            batch: batch.max(1),
+            last_pull: Instant::now(),
+            reopens_left: REOPENS,
+            idle_reopen: IDLE_REOPEN,
+        }
+    }
+}
+
+/// How many times a reader re-opens a cursor that failed before giving up.
+const REOPENS: u32 = 3;
+
+/// A cursor idle for longer than this is dropped and re-opened on the next
+/// read: well under MongoDB's 10-minute idle-cursor timeout, and no server
+/// resources are held for a stalled client.
+const IDLE_REOPEN: Duration = Duration::from_secs(60);
+
+/// Checks one chunk document against the file (spec: "drivers MUST verify"
+/// the number and the size) and returns its bytes.
+fn check_chunk(file: &FileInfo, d: &Document, want: u32) -> Result<Bytes, ReadError> {
+    let n = match d.get("n") {
+        Some(Bson::Int32(i)) => u32::try_from(*i).ok(),
+        Some(Bson::Int64(i)) => u32::try_from(*i).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| ReadError::Corrupt("chunk without a number".into()))?;
+    if n != want {
+        return Err(ReadError::Corrupt(format!(
+            "expected chunk {want}, found {n}"
+        )));
+    }
+    let data = d
+        .get_binary_generic("data")
+        .map_err(|_| ReadError::Corrupt(format!("chunk {n} has no data")))?;
+    let expected = file.expected_len(n);
+    if data.len() as u64 != expected {
+        return Err(ReadError::Corrupt(format!(
+            "chunk {n} has {} bytes, expected {expected}",
+            data.len()
+        )));
+    }
+    Ok(Bytes::copy_from_slice(data))
+}
+
+/// Reads a file's chunks in order through one cursor; see the module docs.
+#[derive(Debug)]
+pub struct ChunkStream {
+    chunks: Collection<Document>,
+    file: FileInfo,
+    next_n: u32,
+    cursor: Option<Cursor<Document>>,
+    batch: u32,
+    last_pull: Instant,
+    reopens_left: u32,
+    idle_reopen: Duration,
+}
+
+impl ChunkStream {
+    pub fn file(&self) -> &FileInfo {
+        &self.file
+    }
+
+    /// The byte offset of the next chunk.
+    pub fn position(&self) -> u64 {
+        (u64::from(self.next_n) * self.file.chunk_size).min(self.file.length)
+    }
+
+    /// The next chunk, or `None` at the end of the file.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadError> {
+        if self.next_n >= self.file.chunks() {
+            self.cursor = None;
+            return Ok(None);
+        }
+        if self.last_pull.elapsed() > self.idle_reopen {
+            self.cursor = None;
+        }
+        loop {
+            let cursor = match self.cursor.as_mut() {
+                Some(c) => c,
+                None => {
+                    let c = self
+                        .chunks
+                        .find(doc! { "files_id": &self.file.id, "n": { "$gte": i64::from(self.next_n) } })
+                        .sort(doc! { "n": 1 })
+                        .batch_size(self.batch)
+                        .await;
+                    match c {
+                        Ok(c) => self.cursor.insert(c),
+                        Err(e) => {
+                            self.reopen_after(e).await?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match cursor.try_next().await {
+                Ok(Some(d)) => {
+                    self.last_pull = Instant::now();
+                    let data = check_chunk(&self.file, &d, self.next_n)?;
+                    self.next_n += 1;
+                    self.reopens_left = REOPENS;
+                    return Ok(Some(data));
+                }
+                Ok(None) => {
+                    return Err(ReadError::Corrupt(format!(
+                        "chunk {} is missing",
+                        self.next_n
+                    )));
+                }
+                Err(e) => self.reopen_after(e).await?,
+            }
+        }
+    }
+
+    /// Up to `max` bytes of whole chunks (at least one), or `None` at the end.
+    pub async fn next_block(&mut self, max: usize) -> Result<Option<Bytes>, ReadError> {
+        let Some(first) = self.next_chunk().await? else {
+            return Ok(None);
+        };
+        if first.len() >= max || self.next_n >= self.file.chunks() {
+            return Ok(Some(first));
+        }
+        let mut out = BytesMut::with_capacity(max);
+        out.extend_from_slice(&first);
+        while out.len() + self.file.chunk_size as usize <= max {
+            match self.next_chunk().await? {
+                Some(c) => out.extend_from_slice(&c),
+                None => break,
+            }
+        }
+        Ok(Some(out.freeze()))
+    }
+
+    /// Drops a failed cursor; the next read re-opens it from where we are.
+    async fn reopen_after(&mut self, e: mongodb::error::Error) -> Result<(), ReadError> {
+        self.cursor = None;
+        if self.reopens_left == 0 {
+            return Err(e.into());
+        }
+        self.reopens_left -= 1;
+        tracing::debug!(error = %e, next_n = self.next_n, "GridFS cursor failed; re-opening it");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    }
+}
+
+/// Writes a new file's chunks in any order, then its files document.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    bucket: Bucket,
+    id: ObjectId,
+    written: u32,
+}
+
+impl ChunkWriter {
+    pub fn new(bucket: &Bucket) -> Self {
+        Self {
+            bucket: bucket.clone(),
+            id: ObjectId::new(),
+            written: 0,
+        }
+    }
+
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// Stores chunk `n` (full size but for the last).
+    pub async fn put(&mut self, n: u32, data: &[u8]) -> Result<(), mongodb::error::Error> {
+        self.bucket
+            .chunks
+            .insert_one(doc! {
+                "_id": ObjectId::new(),
+                "files_id": self.id,
+                "n": i32::try_from(n).unwrap_or(i32::MAX),
+                "data": Binary { subtype: BinarySubtype::Generic, bytes: data.to_vec() },
+            })
+            .await?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes the files document: from now on the file exists.
+    pub async fn finish(
+        &self,
+        length: u64,
+        filename: &str,
+        metadata: Document,
+    ) -> Result<(), mongodb::error::Error> {
+        let want = u32::try_from(length.div_ceil(u64::from(CHUNK_SIZE))).unwrap_or(u32::MAX);
+        if self.written != want {
+            return Err(mongodb::error::Error::custom(format!(
+                "{} chunks written for {length} bytes, expected {want}",
+                self.written
+            )));
+        }
+        self.bucket
+            .files
+            .insert_one(doc! {
+                "_id": self.id,
+                "length": i64::try_from(length).unwrap_or(i64::MAX),
+                "chunkSize": CHUNK_SIZE as i32,
+                "uploadDate": DateTime::now(),
+                "filename": filename,
+                "metadata": metadata,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Removes whatever was written (the files document too, if any).
+    pub async fn abort(&self) -> Result<(), mongodb::error::Error> {
+        delete_file(&self.bucket, &Bson::ObjectId(self.id)).await
+    }
+}
+
+/// Deletes a file: the files document first (so readers racing the delete
+/// fail cleanly), then its chunks. A file already gone is not an error.
+pub async fn delete_file(bucket: &Bucket, id: &Bson) -> Result<(), mongodb::error::Error> {
+    bucket.files.delete_one(doc! { "_id": id }).await?;
+    bucket.chunks.delete_many(doc! { "files_id": id }).await?;
+    Ok(())
+}
+
+/// The ids of files whose chunks exist without a files document and whose
+/// newest chunk is older than `age`: left by a writer that died (a crash, a
+/// server restart mid-upload). A writer still at work writes chunks far more
+/// often than that, so it is never taken for an orphan.
+pub async fn orphans(bucket: &Bucket, age: Duration) -> Result<Vec<Bson>, mongodb::error::Error> {
+    let ids = bucket.chunks.distinct("files_id", doc! {}).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let with_files: Vec<Bson> = bucket
+        .files
+        .find(doc! { "_id": { "$in": &ids } })
+        .projection(doc! { "_id": 1 })
+        .await?
+        .try_collect::<Vec<Document>>()
+        .await?
+        .into_iter()
+        .filter_map(|d| d.get("_id").cloned())
+        .collect();
+    let cutoff = std::time::SystemTime::now() - age;
+    let mut out = Vec::new();
+    for id in ids.into_iter().filter(|id| !with_files.contains(id)) {
+        let newest = bucket
+            .chunks
+            .find_one(doc! { "files_id": &id })
+            .sort(doc! { "n": -1 })
+            .projection(doc! { "_id": 1 })
+            .await?;
+        let written = newest
+            .as_ref()
+            .and_then(|d| d.get_object_id("_id").ok())
+            .map(|oid| oid.timestamp().to_system_time());
+        if written.is_some_and(|t| t < cutoff) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_follow_the_file() {
+        let f = FileInfo {
+            id: Bson::Int32(1),
+            length: 10,
+            chunk_size: 4,
+        };
+        assert_eq!(f.chunks(), 3);
+        assert_eq!(f.expected_len(0), 4);
+        assert_eq!(f.expected_len(2), 2);
+        let empty = FileInfo { length: 0, ..f };
+        assert_eq!(empty.chunks(), 0);
+    }
+
+    #[test]
+    fn chunks_are_checked_for_number_and_size() {
+        let f = FileInfo {
+            id: Bson::Int32(1),
+            length: 6,
+            chunk_size: 4,
+        };
+        let chunk = |n: i32, len: usize| {
+            doc! { "n": n, "data": Binary { subtype: BinarySubtype::Generic, bytes: vec![7; len] } }
+        };
+        assert_eq!(check_chunk(&f, &chunk(0, 4), 0).unwrap().len(), 4);
+        assert_eq!(check_chunk(&f, &chunk(1, 2), 1).unwrap().len(), 2);
+        assert!(check_chunk(&f, &chunk(1, 2), 0).is_err(), "wrong number");
+        assert!(check_chunk(&f, &chunk(0, 3), 0).is_err(), "short chunk");
+        assert!(check_chunk(&f, &doc! { "n": 0 }, 0).is_err(), "no data");
+    }
+}

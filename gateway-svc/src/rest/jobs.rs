@@ -1,0 +1,315 @@
+//! Jobs over REST: list, get, delete, download the MP3, and watch them live
+//! as Server-Sent Events.
+
+use super::{ApiQuery, Edge, forward};
+use crate::error::ApiError;
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures::{Stream, StreamExt};
+use mp3converter_proto::media::v1::{
+    self as pb, DeleteJobRequest, DownloadRequest, GetJobRequest, ListJobsRequest,
+    WatchJobsRequest, download_response, watch_jobs_response,
+};
+use serde::{Deserialize, Serialize};
+use std::{collections::HashMap, time::Duration};
+use tonic::Code;
+
+/// A job as the REST edge shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct JobJson {
+    job_id: String,
+    video_id: String,
+    filename: String,
+    size_bytes: u64,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mp3_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mp3_size_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_reason: Option<String>,
+    options: serde_json::Value,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+fn rfc3339(t: Option<prost_types::Timestamp>) -> String {
+    t.map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn options_json(o: Option<pb::OutputOptions>) -> serde_json::Value {
+    let o = o.unwrap_or_default();
+    let mut m = serde_json::Map::new();
+    match o.encoding {
+        Some(pb::output_options::Encoding::BitrateKbps(b)) => {
+            m.insert("bitrate_kbps".into(), b.into());
+        }
+        Some(pb::output_options::Encoding::Quality(q)) => {
+            m.insert("quality".into(), q.into());
+        }
+        None => {}
+    }
+    let channels = match pb::Channels::try_from(o.channels) {
+        Ok(pb::Channels::Mono) => "mono",
+        Ok(pb::Channels::Stereo) => "stereo",
+        _ => "source",
+    };
+    let rate = match pb::SampleRate::try_from(o.sample_rate) {
+        Ok(pb::SampleRate::SampleRate44100) => "44100",
+        Ok(pb::SampleRate::SampleRate48000) => "48000",
+        _ => "source",
+    };
+    m.insert("channels".into(), channels.into());
+    m.insert("sample_rate".into(), rate.into());
+    if let Some(s) = o.trim_start_seconds {
+        m.insert("trim_start".into(), s.into());
+    }
+    if let Some(e) = o.trim_end_seconds {
+        m.insert("trim_end".into(), e.into());
+    }
+    serde_json::Value::Object(m)
+}
+
+impl From<pb::Job> for JobJson {
+    fn from(j: pb::Job) -> Self {
+        let state = match pb::JobState::try_from(j.state) {
+            Ok(pb::JobState::Queued) => "queued",
+            Ok(pb::JobState::Converting) => "converting",
+            Ok(pb::JobState::Done) => "done",
+            Ok(pb::JobState::Failed) => "failed",
+            _ => "unknown",
+        };
+        let done = state == "done";
+        Self {
+            job_id: j.job_id,
+            video_id: j.video_id,
+            filename: j.filename,
+            size_bytes: j.size_bytes,
+            state,
+            progress: j.progress_percent.map(|p| (p * 10.0).round() / 10.0),
+            mp3_id: (!j.mp3_id.is_empty()).then_some(j.mp3_id),
+            mp3_size_bytes: done.then_some(j.mp3_size_bytes),
+            duration_seconds: done.then_some(j.duration_seconds),
+            failure_reason: (!j.failure_reason.is_empty()).then_some(j.failure_reason),
+            options: options_json(j.options),
+            created_at: rfc3339(j.create_time),
+            updated_at: rfc3339(j.update_time),
+            expires_at: j.expire_time.map(|t| t.to_string()),
+        }
+    }
+}
+
+pub(super) async fn get(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<JobJson>, ApiError> {
+    let job = edge
+        .media
+        .clone()
+        .get_job(forward(&headers, GetJobRequest { job_id: id }))
+        .await?
+        .into_inner()
+        .job
+        .ok_or_else(|| ApiError::new(Code::Internal, "internal error"))?;
+    Ok(Json(job.into()))
+}
+
+pub(super) async fn delete(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edge.media
+        .clone()
+        .delete_job(forward(&headers, DeleteJobRequest { job_id: id }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    page_size: Option<u32>,
+    page_token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct JobList {
+    jobs: Vec<JobJson>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    next_page_token: String,
+}
+
+pub(super) async fn list(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    let req = ListJobsRequest {
+        page_size: q.page_size.unwrap_or(0),
+        page_token: q.page_token.unwrap_or_default(),
+    };
+    let res = edge
+        .media
+        .clone()
+        .list_jobs(forward(&headers, req))
+        .await?
+        .into_inner();
+    Ok(Json(JobList {
+        jobs: res.jobs.into_iter().map(JobJson::from).collect(),
+        next_page_token: res.next_page_token,
+    }))
+}
+
+/// `GET /jobs/events`: WatchJobs as Server-Sent Events — `job` (the job as
+/// JSON, first for each current job, then at every change), `deleted`
+/// (`{"job_id"}`), `resync` (missed changes: list again), and a keep-alive
+/// comment every 15 s.
+pub(super) async fn events(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let job_id = q.get("job_id").cloned().unwrap_or_default();
+    let stream = edge
+        .media
+        .clone()
+        .watch_jobs(forward(&headers, WatchJobsRequest { job_id }))
+        .await?
+        .into_inner();
+    let events = stream
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| async move {
+            use watch_jobs_response::Event as E;
+            let ev = match m.ok()?.event? {
+                E::Job(job) => Event::default()
+                    .event("job")
+                    .json_data(JobJson::from(job))
+                    .ok()?,
+                E::DeletedJobId(id) => Event::default()
+                    .event("deleted")
+                    .json_data(serde_json::json!({ "job_id": id }))
+                    .ok()?,
+                E::Resync(_) => Event::default().event("resync").data("{}"),
+            };
+            Some(Ok(ev))
+        });
+    Ok(Sse::new(events).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keep-alive"),
+    ))
+}
+
+/// `Content-Disposition` for a file name of any script (RFC 6266): an ASCII
+/// fallback in `filename=`, the real name UTF-8 percent-encoded in
+/// `filename*=`. Nothing the user chose can end the header or add another.
+pub(crate) fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " .-_()+,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::with_capacity(name.len() * 3);
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
+pub(super) async fn download(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(fid) = q.get("fid").filter(|f| !f.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "query parameter `fid` (the MP3's id) is required",
+        ));
+    };
+    let mut stream = edge
+        .media
+        .clone()
+        .download(forward(
+            &headers,
+            DownloadRequest {
+                mp3_id: fid.clone(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let meta = match stream.message().await? {
+        Some(pb::DownloadResponse {
+            payload: Some(download_response::Payload::Metadata(m)),
+        }) => m,
+        _ => return Err(ApiError::new(Code::Internal, "internal error")),
+    };
+    let body = Body::from_stream(stream.map(|msg| match msg {
+        Ok(pb::DownloadResponse {
+            payload: Some(download_response::Payload::Chunk(b)),
+        }) => Ok(b),
+        Ok(_) => Err(std::io::Error::other(
+            "unexpected message in the download stream",
+        )),
+        Err(s) => Err(std::io::Error::other(s.message().to_owned())),
+    }));
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size_bytes));
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(&meta.filename)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(res.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_of_any_script_fit_in_the_header() {
+        assert_eq!(
+            content_disposition("holiday.mp3"),
+            "attachment; filename=\"holiday.mp3\"; filename*=UTF-8''holiday.mp3"
+        );
+        let d = content_disposition("Été à Paris \"x\";\r\nSet-Cookie: a=b.mp3");
+        assert!(
+            d.starts_with("attachment; filename=\"_t_ _ Paris _x____Set-Cookie_ a_b.mp3\";"),
+            "{d}"
+        );
+        assert!(
+            d.contains("filename*=UTF-8''%C3%89t%C3%A9%20%C3%A0%20Paris"),
+            "{d}"
+        );
+        assert!(HeaderValue::from_str(&d).is_ok(), "a valid header value");
+        assert!(!d.contains('\r') && !d.contains('\n'));
+    }
+}

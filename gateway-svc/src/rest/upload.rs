@@ -1,0 +1,211 @@
+//! `POST /upload`: a multipart body of option fields, then exactly one file,
+//! streamed into MediaService.Upload.
+//!
+//! The options (`bitrate` or `quality`, `channels`, `sample_rate`,
+//! `trim_start`, `trim_end`) must come before the file, so they are checked
+//! before a byte of it is stored; curl sends parts in the order of its `-F`
+//! flags. The commit is sent only once the whole body has been read and
+//! holds exactly one file; any failure before that (a second file, a field
+//! after the file, a broken connection, a body over the limit) drops the
+//! stream without a commit, and the gRPC side discards the partial upload.
+
+use super::{ApiMultipart, Edge, forward, jobs::JobJson};
+use crate::{error::ApiError, media::MAX_CHUNK};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use media_store::options::{Channels, InvalidOption, RawOptions, SampleRate};
+use mp3converter_proto::media::v1::{UploadCommit, UploadMetadata, UploadRequest, upload_request};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tracing::Instrument;
+
+const ONE_FILE: &str = "exactly 1 file required";
+
+/// Longest value of an option field; anything longer is not an option.
+const MAX_FIELD: usize = 64;
+
+fn invalid(e: InvalidOption) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+/// Reads one option field into `raw`; unknown fields are ignored (forms
+/// carry submit buttons and the like).
+fn set_option(raw: &mut RawOptions, name: &str, value: &str) -> Result<(), ApiError> {
+    let value = value.trim();
+    let number = |field: &'static str| {
+        value.parse::<f64>().map_err(|_| {
+            invalid(InvalidOption {
+                field,
+                why: format!("must be a number, got {value:?}"),
+            })
+        })
+    };
+    let whole = |field: &'static str| {
+        value.parse::<u32>().map_err(|_| {
+            invalid(InvalidOption {
+                field,
+                why: format!("must be a whole number, got {value:?}"),
+            })
+        })
+    };
+    match name {
+        "bitrate" | "bitrate_kbps" => raw.bitrate_kbps = Some(whole("bitrate")?),
+        "quality" => raw.quality = Some(whole("quality")?),
+        "channels" => raw.channels = Channels::parse("channels", value).map_err(invalid)?,
+        "sample_rate" => {
+            raw.sample_rate = SampleRate::parse("sample_rate", value).map_err(invalid)?
+        }
+        "trim_start" => raw.trim_start = Some(number("trim_start")?),
+        "trim_end" => raw.trim_end = Some(number("trim_end")?),
+        _ => {}
+    }
+    Ok(())
+}
+
+pub(super) async fn upload(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    ApiMultipart(mut multipart): ApiMultipart,
+) -> Result<Json<JobJson>, ApiError> {
+    let (tx, rx) = mpsc::channel::<UploadRequest>(8);
+    let req = forward(&headers, ReceiverStream::new(rx));
+    let client = edge.media.clone();
+    // Started at the first file part, after the options are known.
+    let mut call = None;
+
+    let pumped: Result<(), ApiError> = async {
+        let send = |p| {
+            let tx = tx.clone();
+            async move {
+                tx.send(UploadRequest { payload: Some(p) })
+                    .await
+                    .map_err(|_| ()) // the call ended early; its status says why
+            }
+        };
+        let mut options = RawOptions::default();
+        let mut files = 0;
+        let mut total: u64 = 0;
+        let mut req = Some(req);
+        while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+            let Some(file_name) = field.file_name().map(str::to_owned) else {
+                // An option field: before the file, and short.
+                let name = field.name().unwrap_or_default().to_owned();
+                if files > 0 {
+                    return Err(ApiError::bad_request(format!(
+                        "form field `{name}` must come before the file"
+                    )));
+                }
+                let mut value = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    value.extend_from_slice(&chunk);
+                    if value.len() > MAX_FIELD {
+                        return Err(ApiError::bad_request(format!(
+                            "form field `{name}` is too long"
+                        )));
+                    }
+                }
+                set_option(&mut options, &name, &String::from_utf8_lossy(&value))?;
+                continue;
+            };
+            files += 1;
+            if files > 1 {
+                return Err(ApiError::bad_request(ONE_FILE));
+            }
+            let options = options.clone().validate().map_err(invalid)?;
+            if let Some(req) = req.take() {
+                let mut client = client.clone();
+                call = Some(tokio::spawn(
+                    async move { client.upload(req).await }.in_current_span(),
+                ));
+            }
+            let meta = UploadMetadata {
+                filename: file_name,
+                content_type: field.content_type().unwrap_or_default().to_owned(),
+                declared_size_bytes: None,
+                options: Some(media_store::proto::options(&options)),
+            };
+            if send(upload_request::Payload::Metadata(meta)).await.is_err() {
+                return Ok(());
+            }
+            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                for piece in chunk.chunks(MAX_CHUNK) {
+                    total += piece.len() as u64;
+                    let piece = chunk.slice_ref(piece);
+                    if send(upload_request::Payload::Chunk(piece)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if files == 0 {
+            return Err(ApiError::bad_request(ONE_FILE));
+        }
+        let _ = send(upload_request::Payload::Commit(UploadCommit {
+            total_bytes: total,
+        }))
+        .await;
+        Ok(())
+    }
+    .await;
+    drop(tx);
+
+    // The edge's own verdict (bad multipart, bad option) wins; the call, if
+    // it started, then only reports the discarded upload.
+    let Some(call) = call else {
+        pumped?;
+        return Err(ApiError::bad_request(ONE_FILE));
+    };
+    let result = call
+        .await
+        .map_err(|_| ApiError::new(Code::Internal, "internal error"))?;
+    pumped?;
+    match result {
+        Ok(res) => {
+            Ok(Json(res.into_inner().job.map(JobJson::from).ok_or_else(
+                || ApiError::new(Code::Internal, "internal error"),
+            )?))
+        }
+        // Over the size limit: 413; over a quota: 429 (both are
+        // RESOURCE_EXHAUSTED in gRPC).
+        Err(s) if s.code() == Code::ResourceExhausted && s.message().contains("larger than") => {
+            Err(ApiError::from(s).with_status(StatusCode::PAYLOAD_TOO_LARGE))
+        }
+        Err(s) => Err(s.into()),
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = e.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Code::ResourceExhausted
+    } else {
+        Code::InvalidArgument
+    };
+    ApiError::new(code, format!("bad upload body: {}", e.body_text())).with_status(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_fields_are_read_and_checked() {
+        let mut raw = RawOptions::default();
+        set_option(&mut raw, "bitrate", " 128 ").unwrap();
+        set_option(&mut raw, "channels", "mono").unwrap();
+        set_option(&mut raw, "sample_rate", "48000").unwrap();
+        set_option(&mut raw, "trim_start", "1.5").unwrap();
+        set_option(&mut raw, "submit", "Convert").unwrap();
+        assert_eq!(raw.bitrate_kbps, Some(128));
+        assert_eq!(raw.channels, Channels::Mono);
+        assert_eq!(raw.trim_start, Some(1.5));
+        let e = set_option(&mut raw, "quality", "high").unwrap_err();
+        assert!(e.body.message.contains("quality"), "{e:?}");
+        let e = set_option(&mut raw, "channels", "quad").unwrap_err();
+        assert!(e.body.message.starts_with("channels:"), "{e:?}");
+    }
+}
