@@ -143,6 +143,13 @@ pub(crate) async fn run(ctx: &Context<'_>, job: &Job) -> Result<Converted, Failu
     let input_path = dir.path().join("input");
     let output_path = dir.path().join("output.mp3");
     let mut pipe = None;
+    let how = match &plan {
+        Plan::Pipe { moved: None } => "piped",
+        Plan::Pipe { moved: Some(_) } => "piped_index_moved",
+        Plan::Spool => "spooled",
+    };
+    metrics::counter!("mp3converter_converter_inputs_total", "how" => how).increment(1);
+    tracing::debug!(job_id = %job.id, how, "feeding ffmpeg");
     let input = match plan {
         Plan::Pipe { moved } => {
             pipe = Some((stream, first, moved));

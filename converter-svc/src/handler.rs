@@ -278,11 +278,31 @@ impl Converter {
                 }
             })
         };
+        // Progress goes out from a task of its own, in order, the latest
+        // value winning if MongoDB is slower than ffmpeg.
+        let (progress, mut latest) = tokio::sync::watch::channel(None::<f64>);
+        let reporter = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                while latest.changed().await.is_ok() {
+                    let Some(percent) = *latest.borrow_and_update() else {
+                        continue;
+                    };
+                    if let Ok(Some(job)) =
+                        this.store.jobs.progress(id, &this.instance, percent).await
+                    {
+                        this.notify(&job, false);
+                    }
+                }
+            })
+        };
         let ctx = crate::convert::Context {
             store: &self.store,
             work: &self.work,
             settings: &self.settings,
-            progress: &|percent| self.progress(id, percent),
+            progress: &|percent| {
+                let _ = progress.send(Some(percent));
+            },
         };
         let res = tokio::select! {
             r = crate::convert::run(&ctx, job) => r,
@@ -290,17 +310,12 @@ impl Converter {
             () = lost.cancelled() => Err(Failure::LostLease),
         };
         renewer.abort();
+        // The last report is out before the job is finished, so no watcher
+        // sees "converting" after "done".
+        drop(ctx);
+        drop(progress);
+        let _ = reporter.await;
         res
-    }
-
-    /// Records progress and tells the watchers (throttled by the caller).
-    fn progress(&self, id: ObjectId, percent: f64) {
-        let (jobs, me, this) = (self.store.jobs.clone(), self.instance.clone(), self.clone());
-        tokio::spawn(async move {
-            if let Ok(Some(job)) = jobs.progress(id, &me, percent).await {
-                this.notify(&job, false);
-            }
-        });
     }
 
     /// The MP3 is stored: done, announced, the source deleted.

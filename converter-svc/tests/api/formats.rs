@@ -56,6 +56,11 @@ async fn valid_inputs_become_mp3s_of_the_same_length() {
         assert_eq!(job.mp3_id.unwrap().to_hex(), ready.mp3_id);
         assert_eq!(ready.owner_email, "user@example.com");
         assert!(ready.filename.ends_with(".mp3"));
+        assert!(
+            !env.video_stored(id).await,
+            "the source is deleted once done"
+        );
+        assert!(ready.expire_time.is_some(), "MP3s expire");
     }
     conv.stop().await;
     env.cleanup().await;
@@ -119,12 +124,17 @@ async fn invalid_inputs_fail_with_a_reason_and_store_nothing() {
         let job = env.job(id).await;
         assert_eq!(job.state, media_store::JobState::Failed);
         assert_eq!(job.failure_reason.as_deref(), Some(failed.reason.as_str()));
+        assert!(
+            failed.source_deleted && !env.video_stored(id).await,
+            "nothing kept"
+        );
     }
     assert_eq!(
         env.mp3_count(None).await,
         0,
         "no MP3 may be stored for a failure"
     );
+    assert_eq!(env.chunk_count("mp3s").await, 0, "nor a chunk of one");
     conv.stop().await;
     env.cleanup().await;
 }

@@ -25,6 +25,10 @@ pub struct Env {
     pub store: Store,
     publisher: Publisher,
     pub clips: tempfile::TempDir,
+    /// The converters' WORK_DIR.
+    pub work: tempfile::TempDir,
+    /// Job changes go to this fanout exchange (one per test).
+    pub events_exchange: String,
 }
 
 pub struct Instance {
@@ -69,6 +73,8 @@ impl Env {
             store,
             publisher,
             clips: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+            events_exchange: test_kit::unique_name("job-events"),
         }
     }
 
@@ -97,6 +103,10 @@ impl Env {
             "200ms",
             "--shutdown-grace",
             "2s",
+            "--job-events-exchange",
+            &self.events_exchange,
+            "--work-dir",
+            &self.work.path().display().to_string(),
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -135,6 +145,20 @@ impl Env {
     /// Does what gateway-svc does for an upload: store the file, record the
     /// job, publish `VideoUploaded`. Returns the job id.
     pub async fn submit(&self, path: &Path) -> ObjectId {
+        self.submit_with(path, OutputOptions::default()).await
+    }
+
+    /// The same, with output options.
+    pub async fn submit_with(&self, path: &Path, options: OutputOptions) -> ObjectId {
+        let id = self.store_video(path, options).await;
+        let size = std::fs::metadata(path).unwrap().len();
+        let filename = path.file_name().unwrap().to_string_lossy().into_owned();
+        self.publish_uploaded(id, &filename, size).await;
+        id
+    }
+
+    /// Stores the file and records its job, without publishing the event.
+    pub async fn store_video(&self, path: &Path, options: OutputOptions) -> ObjectId {
         let bytes = std::fs::read(path).unwrap();
         let filename = path.file_name().unwrap().to_string_lossy().into_owned();
         let id = ObjectId::new();
@@ -154,20 +178,23 @@ impl Env {
             "user@example.com",
             &filename,
             "application/octet-stream",
-            OutputOptions::default(),
+            options,
         );
         job.state = JobState::Queued;
         job.size_bytes = bytes.len() as i64;
         job.published = true;
         self.store.jobs.insert(&job).await.unwrap();
-        self.publish_uploaded(id, &filename, bytes.len() as u64)
-            .await;
         id
     }
 
     pub async fn publish_uploaded(&self, id: ObjectId, filename: &str, size: u64) {
+        self.publish_uploaded_to(&self.video_queue, id, filename, size)
+            .await;
+    }
+
+    pub async fn publish_uploaded_to(&self, queue: &str, id: ObjectId, filename: &str, size: u64) {
         let event = VideoUploaded {
-            event_id: uuid::Uuid::new_v4().to_string(),
+            event_id: format!("video-{}", id.to_hex()),
             job_id: id.to_hex(),
             video_id: id.to_hex(),
             owner_id: "user-1".into(),
@@ -179,7 +206,7 @@ impl Env {
         };
         self.publisher
             .publish(
-                &self.video_queue,
+                queue,
                 &prost::Message::encode_to_vec(&event),
                 event_properties(VideoUploaded::TYPE, &event.event_id, Default::default()),
             )
@@ -283,6 +310,26 @@ impl Env {
         let path = self.clips.path().join(format!("{mp3_id}.mp3"));
         std::fs::write(&path, bytes).unwrap();
         path
+    }
+
+    /// Whether the video of a job is still stored.
+    pub async fn video_stored(&self, id: ObjectId) -> bool {
+        self.store
+            .videos
+            .find_one(doc! { "_id": id })
+            .await
+            .unwrap()
+            .is_some()
+    }
+
+    /// Chunks in a bucket's chunks collection.
+    pub async fn chunk_count(&self, bucket: &str) -> u64 {
+        self.store
+            .db
+            .collection::<media_store::mongodb::bson::Document>(&format!("{bucket}.chunks"))
+            .count_documents(doc! {})
+            .await
+            .unwrap()
     }
 
     pub async fn cleanup(self) {

@@ -6,4 +6,5 @@
 mod helpers;
 
 mod formats;
+mod options;
 mod reliability;

@@ -84,8 +84,22 @@ async fn a_converter_killed_mid_conversion_leaves_the_job_to_another() {
     wait_converting(&env, id).await;
     victim.kill().unwrap(); // SIGKILL: no cleanup, no nack
     victim.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let work_dirs = || {
+        std::fs::read_dir(env.work.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("converter-"))
+            .count()
+    };
+    assert_eq!(work_dirs(), 1, "the victim left its work directory");
 
     let survivor = env.start().await;
+    assert_eq!(
+        work_dirs(),
+        1,
+        "the survivor removed the dead one's, made its own"
+    );
     let events = env.events(1, Duration::from_secs(120)).await;
     let Outcome::Ready(ready) = &events[0] else {
         panic!("{events:?}")
@@ -93,7 +107,128 @@ async fn a_converter_killed_mid_conversion_leaves_the_job_to_another() {
     assert_eq!(ready.job_id, id.to_hex());
     assert_eq!(env.mp3_count(Some(id)).await, 1);
     assert_eq!(env.job(id).await.state, media_store::JobState::Done);
+    // About one lease (3 s here) plus the conversion itself.
+    println!("recovered {:?} after the SIGKILL", killed.elapsed());
     survivor.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_leased_elsewhere_waits_for_the_lease_without_spending_retries() {
+    let env = Env::new().await;
+    let clip = env.clip("short.mkv", SHORT);
+    let id = env.store_video(&clip, Default::default()).await;
+    // Another converter holds it, alive as far as anyone can tell (its
+    // connection dropped and the broker redelivered to us).
+    let until = std::time::SystemTime::now() + Duration::from_secs(6);
+    env.store
+        .jobs
+        .coll
+        .update_one(
+            media_store::mongodb::bson::doc! { "_id": id },
+            media_store::mongodb::bson::doc! { "$set": {
+                "state": "converting",
+                "lease_holder": "another-converter",
+                "lease_until": media_store::mongodb::bson::DateTime::from_system_time(until),
+            } },
+        )
+        .await
+        .unwrap();
+    // A retry budget far shorter than the lease: waiting must not spend it.
+    let conv = env
+        .start_with(&[
+            "--amqp-retry-delays",
+            "300ms,1s,2s,3s",
+            "--amqp-delivery-limit",
+            "5",
+        ])
+        .await;
+    let t = std::time::Instant::now();
+    env.publish_uploaded(id, "short.mkv", 1).await;
+    let events = env.events(1, Duration::from_secs(60)).await;
+    assert!(
+        matches!(&events[0], Outcome::Ready(r) if r.job_id == id.to_hex()),
+        "converted once the lease ran out, never failed: {events:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(5),
+        "not before the lease ran out: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "soon after it: {:?}",
+        t.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        env.drain(&env.mp3_queue).await.is_empty(),
+        "one outcome only"
+    );
+    assert_eq!(env.job(id).await.state, media_store::JobState::Done);
+    conv.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_without_being_taken_and_replayed() {
+    let env = Env::new().await;
+    let clip = env.clip("short.mkv", SHORT);
+    let id = env.store_video(&clip, Default::default()).await;
+    // A VideoUploaded that ended in the dead-letter queue (say its retries ran
+    // out while MongoDB was down).
+    let dlq = format!("{}.dlq", env.video_queue);
+    env.publish_uploaded_to(&dlq, id, "short.mkv", 1).await;
+    let url = svc_kit::config::Secret::new(env.stack.amqp_url.clone());
+    let letters = amqp_kit::dlq::list(&url, &dlq, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].message_id.as_deref(),
+        Some(format!("video-{}", id.to_hex()).as_str())
+    );
+
+    // The operator's command decodes it, and leaves it there.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_converter-svc"))
+        .args(&env.args()[1..])
+        .args(["dlq", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&id.to_hex()) && text.contains("VideoUploaded"),
+        "{text}"
+    );
+    assert_eq!(amqp_kit::dlq::list(&url, &dlq, 10).await.unwrap().len(), 1);
+
+    let conv = env.start().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_converter-svc"))
+        .args(&env.args()[1..])
+        .args(["dlq", "replay", "--all"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"));
+    let events = env.events(1, Duration::from_secs(60)).await;
+    assert!(
+        matches!(&events[0], Outcome::Ready(r) if r.job_id == id.to_hex()),
+        "{events:?}"
+    );
+    assert!(
+        amqp_kit::dlq::list(&url, &dlq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    conv.stop().await;
     env.cleanup().await;
 }
 
