@@ -296,23 +296,25 @@ impl Converter {
                 }
             })
         };
-        let ctx = crate::convert::Context {
-            store: &self.store,
-            work: &self.work,
-            settings: &self.settings,
-            progress: &|percent| {
+        let res = {
+            let report = |percent| {
                 let _ = progress.send(Some(percent));
-            },
-        };
-        let res = tokio::select! {
-            r = crate::convert::run(&ctx, job) => r,
-            () = abandon.cancelled() => Err(Failure::Abandoned),
-            () = lost.cancelled() => Err(Failure::LostLease),
+            };
+            let ctx = crate::convert::Context {
+                store: &self.store,
+                work: &self.work,
+                settings: &self.settings,
+                progress: &report,
+            };
+            tokio::select! {
+                r = crate::convert::run(&ctx, job) => r,
+                () = abandon.cancelled() => Err(Failure::Abandoned),
+                () = lost.cancelled() => Err(Failure::LostLease),
+            }
         };
         renewer.abort();
         // The last report is out before the job is finished, so no watcher
         // sees "converting" after "done".
-        drop(ctx);
         drop(progress);
         let _ = reporter.await;
         res
