@@ -314,9 +314,10 @@ impl Jobs {
     /// Removes the job of an upload that did not complete.
     pub async fn discard_upload(&self, id: ObjectId) -> Result<(), Error> {
         self.coll
-            .delete_one(
-                doc! { "_id": id, "state": { "$in": ["uploading", "queued"] }, "published": false },
-            )
+            .delete_one(doc! { "_id": id, "$or": [
+                { "state": "uploading" },
+                { "state": "queued", "published": false },
+            ] })
             .await
             .map(drop)
     }

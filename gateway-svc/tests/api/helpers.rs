@@ -121,9 +121,16 @@ pub async fn spawn_app(auth: &Auth) -> TestApp {
 }
 
 pub async fn spawn_app_with(auth: &Auth, extra: &[&str]) -> TestApp {
-    test_kit::init_tracing();
     let db = test_kit::unique_name("gw").replace('-', "_");
     let queue = test_kit::unique_name("video");
+    spawn_app_on(auth, &db, &queue, extra).await
+}
+
+/// A gateway on a given database and video queue: several of them make the
+/// replicas of one deployment.
+pub async fn spawn_app_on(auth: &Auth, db: &str, queue: &str, extra: &[&str]) -> TestApp {
+    test_kit::init_tracing();
+    let (db, queue) = (db.to_owned(), queue.to_owned());
     let cfg = config(auth.addr, &db, &queue, extra);
     let topology = cfg.video_topology.work_queue(&queue);
     let store = Store::new(
@@ -310,12 +317,46 @@ impl TestApp {
         self.store.jobs.find(doc! {}, 10_000).await.unwrap()
     }
 
+    /// Stops the gateway and removes its database and queues.
     pub async fn stop(self) {
+        let (store, stack, topology) = self.shutdown().await;
+        let _ = store.db.drop().await;
+        test_kit::delete_work_queues(&stack.amqp_url, std::slice::from_ref(&topology)).await;
+    }
+
+    /// Stops the gateway (as SIGTERM does), keeping what it stored.
+    pub async fn shutdown(self) -> (Store, test_kit::Stack, amqp_kit::WorkQueue) {
         self.token.cancel();
         self.handle.await.unwrap().unwrap();
-        let _ = self.store.db.drop().await;
-        test_kit::delete_work_queues(&self.stack.amqp_url, std::slice::from_ref(&self.topology))
-            .await;
+        (self.store, self.stack, self.topology)
+    }
+
+    /// Messages ready in a queue of this app's broker.
+    pub async fn messages_in(&self, queue: &str) -> Vec<(String, Vec<u8>)> {
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "gw-test")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = ch
+            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+            .await
+        {
+            let kind = m
+                .delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            out.push((kind, m.delivery.data.clone()));
+            m.delivery
+                .acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+        out
     }
 }
 

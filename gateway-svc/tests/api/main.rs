@@ -7,4 +7,5 @@ mod helpers;
 
 mod auth;
 mod jobs;
+mod lifecycle;
 mod transfer;
