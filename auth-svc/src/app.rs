@@ -1,13 +1,19 @@
 //! Wiring: everything `main` and the tests start.
 
 use crate::{
-    config::Config, db, domain::Email, domain::Password, grpc::AuthGrpc, password::Hasher,
+    config::Config,
+    db,
+    domain::Email,
+    domain::Password,
+    grpc::AuthGrpc,
+    password::{self, Hasher},
+    ratelimit::LoginLimits,
     token::Tokens,
 };
 use deadpool_postgres::Pool;
 use mp3converter_proto::auth::v1::auth_service_server::AuthServiceServer;
 use std::net::SocketAddr;
-use svc_kit::{config::Secret, health::Health};
+use svc_kit::{config::Secret, health::Health, tls::MeshTls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -21,6 +27,8 @@ pub struct App {
     routes: Routes,
     health: Health,
     pool: Pool,
+    limits: LoginLimits,
+    tls: Option<MeshTls>,
 }
 
 impl std::fmt::Debug for App {
@@ -36,6 +44,8 @@ impl App {
     /// seeds the first admin if asked, and binds the listeners (port 0 picks a
     /// free port: see [`App::grpc_addr`]).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First: a half-configured TLS refuses to start before anything else.
+        let tls = config.tls.load()?;
         let secret = Secret::resolve(
             config.jwt_secret.as_ref(),
             config.jwt_secret_file.as_deref(),
@@ -52,9 +62,19 @@ impl App {
             config.argon2_memory_kib,
             config.argon2_iterations,
             config.argon2_parallelism,
-            config.argon2_max_concurrent,
+            password::Limits {
+                max_concurrent: config.argon2_max_concurrent,
+                max_waiting: config.argon2_max_waiting,
+                queue_timeout: config.argon2_queue_timeout,
+            },
         )
         .await?;
+        let limits = LoginLimits::new(
+            config.login_limit_per_addr,
+            config.login_limit_per_account,
+            config.trusted_proxies.clone(),
+            config.login_refusal_delay,
+        );
 
         let pool = db::pool(&config.database_url, config.db_pool_size, config.db_timeout)?;
         svc_kit::pg::wait_for(&pool, config.db_startup_timeout).await?;
@@ -69,6 +89,7 @@ impl App {
             pool: pool.clone(),
             hasher,
             tokens,
+            limits: limits.clone(),
         };
         let routes = Routes::new(health_server).add_service(AuthServiceServer::new(grpc));
         let routes = svc_kit::grpc::with_reflection(
@@ -91,6 +112,8 @@ impl App {
             routes,
             health,
             pool,
+            limits,
+            tls,
         })
     }
 
@@ -115,19 +138,36 @@ impl App {
             self.config.db_timeout,
             token.clone(),
         ));
+        let housekeeping = tokio::spawn(housekeep(
+            self.pool.clone(),
+            self.limits.clone(),
+            self.config.housekeeping_interval,
+            token.clone(),
+        ));
         let admin = tokio::spawn(svc_kit::admin::serve(
             self.admin_listener,
             svc_kit::admin::router(self.health.clone()),
             token.clone(),
         ));
+        if let Some(tls) = &self.tls {
+            tls.spawn_reloader(token.clone());
+        }
         self.health.drain_on(token.clone());
         let served = svc_kit::shutdown::drain_within(
             &token,
             self.config.shutdown_grace,
-            svc_kit::grpc::serve(self.routes, self.grpc_listener, token.clone()),
+            svc_kit::grpc::serve_with(
+                self.routes,
+                self.grpc_listener,
+                &self.config.listener,
+                &[],
+                self.tls.as_ref(),
+                token.clone(),
+            ),
         )
         .await;
         probe.abort();
+        housekeeping.abort();
         admin.abort();
         if let Some(res) = served {
             res?;
@@ -151,6 +191,26 @@ async fn probe_database(
             Ok(Ok(()))
         );
         health.set("postgres", ok).await;
+    })
+    .await;
+}
+
+/// Keeps memory and tables from growing: forgets idle rate-limit keys, and
+/// deletes revocations of tokens that have expired anyway (every replica
+/// does; the DELETE is idempotent and cheap on its index).
+async fn housekeep(
+    pool: Pool,
+    limits: LoginLimits,
+    interval: std::time::Duration,
+    token: CancellationToken,
+) {
+    svc_kit::health::every(interval, token, || async {
+        limits.retain_recent();
+        match db::delete_expired_revocations(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "expired revocations deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired revocations"),
+        }
     })
     .await;
 }

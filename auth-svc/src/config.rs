@@ -1,5 +1,6 @@
 //! Settings, read from flags or environment variables (`auth-svc --help`).
 
+use crate::ratelimit::{Rate, TrustedProxies};
 use clap::{Args, Parser, Subcommand};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use svc_kit::config::{Secret, parse_duration};
@@ -23,7 +24,7 @@ pub enum Command {
     /// Serve the gRPC API (the default).
     Serve,
     /// Manage users directly in the database (how operators create the first
-    /// accounts).
+    /// accounts, and lock one out without an admin token).
     User {
         #[command(subcommand)]
         action: UserCommand,
@@ -34,6 +35,18 @@ pub enum Command {
 pub enum UserCommand {
     /// Add a user. The password is read from standard input.
     Add(AddUserArgs),
+    /// Disable a user: their tokens stop validating at once (USER_DISABLED)
+    /// and their logins are refused like a wrong password.
+    Disable(UserRef),
+    /// Enable a disabled user again. Tokens from before the disable stay
+    /// revoked: the user logs in again.
+    Enable(UserRef),
+}
+
+#[derive(Debug, Args)]
+pub struct UserRef {
+    #[arg(long)]
+    pub email: String,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +70,12 @@ pub struct Config {
     /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9091")]
     pub admin_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub listener: svc_kit::limits::ListenerArgs,
+
+    #[command(flatten)]
+    pub tls: svc_kit::tls::TlsArgs,
 
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/auth.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -94,11 +113,14 @@ pub struct Config {
     #[arg(long, env = "JWT_AUDIENCE", default_value = "mp3converter")]
     pub jwt_audience: String,
 
-    /// Token lifetime.
-    #[arg(long, env = "TOKEN_TTL", value_parser = parse_duration, default_value = "24h")]
+    /// Token lifetime. Tokens can be revoked (Logout, ChangePassword,
+    /// disable), but a leaked one that nobody revokes works until it
+    /// expires; one hour bounds that while a web session re-logs in at most
+    /// hourly.
+    #[arg(long, env = "TOKEN_TTL", value_parser = parse_duration, default_value = "1h")]
     pub token_ttl: Duration,
 
-    /// Clock skew tolerated when checking `exp`.
+    /// Clock skew tolerated when checking `exp`, `nbf` and `iat`.
     #[arg(long, env = "JWT_LEEWAY", value_parser = parse_duration, default_value = "10s")]
     pub jwt_leeway: Duration,
 
@@ -115,9 +137,58 @@ pub struct Config {
     pub argon2_parallelism: u32,
 
     /// Password hashes computed at once; more logins wait. Bounds the memory
-    /// and CPU a login flood can take.
+    /// (ARGON2_MEMORY_KIB each) and CPU a login flood can take. A hash keeps
+    /// its slot until it ends, even if its caller has gone.
     #[arg(long, env = "ARGON2_MAX_CONCURRENT", default_value_t = 4)]
     pub argon2_max_concurrent: usize,
+
+    /// Logins that may wait for a hashing slot; more are answered
+    /// UNAVAILABLE ("busy, retry") at once. The default is about what four
+    /// slots clear within ARGON2_QUEUE_TIMEOUT on two cores: a longer queue
+    /// would only time out.
+    #[arg(long, env = "ARGON2_MAX_WAITING", default_value_t = 64)]
+    pub argon2_max_waiting: usize,
+
+    /// How long a login waits for a hashing slot before it is answered
+    /// UNAVAILABLE ("busy, retry").
+    #[arg(long, env = "ARGON2_QUEUE_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
+    pub argon2_queue_timeout: Duration,
+
+    /// Login attempts per client address: N/PERIOD is a burst of N refilled
+    /// at N per PERIOD; `off` disables. Over it: RESOURCE_EXHAUSTED with the
+    /// delay in a google.rpc.RetryInfo. Ten a minute is far more than a
+    /// person mistyping needs, and a sliver of what the hashing slots serve
+    /// (dozens a second), so one address cannot crowd out the others.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ADDR", default_value = "10/1m")]
+    pub login_limit_per_addr: Rate,
+
+    /// Login attempts per account (the normalised email, known or not), from
+    /// all addresses together; same format. Five a minute stops a botnet
+    /// from guessing fast, while someone mistyping waits at most 12 s; a
+    /// stricter limit would make locking a victim out cheaper.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value = "5/1m")]
+    pub login_limit_per_account: Rate,
+
+    /// How long a login refused by a rate limit is held before it is
+    /// answered (never past its retry delay; 0: at once). A client that
+    /// floods without waiting then gets one answer per call in flight per
+    /// delay instead of thousands a second. Keep it under the callers'
+    /// deadline (the gateway's AUTH_TIMEOUT, 2 s).
+    #[arg(long, env = "LOGIN_REFUSAL_DELAY", value_parser = parse_duration, default_value = "1s")]
+    pub login_refusal_delay: Duration,
+
+    /// Peers whose `x-client-addr` metadata names the client a login is
+    /// counted against (the gateway's REST edge logs in for its users):
+    /// comma-separated CIDRs or addresses, `none` for no one. Others are
+    /// counted by their own address. A trusted peer that names no client is
+    /// limited by account only. In Kubernetes: the gateway pods' CIDR.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1/128")]
+    pub trusted_proxies: TrustedProxies,
+
+    /// How often idle rate-limit entries are dropped and revoked token ids
+    /// past their expiry deleted.
+    #[arg(long, env = "HOUSEKEEPING_INTERVAL", value_parser = parse_duration, default_value = "1m")]
+    pub housekeeping_interval: Duration,
 
     /// Email of an admin created at start if no user has it (like the
     /// tutorial's init.sql, but hashed).

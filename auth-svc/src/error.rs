@@ -1,8 +1,10 @@
 //! auth-svc's errors and their one mapping to gRPC statuses.
 
-use crate::{db::DbError, password::HashError, token::TokenError};
+use crate::{db::DbError, password::HashError, ratelimit::Limited, token::TokenError};
+use std::time::Duration;
 use svc_kit::error::{invalid_argument, status_with_reason};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 pub(crate) const DOMAIN: &str = "auth.mp3converter";
 
@@ -18,6 +20,15 @@ pub(crate) enum AuthError {
     NotAdmin,
     #[error("a user with that email already exists")]
     AlreadyExists,
+    #[error("no such user")]
+    NotFound,
+    #[error("{0}")]
+    FailedPrecondition(&'static str),
+    #[error("too many login attempts (per {})", .0.scope)]
+    RateLimited(Limited),
+    /// Every password-hashing slot is taken and the queue is full or stuck.
+    #[error("too many password checks in progress")]
+    Busy,
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -36,8 +47,32 @@ impl From<DbError> for AuthError {
 
 impl From<HashError> for AuthError {
     fn from(e: HashError) -> Self {
-        Self::Internal(e.to_string())
+        match e {
+            HashError::Busy => Self::Busy,
+            other => Self::Internal(other.to_string()),
+        }
     }
+}
+
+impl From<Limited> for AuthError {
+    fn from(l: Limited) -> Self {
+        Self::RateLimited(l)
+    }
+}
+
+/// A status with an ErrorInfo reason and a RetryInfo delay, the standard
+/// way to say "come back after this long" (the gateway turns it into
+/// `Retry-After`).
+fn retry_later(code: Code, message: String, reason: &str, delay: Duration) -> Status {
+    let mut details = ErrorDetails::new();
+    details
+        .set_error_info(
+            reason,
+            DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        )
+        .set_retry_info(Some(delay));
+    Status::with_error_details(code, message, details)
 }
 
 impl From<AuthError> for Status {
@@ -64,6 +99,26 @@ impl From<AuthError> for Status {
             AuthError::AlreadyExists => {
                 Status::already_exists("a user with that email already exists")
             }
+            AuthError::NotFound => Status::not_found("no such user"),
+            AuthError::FailedPrecondition(why) => Status::failed_precondition(why),
+            // Whole seconds, rounded up, in both the message and the detail:
+            // a client that retries exactly then is let in.
+            AuthError::RateLimited(l) => {
+                let secs = l.retry_after.as_secs() + u64::from(l.retry_after.subsec_nanos() > 0);
+                let secs = secs.max(1);
+                retry_later(
+                    Code::ResourceExhausted,
+                    format!("too many login attempts; retry in {secs} s"),
+                    "LOGIN_RATE_LIMITED",
+                    Duration::from_secs(secs),
+                )
+            }
+            AuthError::Busy => retry_later(
+                Code::Unavailable,
+                "busy checking other passwords; retry in a moment".into(),
+                "BUSY",
+                Duration::from_secs(1),
+            ),
             AuthError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
                 Status::unavailable("the user database is unavailable; retry later")

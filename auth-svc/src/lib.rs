@@ -1,5 +1,6 @@
 //! auth-svc: users in PostgreSQL, Login that returns a JWT, Validate for the
-//! gateway, CreateUser for admins.
+//! gateway, Logout and ChangePassword for users, CreateUser and
+//! SetUserDisabled for admins.
 
 pub mod app;
 pub mod cli;
@@ -9,6 +10,7 @@ mod domain;
 mod error;
 mod grpc;
 mod password;
+pub mod ratelimit;
 pub mod token;
 
 /// The binary's commands: serve (until SIGTERM/SIGINT, then drained) or
@@ -26,9 +28,15 @@ pub async fn run(cli: config::Cli) -> anyhow::Result<()> {
                         .run_until(svc_kit::shutdown::on_signal())
                         .await
                 }
-                Some(config::Command::User {
-                    action: config::UserCommand::Add(args),
-                }) => cli::add_user(&cli.config, args).await,
+                Some(config::Command::User { action }) => match action {
+                    config::UserCommand::Add(args) => cli::add_user(&cli.config, args).await,
+                    config::UserCommand::Disable(user) => {
+                        cli::set_disabled(&cli.config, user, true).await
+                    }
+                    config::UserCommand::Enable(user) => {
+                        cli::set_disabled(&cli.config, user, false).await
+                    }
+                },
             }
         }),
     )

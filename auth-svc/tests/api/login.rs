@@ -14,8 +14,8 @@ async fn login_returns_a_token_that_validates() {
     let exp = res.expire_time.unwrap();
     let ttl = exp.seconds - time_now();
     assert!(
-        (86_390..=86_410).contains(&ttl),
-        "default TTL is 24 h, got {ttl} s"
+        (3_590..=3_610).contains(&ttl),
+        "default TTL is 1 h, got {ttl} s"
     );
 
     let v = app

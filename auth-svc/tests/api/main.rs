@@ -5,7 +5,9 @@
 
 mod helpers;
 
+mod abuse;
 mod create_user;
 mod login;
 mod operations;
+mod revocation;
 mod validate;

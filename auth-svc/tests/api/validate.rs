@@ -156,3 +156,42 @@ async fn bad_tokens_are_unauthenticated_with_a_reason() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn tokens_from_the_future_are_refused() {
+    let app = spawn_app().await;
+    let (_, good) = good_claims(&app).await;
+    let now = now_secs();
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let sign_json = |v: &serde_json::Value| {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), v, &key).unwrap()
+    };
+    let mut not_before = serde_json::to_value(&good).unwrap();
+    not_before["nbf"] = (now + 3600).into();
+    let mut issued_later = good.clone();
+    issued_later.iat = now + 3600;
+    for (what, token) in [
+        ("nbf in an hour", sign_json(&not_before)),
+        (
+            "iat in an hour",
+            sign(&issued_later, SECRET, Algorithm::HS256),
+        ),
+    ] {
+        let s = assert_code(validate(&app, &token).await, Code::Unauthenticated);
+        assert_eq!(
+            reason(&s).as_deref(),
+            Some("TOKEN_NOT_YET_VALID"),
+            "{what}: {s:?}"
+        );
+    }
+    // Within the 10 s leeway (clock skew between hosts) they pass.
+    not_before["nbf"] = (now + 5).into();
+    issued_later.iat = now + 5;
+    assert!(validate(&app, &sign_json(&not_before)).await.is_ok());
+    assert!(
+        validate(&app, &sign(&issued_later, SECRET, Algorithm::HS256))
+            .await
+            .is_ok()
+    );
+    app.stop().await;
+}
