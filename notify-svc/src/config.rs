@@ -79,19 +79,29 @@ pub struct Config {
     #[arg(long, env = "SMTP_TLS", value_enum, default_value = "starttls")]
     pub smtp_tls: SmtpTls,
 
+    /// The CA the SMTP server's certificate must chain to (PEM); unset: the
+    /// public web roots. Its name must match SMTP_HOST either way.
+    #[arg(long, env = "SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+
     /// SMTP user name (no authentication if unset).
     #[arg(long, env = "SMTP_USERNAME")]
     pub smtp_username: Option<String>,
 
-    /// SMTP password. Prefer SMTP_PASSWORD_FILE.
+    /// SMTP password. Prefer SMTP_PASSWORD_FILE (this one wins over it, and
+    /// changing it needs a restart).
     #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
     pub smtp_password: Option<Secret>,
 
-    /// File holding the SMTP password.
+    /// File holding the SMTP password (a mounted Secret). Read again whenever
+    /// the server refuses our credentials, so a rotated password takes effect
+    /// without a restart.
     #[arg(long, env = "SMTP_PASSWORD_FILE")]
     pub smtp_password_file: Option<PathBuf>,
 
-    /// Deadline of one SMTP conversation.
+    /// Deadline of one SMTP conversation (connecting, logging in, sending one
+    /// email). A failed or timed-out one is retried, unless the server refused
+    /// the recipient for good.
     #[arg(long, env = "SMTP_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub smtp_timeout: Duration,
 
@@ -107,7 +117,8 @@ pub struct Config {
     #[arg(long, env = "SUBJECT_PREFIX", default_value = "[mp3converter]")]
     pub subject_prefix: String,
 
-    /// Base URL of the REST edge, used in the download command.
+    /// Base URL of the REST edge, used in the emailed commands as it is (it
+    /// is the operator's, so it is not quoted).
     #[arg(
         long,
         env = "DOWNLOAD_BASE_URL",

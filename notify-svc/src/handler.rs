@@ -90,7 +90,7 @@ impl Handler for Notifier {
                 (Outcome::Ack, "duplicate")
             }
             Ok(Delivered::Rejected) => {
-                tracing::warn!(%event_id, kind, "the SMTP server refused the email for good");
+                tracing::warn!(%event_id, kind, "the SMTP server refused the recipient for good");
                 (Outcome::Ack, "rejected")
             }
             Err(e @ (SendError::Transient(_) | SendError::Database(_))) => {

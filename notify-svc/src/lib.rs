@@ -2,10 +2,13 @@
 //! queue and emails the owner, once per event.
 
 pub mod app;
+mod classify;
 pub mod config;
 mod handler;
 mod mail;
+mod render;
 mod sent_log;
+mod smtp;
 
 use config::{Cli, Command};
 

@@ -22,7 +22,7 @@ pub(crate) enum Delivered {
     Sent,
     /// Sent (or refused for good) before: nothing done.
     AlreadyDone,
-    /// The SMTP server refused it for good (e.g. no such mailbox).
+    /// The SMTP server refused the recipient for good (e.g. no such mailbox).
     Rejected,
 }
 
@@ -34,11 +34,14 @@ pub(crate) enum SendError {
     Transient(String),
 }
 
-/// Result of trying to send: Ok (accepted), permanent refusal, or transient.
+/// Result of trying to send.
 #[derive(Debug)]
 pub(crate) enum SmtpResult {
     Accepted,
+    /// The server refused the recipient for good: recorded, never retried.
     Permanent(String),
+    /// Anything else (our credentials, the relay, the server, the network):
+    /// rolled back, to be retried.
     Transient(String),
 }
 

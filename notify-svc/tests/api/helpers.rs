@@ -5,10 +5,13 @@ use mp3converter_proto::{
     events::v1::{ConversionFailed, FailureKind, Mp3Ready},
 };
 use notify_svc::{app::App, config::Cli};
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 use svc_kit::config::Secret;
 use test_kit::mailpit::{Mailpit, Summary};
 use tokio_util::sync::CancellationToken;
+
+/// The REST edge the emails' commands point at.
+pub const BASE_URL: &str = "http://mp3converter.test:8080";
 
 pub struct Env {
     pub stack: test_kit::Stack,
@@ -20,6 +23,8 @@ pub struct Env {
 }
 
 pub struct Instance {
+    /// Where its /metrics and /readyz are.
+    pub admin: SocketAddr,
     token: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -56,9 +61,16 @@ impl Env {
         }
     }
 
+    /// notify-svc against the stack's Mailpit.
     pub async fn start(&self) -> Instance {
+        self.start_with(&[]).await
+    }
+
+    /// notify-svc with `extra` flags after the usual ones (a later flag wins:
+    /// `--smtp-port` of another server, credentials...).
+    pub async fn start_with(&self, extra: &[&str]) -> Instance {
         let port = self.stack.smtp_port.to_string();
-        let cfg = Cli::try_parse_from([
+        let args = [
             "notify-svc",
             "--admin-addr",
             "127.0.0.1:0",
@@ -79,14 +91,20 @@ impl Env {
             "--smtp-timeout",
             "3s",
             "--download-base-url",
-            "http://mp3converter.test:8080",
-        ])
-        .unwrap()
-        .config;
+            BASE_URL,
+        ];
+        let cfg = Cli::try_parse_from(args.iter().chain(extra).copied())
+            .unwrap()
+            .config;
         let app = App::build(cfg).await.unwrap();
+        let admin = app.admin_addr();
         let token = CancellationToken::new();
         let handle = tokio::spawn(app.run_until(token.clone()));
-        Instance { token, handle }
+        Instance {
+            admin,
+            token,
+            handle,
+        }
     }
 
     pub fn owner() -> String {
@@ -157,6 +175,46 @@ impl Env {
         .await
     }
 
+    /// The sent-log's row for `event_id`: (outcome, detail).
+    pub async fn sent_log(&self, event_id: &str) -> Option<(String, Option<String>)> {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query_opt(
+                "SELECT outcome, detail FROM sent_emails WHERE event_id = $1",
+                &[&event_id],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    }
+
+    /// Messages waiting in the work queue's dead-letter and retry queues.
+    pub async fn parked_messages(&self) -> u32 {
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "parked")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = topology(&self.retry_delays).work_queue(&self.queue);
+        let mut names = vec![q.dead_letter_queue()];
+        names.extend((1..=q.retry_delays.len() as u32).filter_map(|a| q.retry_queue(a)));
+        let mut total = 0;
+        for name in names {
+            let passive = amqp_kit::lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let q = ch
+                .queue_declare(name.as_str().into(), passive, Default::default())
+                .await
+                .unwrap();
+            total += q.message_count();
+        }
+        total
+    }
+
     pub async fn cleanup(self) {
         test_kit::delete_work_queues(
             &self.stack.amqp_url,
@@ -167,6 +225,21 @@ impl Env {
 }
 
 impl Instance {
+    /// Its /metrics page.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The sum of a counter's samples that carry `labels`.
+    pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        test_kit::prom::sum(&self.metrics().await, name, labels)
+    }
+
     pub async fn stop(self) {
         self.token.cancel();
         self.handle.await.unwrap().unwrap();
