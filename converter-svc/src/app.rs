@@ -129,8 +129,9 @@ impl App {
 
 async fn probe(store: Store, health: Health, interval: Duration, token: CancellationToken) {
     svc_kit::health::every(interval, token, || async {
-        let limit = interval.max(Duration::from_secs(5));
-        let ok = matches!(tokio::time::timeout(limit, store.ping()).await, Ok(Ok(())));
+        let store = store.clone();
+        let ok = svc_kit::health::within(Duration::from_secs(1), async move { store.ping().await })
+            .await;
         health.set("mongodb", ok).await;
     })
     .await;

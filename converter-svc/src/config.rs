@@ -117,7 +117,7 @@ pub struct Config {
     pub work_dir: Option<PathBuf>,
 
     /// How often readiness checks MongoDB.
-    #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub health_interval: Duration,
 
     /// How long a conversion in progress may go on after SIGTERM before it is

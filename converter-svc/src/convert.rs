@@ -130,8 +130,9 @@ pub(crate) async fn run(ctx: &Context<'_>, job: &Job) -> Result<Converted, Failu
         .await
         .map_err(read_failure)?
         .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
-    let (plan, declared) = input::plan(&ctx.store.video_files, &info, &first)
-        .instrument(read_span.clone())
+    let kept = media_store::gridfs::kept_mp4_index(&file);
+    let (plan, declared) = input::plan(&ctx.store.video_files, &info, &first, kept)
+        .instrument(tracing::info_span!("plan input", video_id = %job.id))
         .await
         .map_err(read_failure)?;
     if let Some(d) = declared.audio_duration

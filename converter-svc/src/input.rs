@@ -12,8 +12,8 @@
 //! - Anything else (or an MP4 we cannot rearrange) is spooled to a file, so
 //!   ffmpeg may seek in it.
 
-use crate::mp4::{self, Layout};
 use bytes::Bytes;
+use media_store::mp4::{self, Layout};
 use media_store::{Bucket, ChunkStream, FileInfo, ReadError};
 use std::path::Path;
 use tokio::io::AsyncWriteExt;
@@ -51,18 +51,25 @@ fn streams_from_a_pipe(first: &[u8]) -> bool {
         || (first.len() > 376 && first[0] == 0x47 && first[188] == 0x47 && first[376] == 0x47) // MPEG-TS
 }
 
-/// Decides how to feed the file whose first chunk is `first`, reading its
-/// `moov` if it must be moved.
+/// Decides how to feed the file whose first chunk is `first`: with the
+/// late index the gateway kept if there is one, else reading the `moov` back
+/// if it must be moved (one more query).
 pub(crate) async fn plan(
     bucket: &Bucket,
     file: &FileInfo,
     first: &Bytes,
+    kept: Option<mp4::LateIndex>,
 ) -> Result<(Plan, Declared), ReadError> {
     if streams_from_a_pipe(first) {
         return Ok((Plan::Pipe { moved: None }, Declared::default()));
     }
     if !mp4::looks_like_mp4(first, file.length) {
         return Ok((Plan::Spool, Declared::default()));
+    }
+    if let Some(index) = kept
+        && let Some(planned) = from_kept(file, index)
+    {
+        return Ok(planned);
     }
     let Some((tops, moov)) = top_level(bucket, file, first).await? else {
         return Ok((Plan::Spool, Declared::default()));
@@ -96,6 +103,29 @@ pub(crate) async fn plan(
         },
         (Layout::Relocate { .. }, None) => (Plan::Spool, declared),
     })
+}
+
+/// The plan from an index kept at upload, if it is consistent with the file.
+fn from_kept(file: &FileInfo, index: mp4::LateIndex) -> Option<(Plan, Declared)> {
+    let end = index.moov_start.checked_add(index.moov.len() as u64)?;
+    if end > file.length || index.insert_at >= index.moov_start {
+        return None;
+    }
+    let declared = Declared {
+        audio_duration: mp4::audio_duration(&index.moov),
+    };
+    let mut moov = index.moov;
+    mp4::relocate(&mut moov, index.insert_at, index.moov_start).ok()?;
+    Some((
+        Plan::Pipe {
+            moved: Some(Moved {
+                insert_at: index.insert_at,
+                original: index.moov_start..end,
+                moov,
+            }),
+        },
+        declared,
+    ))
 }
 
 /// The largest `moov` we hold in memory to move it (a two-hour video's index

@@ -10,7 +10,6 @@ mod convert;
 pub mod ffmpeg;
 mod handler;
 mod input;
-pub mod mp4;
 mod output;
 mod workdir;
 

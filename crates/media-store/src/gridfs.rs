@@ -21,7 +21,10 @@ use bytes::{Bytes, BytesMut};
 use futures::TryStreamExt;
 use mongodb::{
     Collection, Cursor, Database, IndexModel,
-    bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype},
+    bson::{
+        Binary, Bson, DateTime, Document, RawBsonRef, RawDocument, RawDocumentBuf, doc,
+        oid::ObjectId, spec::BinarySubtype,
+    },
     gridfs::FilesCollectionDocument,
     options::IndexOptions,
 };
@@ -133,8 +136,9 @@ impl Bucket {
         if from >= to {
             return Ok(Vec::new());
         }
-        let docs: Vec<Document> = self
+        let docs: Vec<RawDocumentBuf> = self
             .chunks
+            .clone_with_type::<RawDocumentBuf>()
             .find(doc! { "files_id": &file.id, "n": { "$gte": i64::from(from), "$lt": i64::from(to) } })
             .sort(doc! { "n": 1 })
             .batch_size(to - from)
@@ -158,7 +162,7 @@ impl Bucket {
     /// A sequential reader of a file from chunk `from` on.
     pub fn stream(&self, file: FileInfo, from: u32, batch: u32) -> ChunkStream {
         ChunkStream {
-            chunks: self.chunks.clone(),
+            chunks: self.chunks.clone_with_type(),
             next_n: from.min(file.chunks()),
             file,
             cursor: None,
@@ -179,11 +183,12 @@ const REOPENS: u32 = 3;
 const IDLE_REOPEN: Duration = Duration::from_secs(60);
 
 /// Checks one chunk document against the file (spec: "drivers MUST verify"
-/// the number and the size) and returns its bytes.
-fn check_chunk(file: &FileInfo, d: &Document, want: u32) -> Result<Bytes, ReadError> {
-    let n = match d.get("n") {
-        Some(Bson::Int32(i)) => u32::try_from(*i).ok(),
-        Some(Bson::Int64(i)) => u32::try_from(*i).ok(),
+/// the number and the size) and returns its bytes. Read from the raw BSON,
+/// so the data is copied once, not decoded into a document first.
+fn check_chunk(file: &FileInfo, d: &RawDocument, want: u32) -> Result<Bytes, ReadError> {
+    let n = match d.get("n").ok().flatten() {
+        Some(RawBsonRef::Int32(i)) => u32::try_from(i).ok(),
+        Some(RawBsonRef::Int64(i)) => u32::try_from(i).ok(),
         _ => None,
     }
     .ok_or_else(|| ReadError::Corrupt("chunk without a number".into()))?;
@@ -192,9 +197,10 @@ fn check_chunk(file: &FileInfo, d: &Document, want: u32) -> Result<Bytes, ReadEr
             "expected chunk {want}, found {n}"
         )));
     }
-    let data = d
-        .get_binary_generic("data")
-        .map_err(|_| ReadError::Corrupt(format!("chunk {n} has no data")))?;
+    let data = match d.get("data").ok().flatten() {
+        Some(RawBsonRef::Binary(b)) => b.bytes,
+        _ => return Err(ReadError::Corrupt(format!("chunk {n} has no data"))),
+    };
     let expected = file.expected_len(n);
     if data.len() as u64 != expected {
         return Err(ReadError::Corrupt(format!(
@@ -208,10 +214,10 @@ fn check_chunk(file: &FileInfo, d: &Document, want: u32) -> Result<Bytes, ReadEr
 /// Reads a file's chunks in order through one cursor; see the module docs.
 #[derive(Debug)]
 pub struct ChunkStream {
-    chunks: Collection<Document>,
+    chunks: Collection<RawDocumentBuf>,
     file: FileInfo,
     next_n: u32,
-    cursor: Option<Cursor<Document>>,
+    cursor: Option<Cursor<RawDocumentBuf>>,
     batch: u32,
     last_pull: Instant,
     reopens_left: u32,
@@ -385,6 +391,36 @@ pub async fn delete_file(bucket: &Bucket, id: &Bson) -> Result<(), mongodb::erro
     Ok(())
 }
 
+/// Stores an MP4's late index beside the video (`metadata.mp4_index`).
+pub async fn keep_mp4_index(
+    bucket: &Bucket,
+    id: ObjectId,
+    index: &crate::mp4::LateIndex,
+) -> Result<(), mongodb::error::Error> {
+    bucket
+        .files
+        .update_one(
+            doc! { "_id": id },
+            doc! { "$set": { "metadata.mp4_index": {
+                "insert_at": i64::try_from(index.insert_at).unwrap_or(i64::MAX),
+                "moov_start": i64::try_from(index.moov_start).unwrap_or(i64::MAX),
+                "moov": Binary { subtype: BinarySubtype::Generic, bytes: index.moov.clone() },
+            } } },
+        )
+        .await
+        .map(drop)
+}
+
+/// The late index kept with a video, if any.
+pub fn kept_mp4_index(file: &FilesCollectionDocument) -> Option<crate::mp4::LateIndex> {
+    let m = file.metadata.as_ref()?.get_document("mp4_index").ok()?;
+    Some(crate::mp4::LateIndex {
+        insert_at: u64::try_from(m.get_i64("insert_at").ok()?).ok()?,
+        moov_start: u64::try_from(m.get_i64("moov_start").ok()?).ok()?,
+        moov: m.get_binary_generic("moov").ok()?.clone(),
+    })
+}
+
 /// The ids of files whose chunks exist without a files document and whose
 /// newest chunk is older than `age`: left by a writer that died (a crash, a
 /// server restart mid-upload). A writer still at work writes chunks far more
@@ -450,12 +486,16 @@ mod tests {
             chunk_size: 4,
         };
         let chunk = |n: i32, len: usize| {
-            doc! { "n": n, "data": Binary { subtype: BinarySubtype::Generic, bytes: vec![7; len] } }
+            RawDocumentBuf::from_document(
+                &doc! { "n": n, "data": Binary { subtype: BinarySubtype::Generic, bytes: vec![7; len] } },
+            )
+            .unwrap()
         };
         assert_eq!(check_chunk(&f, &chunk(0, 4), 0).unwrap().len(), 4);
         assert_eq!(check_chunk(&f, &chunk(1, 2), 1).unwrap().len(), 2);
         assert!(check_chunk(&f, &chunk(1, 2), 0).is_err(), "wrong number");
         assert!(check_chunk(&f, &chunk(0, 3), 0).is_err(), "short chunk");
-        assert!(check_chunk(&f, &doc! { "n": 0 }, 0).is_err(), "no data");
+        let no_data = RawDocumentBuf::from_document(&doc! { "n": 0 }).unwrap();
+        assert!(check_chunk(&f, &no_data, 0).is_err(), "no data");
     }
 }

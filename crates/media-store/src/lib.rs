@@ -15,6 +15,7 @@
 
 pub mod gridfs;
 pub mod jobs;
+pub mod mp4;
 pub mod options;
 pub mod proto;
 
@@ -67,8 +68,9 @@ impl Default for Timeouts {
     }
 }
 
-/// GridFS chunks per query batch when a file is read whole: ~4 MiB.
-pub const READ_BATCH_CHUNKS: u32 = 16;
+/// GridFS chunks per query batch when a file is read whole: ~2 MiB (one
+/// batch in memory at a time, so the reader's footprint stays small).
+pub const READ_BATCH_CHUNKS: u32 = 8;
 
 impl Store {
     /// Builds the client (no I/O yet: the driver connects lazily).

@@ -8,8 +8,141 @@
 //! read the `moov` from the end of the stored file, move it in front of the
 //! media data, and add its size to every chunk offset (`stco`/`co64`) that
 //! now lies behind it. The media data itself is streamed unchanged.
+//!
+//! The gateway sees every byte of an upload go by: [`Scanner`] keeps the
+//! index of an MP4 whose index comes last, and it is stored beside the video
+//! (`metadata.mp4_index`), so the converter need not query for it.
 
 use std::ops::Range;
+
+/// The largest index the gateway keeps for the converter (a two-hour
+/// video's is a few MiB); a larger one is read back from GridFS instead.
+pub const MAX_KEPT_INDEX: usize = 8 << 20;
+
+/// Follows the top-level boxes of an upload as its bytes go by, keeping the
+/// `moov` box when it comes after the media data.
+#[derive(Debug)]
+pub struct Scanner {
+    /// Bytes seen so far.
+    pos: u64,
+    /// Where the next top-level box starts.
+    next: u64,
+    /// The header of the next box, as its bytes arrive.
+    header: Vec<u8>,
+    /// Start of the first `mdat`.
+    mdat: Option<u64>,
+    /// The `moov` being captured: its start, size and bytes so far.
+    moov: Option<(u64, u64, Vec<u8>)>,
+    /// Done: not an MP4, an index kept, or nothing more to learn.
+    stopped: bool,
+}
+
+/// What the scanner found: an index after the media data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateIndex {
+    /// Where the first `mdat` starts (where the index goes).
+    pub insert_at: u64,
+    /// Where the `moov` starts in the file.
+    pub moov_start: u64,
+    /// The `moov` box as stored (not yet relocated).
+    pub moov: Vec<u8>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            pos: 0,
+            next: 0,
+            header: Vec::with_capacity(16),
+            mdat: None,
+            moov: None,
+            stopped: false,
+        }
+    }
+}
+
+impl Scanner {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !self.stopped && !data.is_empty() {
+            if let Some((start, size, bytes)) = self.moov.as_mut() {
+                let want = usize::try_from(*start + *size - self.pos).unwrap_or(usize::MAX);
+                let take = want.min(data.len());
+                bytes.extend_from_slice(&data[..take]);
+                self.pos += take as u64;
+                data = &data[take..];
+                if bytes.len() as u64 == *size {
+                    self.stopped = true; // the index is all we wanted
+                }
+                continue;
+            }
+            if self.pos < self.next {
+                // Inside a box we do not keep: skip to its end.
+                let skip = usize::try_from(self.next - self.pos)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.pos += skip as u64;
+                data = &data[skip..];
+                continue;
+            }
+            // At a box boundary: gather its header.
+            let need = if self.header.len() >= 4 && self.header[..4] == [0, 0, 0, 1] {
+                16
+            } else {
+                8
+            };
+            let take = (need - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data[..take]);
+            self.pos += take as u64;
+            data = &data[take..];
+            if self.header.len() < need || (need == 8 && self.header[..4] == [0, 0, 0, 1]) {
+                continue;
+            }
+            self.on_header();
+        }
+    }
+
+    fn on_header(&mut self) {
+        const TOP: [&[u8; 4]; 9] = [
+            b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"meta",
+        ];
+        let start = self.next;
+        let header = std::mem::take(&mut self.header);
+        // A size of 0 ("to the end") leaves nothing after it to learn about.
+        let Some(h) = header_at(&header, start, u64::MAX).filter(|h| h.size != u64::MAX - start)
+        else {
+            self.stopped = true;
+            return;
+        };
+        if start == 0 && !TOP.contains(&&h.kind) {
+            self.stopped = true; // not an MP4
+            return;
+        }
+        self.next = h.end();
+        match &h.kind {
+            b"mdat" if self.mdat.is_none() => self.mdat = Some(start),
+            // An index before the media data needs no help.
+            b"moov" if self.mdat.is_none() => self.stopped = true,
+            b"moov" if h.size as usize <= MAX_KEPT_INDEX => {
+                let mut bytes = Vec::with_capacity(h.size as usize);
+                bytes.extend_from_slice(&header);
+                self.moov = Some((start, h.size, bytes));
+            }
+            b"moov" => self.stopped = true,
+            _ => {}
+        }
+    }
+
+    /// The index, if the upload was an MP4 with its index after the media
+    /// data and the whole index went by.
+    pub fn finish(self) -> Option<LateIndex> {
+        let (moov_start, size, moov) = self.moov?;
+        (moov.len() as u64 == size).then_some(LateIndex {
+            insert_at: self.mdat?,
+            moov_start,
+            moov,
+        })
+    }
+}
 
 /// A box header: where the box is and how big.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +390,57 @@ mod tests {
             b.extend_from_slice(&o.to_be_bytes());
         }
         boxed(b"stco", &b)
+    }
+
+    #[test]
+    fn the_scanner_keeps_a_late_index_whatever_the_chunking() {
+        let ftyp = boxed(b"ftyp", &[0; 12]);
+        let mdat = boxed(b"mdat", &[9; 300]);
+        let moov = boxed(b"moov", &boxed(b"mvhd", &[1; 100]));
+        let file = [
+            ftyp.clone(),
+            mdat.clone(),
+            moov.clone(),
+            boxed(b"free", &[0; 5]),
+        ]
+        .concat();
+        for step in [1, 3, 7, 64, file.len()] {
+            let mut sc = Scanner::default();
+            for part in file.chunks(step) {
+                sc.feed(part);
+            }
+            assert_eq!(
+                sc.finish(),
+                Some(LateIndex {
+                    insert_at: ftyp.len() as u64,
+                    moov_start: (ftyp.len() + mdat.len()) as u64,
+                    moov: moov.clone(),
+                }),
+                "fed {step} bytes at a time"
+            );
+        }
+        // Index first (faststart), or not an MP4: nothing to keep.
+        let fast = [ftyp.clone(), moov.clone(), mdat.clone()].concat();
+        let mut sc = Scanner::default();
+        sc.feed(&fast);
+        assert_eq!(sc.finish(), None);
+        let mut sc = Scanner::default();
+        sc.feed(b"\x1aE\xdf\xa3 some matroska bytes");
+        assert_eq!(sc.finish(), None);
+        // A large mdat (64-bit size) is skipped by its size.
+        let mut big = 1u32.to_be_bytes().to_vec();
+        big.extend_from_slice(b"mdat");
+        big.extend_from_slice(&(16u64 + 50).to_be_bytes());
+        big.extend_from_slice(&[0; 50]);
+        let file = [ftyp.clone(), big.clone(), moov.clone()].concat();
+        let mut sc = Scanner::default();
+        for part in file.chunks(5) {
+            sc.feed(part);
+        }
+        assert_eq!(
+            sc.finish().map(|i| i.moov_start),
+            Some((ftyp.len() + big.len()) as u64)
+        );
     }
 
     #[test]
