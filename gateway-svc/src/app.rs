@@ -10,7 +10,6 @@ use crate::{
     watch::Hub,
 };
 use amqp_kit::{Publisher, broadcast::Broadcaster};
-use axum::serve::ListenerExt;
 use media_store::Store;
 use mp3converter_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -19,7 +18,12 @@ use mp3converter_proto::{
     },
 };
 use std::{net::SocketAddr, time::Duration};
-use svc_kit::{health::Health, observe::GrpcClientLayer};
+use svc_kit::{
+    health::Health,
+    limits::{BodyIdleTimeoutLayer, InFlightLimitLayer, Protocol},
+    observe::GrpcClientLayer,
+    tls::{Connector, MeshTls},
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
@@ -29,6 +33,14 @@ use tonic::{
 use tower::Layer;
 
 const SERVICE_NAME: &str = "mp3converter.media.v1.MediaService";
+
+/// The streams: no deadline (uploads and downloads of any size, watchers);
+/// their idle request bodies and the connection limits bound them instead.
+const STREAMING: &[&str] = &[
+    "/mp3converter.media.v1.MediaService/Upload",
+    "/mp3converter.media.v1.MediaService/Download",
+    "/mp3converter.media.v1.MediaService/WatchJobs",
+];
 
 pub struct App {
     config: Config,
@@ -41,6 +53,10 @@ pub struct App {
     store: Store,
     publisher: Publisher,
     media: Media,
+    tls: Option<MeshTls>,
+    edge_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Stops the certificate reloaders.
+    background: CancellationToken,
 }
 
 impl std::fmt::Debug for App {
@@ -54,6 +70,23 @@ impl std::fmt::Debug for App {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // First: a half-configured TLS refuses to start before anything else.
+        let tls = config.tls.load()?;
+        match (&tls, config.auth_url.starts_with("https://")) {
+            (Some(_), false) => anyhow::bail!("TLS_MODE=mtls needs AUTH_URL=https://…"),
+            (None, true) => anyhow::bail!("AUTH_URL is https://: set TLS_MODE=mtls and its files"),
+            _ => {}
+        }
+        let background = CancellationToken::new();
+        let edge_tls = match (&config.http_tls_cert_file, &config.http_tls_key_file) {
+            (Some(cert), Some(key)) => Some(svc_kit::tls::edge_server_config(
+                cert,
+                key,
+                config.tls.tls_reload_interval,
+                background.clone(),
+            )?),
+            _ => None,
+        };
         let store = Store::new(
             &config.mongodb_uri,
             &config.mongodb_database,
@@ -73,10 +106,13 @@ impl App {
             ],
         );
 
-        let auth_channel = Endpoint::from_shared(config.auth_url.clone())?
+        let auth_endpoint = Endpoint::from_shared(config.auth_url.clone())?
             .connect_timeout(config.auth_timeout)
-            .timeout(config.auth_timeout)
-            .connect_lazy();
+            .timeout(config.auth_timeout);
+        let auth_channel = match &tls {
+            Some(tls) => auth_endpoint.connect_with_connector_lazy(Connector::new(tls, None)?),
+            None => auth_endpoint.connect_lazy(),
+        };
         let validator = Validator::new(
             auth_channel.clone(),
             config.auth_timeout,
@@ -126,20 +162,33 @@ impl App {
 
         // The REST edge calls our own gRPC API over loopback, exactly as an
         // outside gRPC client would.
-        let media_client = MediaServiceClient::new(
-            GrpcClientLayer.layer(
-                Endpoint::from_shared(format!("http://{}", loopback(grpc_listener.local_addr()?)))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .connect_lazy(),
-            ),
-        );
+        // Under mTLS it presents our certificate and expects our own
+        // identity from the server (it is us).
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let own = Endpoint::from_shared(format!(
+            "{scheme}://{}",
+            loopback(grpc_listener.local_addr()?)
+        ))?
+        .connect_timeout(Duration::from_secs(2));
+        let own = match &tls {
+            Some(tls) => own.connect_with_connector_lazy(Connector::new(tls, tls.identity())?),
+            None => own.connect_lazy(),
+        };
+        let media_client = MediaServiceClient::new(GrpcClientLayer.layer(own));
         let edge = Edge {
             media: media_client,
             auth: AuthServiceClient::new(GrpcClientLayer.layer(auth_channel)),
             health: health.clone(),
             limits: rest::Limits::from(&config),
+            validator,
+            client_ip_header: config
+                .client_ip_header
+                .as_deref()
+                .map(http::HeaderName::try_from)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("CLIENT_IP_HEADER: {e}"))?,
         };
-        let rest = rest::router(edge, validator);
+        let rest = rest::router(edge);
 
         tracing::info!(
             grpc = %grpc_listener.local_addr()?,
@@ -158,6 +207,9 @@ impl App {
             store,
             publisher,
             media,
+            tls,
+            edge_tls,
+            background,
         })
     }
 
@@ -232,21 +284,41 @@ impl App {
             ))
         };
         self.health.drain_on(token.clone());
-        // TCP_NODELAY, as on the gRPC side: small responses must not wait
-        // for delayed ACKs.
-        let listener = self.http_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let http = axum::serve(listener, self.rest)
-            .with_graceful_shutdown(token.clone().cancelled_owned());
-        let grpc = svc_kit::grpc::serve(self.routes, self.grpc_listener, token.clone());
+        let limits = &self.config.listener;
+        let rest = self
+            .rest
+            .layer(BodyIdleTimeoutLayer::new(
+                limits.body_idle_timeout,
+                Protocol::Http,
+            ))
+            .layer(InFlightLimitLayer::new(
+                limits.max_requests_in_flight,
+                Protocol::Http,
+            ));
+        if let Some(tls) = &self.tls {
+            tls.spawn_reloader(self.background.clone());
+        }
+        let http = svc_kit::serve::http(
+            self.http_listener,
+            rest,
+            limits,
+            self.edge_tls.clone(),
+            "rest",
+            token.clone(),
+        );
+        let grpc = svc_kit::grpc::serve_with(
+            self.routes,
+            self.grpc_listener,
+            limits,
+            STREAMING,
+            self.tls.as_ref(),
+            token.clone(),
+        );
         let served = svc_kit::shutdown::drain_within(
             &token,
             self.config.shutdown_grace,
             Box::pin(async {
-                tokio::try_join!(async { http.await.map_err(anyhow::Error::from) }, async {
-                    grpc.await.map_err(anyhow::Error::from)
-                },)
+                tokio::try_join!(async { http.await.map_err(anyhow::Error::from) }, grpc)
             }),
         )
         .await;
@@ -264,6 +336,7 @@ impl App {
         admin.abort();
         watch_listener.abort();
         let _ = janitor.await;
+        self.background.cancel();
         if let Some(res) = served {
             res?;
         }
@@ -285,7 +358,8 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Readiness follows MongoDB and RabbitMQ.
+/// Readiness follows MongoDB and RabbitMQ: each check must answer within a
+/// second, so a dead dependency shows within about two.
 async fn probe(
     store: Store,
     publisher: Publisher,
@@ -294,13 +368,19 @@ async fn probe(
     token: CancellationToken,
 ) {
     svc_kit::health::every(interval, token, || async {
-        let limit = interval.max(Duration::from_secs(5));
+        let limit = Duration::from_secs(1);
         let (mongo, amqp) = tokio::join!(
-            tokio::time::timeout(limit, store.ping()),
-            tokio::time::timeout(limit, publisher.check()),
+            svc_kit::health::within(limit, {
+                let store = store.clone();
+                async move { store.ping().await }
+            }),
+            svc_kit::health::within(limit, {
+                let publisher = publisher.clone();
+                async move { publisher.check().await }
+            }),
         );
-        health.set("mongodb", matches!(mongo, Ok(Ok(())))).await;
-        health.set("rabbitmq", matches!(amqp, Ok(Ok(())))).await;
+        health.set("mongodb", mongo).await;
+        health.set("rabbitmq", amqp).await;
     })
     .await;
 }

@@ -94,6 +94,7 @@ impl Validator {
             Cache::builder()
                 .max_capacity(cache_size)
                 .expire_after(UntilExpiry { max_ttl: cache_ttl })
+                .support_invalidation_closures()
                 .build()
         });
         Self {
@@ -104,6 +105,25 @@ impl Validator {
             timeout,
             cache,
         }
+    }
+
+    /// Forgets a token (it was just revoked through this replica).
+    pub async fn forget(&self, token: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&Self::key(token)).await;
+        }
+    }
+
+    /// Forgets every cached token of a user (disabled, password changed).
+    pub async fn forget_user(&self, user_id: &str) {
+        if let Some(cache) = &self.cache {
+            let id = user_id.to_owned();
+            let _ = cache.invalidate_entries_if(move |_, e| e.caller.user_id == id);
+        }
+    }
+
+    fn key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
     }
 
     pub async fn validate(&self, token: &str) -> Result<Caller, AuthFailure> {
@@ -126,7 +146,7 @@ impl Validator {
     }
 
     async fn check(&self, token: &str, span: &tracing::Span) -> Result<Caller, AuthFailure> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let key = Self::key(token);
         if let Some(cache) = &self.cache {
             if let Some(entry) = cache.get(&key).await
                 && entry.expires > SystemTime::now()

@@ -32,9 +32,18 @@ pub struct Config {
     pub auth_timeout: Duration,
 
     /// How long a validated token is trusted without asking auth-svc again
-    /// (never past its expiry). 0 disables the cache.
-    #[arg(long, env = "AUTH_CACHE_TTL", value_parser = parse_duration, default_value = "30s")]
+    /// (never past its expiry): the longest a token revoked elsewhere (another
+    /// replica, auth-svc directly) keeps working here. Revocations through
+    /// this replica take effect at once. 0 disables the cache.
+    #[arg(long, env = "AUTH_CACHE_TTL", value_parser = parse_duration, default_value = "5s")]
     pub auth_cache_ttl: Duration,
+
+    /// A request header that carries the client's address (e.g. `x-real-ip`
+    /// set by the ingress); unset: the TCP peer's address. Passed to
+    /// auth-svc for its per-address login limits. Set it only behind a proxy
+    /// that overwrites it.
+    #[arg(long, env = "CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
 
     /// Most tokens kept in the validation cache.
     #[arg(long, env = "AUTH_CACHE_SIZE", default_value_t = 10_000)]
@@ -99,8 +108,26 @@ pub struct Config {
     #[command(flatten)]
     pub janitor: JanitorArgs,
 
+    #[command(flatten)]
+    pub listener: svc_kit::limits::ListenerArgs,
+
+    /// mTLS of the gRPC API and of the calls to auth-svc (`AUTH_URL` must
+    /// then be https://).
+    #[command(flatten)]
+    pub tls: svc_kit::tls::TlsArgs,
+
+    /// Serve the REST edge over HTTPS with this certificate chain (PEM), for
+    /// deployments without an ingress; with HTTP_TLS_KEY_FILE. Re-read every
+    /// TLS_RELOAD_INTERVAL while it changes.
+    #[arg(long, env = "HTTP_TLS_CERT_FILE", requires = "http_tls_key_file")]
+    pub http_tls_cert_file: Option<std::path::PathBuf>,
+
+    /// The private key of HTTP_TLS_CERT_FILE (PEM).
+    #[arg(long, env = "HTTP_TLS_KEY_FILE", requires = "http_tls_cert_file")]
+    pub http_tls_key_file: Option<std::path::PathBuf>,
+
     /// How often readiness checks MongoDB and RabbitMQ.
-    #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub health_interval: Duration,
 
     /// How long in-flight requests may take to finish after SIGTERM.

@@ -32,6 +32,8 @@ pub(crate) fn io_store_error(context: &str, err: &std::io::Error) -> Status {
 pub(crate) struct ApiError {
     pub(crate) status: http::StatusCode,
     pub(crate) body: ErrorBody,
+    /// Seconds, for `Retry-After` (rate limits, a busy service).
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -43,6 +45,7 @@ impl ApiError {
                 message: message.into(),
                 reason: None,
             },
+            retry_after: None,
         }
     }
 
@@ -66,12 +69,18 @@ impl From<Status> for ApiError {
         };
         let mut e = Self::new(s.code(), message);
         e.body.reason = svc_kit::error::status_reason(&s);
+        e.retry_after = svc_kit::error::retry_after(&s).map(|d| d.as_secs().max(1));
         e
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut res = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        res
     }
 }

@@ -284,8 +284,9 @@ impl Media {
             .metadata(doc! { "owner_id": &caller.user_id, "content_type": content_type })
             .await
             .map_err(|e| store_error("opening a GridFS upload", &e))?;
+        let mut scanner = media_store::mp4::Scanner::default();
         let received = tokio::select! {
-            r = self.receive_chunks(id, limit, rx, &mut upload) => r,
+            r = self.receive_chunks(id, limit, rx, &mut upload, &mut scanner) => r,
             () = self.abort_uploads.cancelled() => {
                 Err(Status::unavailable("the server is shutting down; retry the upload"))
             }
@@ -306,6 +307,14 @@ impl Media {
             let _ = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await;
             return Err(io_store_error("finishing a GridFS upload", &e));
         }
+        // An MP4 whose index came last: keep the index beside the video, so
+        // the converter need not read it back from the end of the file.
+        if let Some(index) = scanner.finish()
+            && let Err(e) =
+                media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index).await
+        {
+            tracing::warn!(error = %e, video_id = %id, "keeping the MP4 index failed; the converter will read it");
+        }
         Ok(total)
     }
 
@@ -315,6 +324,7 @@ impl Media {
         limit: u64,
         rx: &mut mpsc::Receiver<Result<UploadRequest, Status>>,
         upload: &mut media_store::mongodb::gridfs::GridFsUploadStream,
+        scanner: &mut media_store::mp4::Scanner,
     ) -> Result<u64, Status> {
         use upload_request::Payload;
         let mut total: u64 = 0;
@@ -327,10 +337,16 @@ impl Media {
                     ));
                 }
                 Some(Err(s)) => {
-                    return Err(Status::aborted(format!(
-                        "the upload stream failed ({}); discarded",
-                        s.message()
-                    )));
+                    // A stream that went silent keeps its code (the client
+                    // stalled); anything else broke the stream.
+                    let code = match s.code() {
+                        tonic::Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+                        _ => tonic::Code::Aborted,
+                    };
+                    return Err(Status::new(
+                        code,
+                        format!("the upload stream failed ({}); discarded", s.message()),
+                    ));
                 }
                 Some(Ok(m)) => m,
             };
@@ -349,6 +365,7 @@ impl Media {
                     if total > limit {
                         return Err(self.quotas.stored_exceeded());
                     }
+                    scanner.feed(&chunk);
                     upload
                         .write_all(&chunk)
                         .await

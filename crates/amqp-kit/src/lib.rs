@@ -31,22 +31,59 @@ pub const CONTENT_TYPE: &str = "application/protobuf";
 /// Header counting our own retries of a message (see [`WorkQueue`]).
 pub const ATTEMPT_HEADER: &str = "x-attempt";
 
-/// Opens a connection, naming it so it shows in the management UI.
+/// Takes RabbitMQ's `cacertfile` query parameter (the CA an `amqps://`
+/// server's certificate must chain to; without it, the public web roots)
+/// out of a URL, which lapin's parser does not know.
+fn split_ca(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let (mut ca, mut rest) = (None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("cacertfile", v)) => ca = Some(v.replace("%2F", "/").replace("%2f", "/")),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, ca)
+}
+
+/// Opens a connection, naming it so it shows in the management UI. An
+/// `amqps://` URL is TLS, its certificate checked (and its name against
+/// the host) against `?cacertfile=<PEM>` or the public roots.
 pub async fn connect(url: &Secret, name: &str) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(url.expose(), props),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(lapin::Error::from(lapin::ErrorKind::IOError(
-            std::sync::Arc::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "AMQP connect timed out",
-            )),
-        )))
-    })
+    let (url, ca) = split_ca(url.expose());
+    let tls = match ca {
+        Some(path) => lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(std::fs::read_to_string(&path).map_err(|e| {
+                lapin::Error::from(lapin::ErrorKind::IOError(std::sync::Arc::new(
+                    std::io::Error::new(e.kind(), format!("cacertfile {path}: {e}")),
+                )))
+            })?),
+        },
+        None => lapin::tcp::OwnedTLSConfig::default(),
+    };
+    let builder = lapin::DefaultConnectionBuilder::new()?
+        .with_uri_str(url)
+        .with_properties(props)
+        .with_tls_config(tls);
+    tokio::time::timeout(Duration::from_secs(10), builder.connect())
+        .await
+        .unwrap_or_else(|_| {
+            Err(lapin::Error::from(lapin::ErrorKind::IOError(
+                std::sync::Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "AMQP connect timed out",
+                )),
+            )))
+        })
 }
 
 /// Properties for an event: persistent, typed, with a message id for
@@ -146,4 +183,21 @@ pub async fn queue_depth(ch: &lapin::Channel, queue: &str) -> Result<u32, lapin:
         )
         .await?;
     Ok(q.message_count())
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::split_ca;
+
+    #[test]
+    fn the_ca_file_is_taken_out_of_the_url() {
+        assert_eq!(
+            split_ca("amqps://u:p@h:5671/%2f?cacertfile=/etc/ca.pem&heartbeat=10"),
+            (
+                "amqps://u:p@h:5671/%2f?heartbeat=10".into(),
+                Some("/etc/ca.pem".into())
+            )
+        );
+        assert_eq!(split_ca("amqp://h/%2f"), ("amqp://h/%2f".into(), None));
+    }
 }

@@ -65,13 +65,17 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// Serves `router` until `token` is cancelled.
+/// Serves `router` until `token` is cancelled, with the admin port's small
+/// limits (probes and scrapes need few connections and short timeouts).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await
+    let limits = crate::serve::admin_limits();
+    let router = router.layer(crate::limits::InFlightLimitLayer::new(
+        limits.max_requests_in_flight,
+        crate::limits::Protocol::Http,
+    ));
+    crate::serve::http(listener, router, &limits, None, "admin", token).await
 }

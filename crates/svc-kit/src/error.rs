@@ -89,6 +89,16 @@ pub fn status_reason(status: &tonic::Status) -> Option<String> {
         .map(|i| i.reason.clone())
 }
 
+/// The `google.rpc.RetryInfo` delay of a status, if it carries one (rate
+/// limits, a busy service): what `Retry-After` says over HTTP.
+pub fn retry_after(status: &tonic::Status) -> Option<std::time::Duration> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+}
+
 /// Builds INVALID_ARGUMENT with a `google.rpc.BadRequest` field violation.
 pub fn invalid_argument(field: &str, description: impl Into<String>) -> tonic::Status {
     use tonic_types::{ErrorDetails, StatusExt};

@@ -1,5 +1,11 @@
 //! gRPC serving helpers shared by the services.
 
+use crate::limits::{
+    Admitted, BodyIdleTimeoutLayer, ConnLimit, InFlightLimitLayer, ListenerArgs, Protocol,
+    UnaryDeadlineLayer,
+};
+use crate::tls::MeshTls;
+use futures::StreamExt;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,30 +39,75 @@ pub fn with_reflection(
 }
 
 /// Serves `routes` on `listener` until `token` is cancelled, then lets
-/// in-flight calls finish.
-pub async fn serve(
+/// in-flight calls finish. `limits` bound connections, requests in flight,
+/// streams per connection, idle request streams and unary calls' time;
+/// `streaming` names the methods (`/pkg.Service/Method`) that get no
+/// deadline. With `tls`, every connection is mutual TLS and its client
+/// certificate must name an allowed identity ([`crate::tls`]).
+pub async fn serve_with(
     routes: Routes,
     listener: TcpListener,
+    limits: &ListenerArgs,
+    streaming: &'static [&'static str],
+    tls: Option<&MeshTls>,
     token: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+) -> anyhow::Result<()> {
+    let conns = ConnLimit::new(limits.max_connections, "grpc");
+    let router = tonic::transport::Server::builder()
         // Keep idle connections through NATs and load balancers, and notice dead
         // peers.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // Outermost: the span and the metrics cover auth and the handler.
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        // Outermost: the span and the metrics cover the limits, auth and the
+        // handler.
         .layer(crate::observe::ServerLayer::grpc())
-        .add_routes(routes)
-        // Our own listener, so the builder's tcp_nodelay does not apply: set
-        // it per accepted socket, or Nagle + delayed ACKs add ~40 ms to small
-        // responses.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            token.cancelled_owned(),
-        )
-        .await
+        .layer(InFlightLimitLayer::new(
+            limits.max_requests_in_flight,
+            Protocol::Grpc,
+        ))
+        .layer(UnaryDeadlineLayer::new(limits.request_timeout, streaming))
+        .layer(BodyIdleTimeoutLayer::new(
+            limits.body_idle_timeout,
+            Protocol::Grpc,
+        ))
+        .add_routes(routes);
+    if let Some(tls) = tls {
+        let config = tls.server_config(&[b"h2"])?;
+        let incoming = crate::tls::incoming(listener, config, tls.clone(), conns, token.clone());
+        return Ok(router
+            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+            .await?);
+    }
+    // Our own listener, so the builder's tcp_nodelay does not apply: set it
+    // per accepted socket, or Nagle + delayed ACKs add ~40 ms to small
+    // responses.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+        .filter_map(move |conn| {
+            let admitted = match conn {
+                // One connection too many: closed at once (the client sees
+                // UNAVAILABLE and retries elsewhere).
+                Ok(tcp) => conns
+                    .try_admit()
+                    .map(|permit| Ok(Admitted::new(tcp, permit))),
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(admitted)
+        });
+    Ok(router
+        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+        .await?)
+}
+
+/// [`serve_with`] the default limits, no streaming method and no TLS.
+pub async fn serve(
+    routes: Routes,
+    listener: TcpListener,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with(routes, listener, &ListenerArgs::default(), &[], None, token).await
 }
 
 /// Binds a TCP listener, with the address in the error.

@@ -134,6 +134,22 @@ impl Health {
     }
 }
 
+/// Whether `check` succeeds within `limit`. The check runs as a task of its
+/// own, so a timeout abandons it instead of dropping a driver future half-way
+/// (which the MongoDB driver warns against); a dependency that hangs is as
+/// down as one that refuses.
+pub async fn within<F, T, E>(limit: std::time::Duration, check: F) -> bool
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    matches!(
+        tokio::time::timeout(limit, tokio::spawn(check)).await,
+        Ok(Ok(Ok(_)))
+    )
+}
+
 /// Runs `check` every `interval` (first at once) until `token` is cancelled:
 /// the loop behind each service's dependency probes.
 pub async fn every<F, Fut>(

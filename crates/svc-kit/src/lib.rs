@@ -12,6 +12,9 @@
 //!   grpc.health.v1 and over HTTP.
 //! - [`admin`]: the HTTP listener for `/livez`, `/readyz` and `/metrics`.
 //! - [`grpc`]: reflection services and serving helpers.
+//! - [`serve`]: serving HTTP with the listener limits of [`limits`]
+//!   (timeouts, connection and request limits).
+//! - [`tls`]: mutual TLS for the gRPC hops, reloaded from disk.
 //! - [`error`]: the one mapping between gRPC codes and HTTP statuses, and the
 //!   JSON error body.
 
@@ -20,8 +23,11 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod limits;
 pub mod observe;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

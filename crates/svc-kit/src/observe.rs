@@ -121,6 +121,39 @@ fn metric_names<'a>(
     }
 }
 
+/// The services of the mesh's servers. Anyone can send a request to any
+/// path, so labels built from a path before routing are kept to this closed
+/// set; the rest share `unknown`.
+const KNOWN_SERVICES: &[&str] = &[
+    "mp3converter.auth.v1.AuthService",
+    "mp3converter.media.v1.MediaService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+fn known_service(service: &str) -> &'static str {
+    KNOWN_SERVICES
+        .iter()
+        .find(|s| **s == service)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// HTTP methods as a closed set of label values.
+fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Probes and reflection get metrics but no spans: they would drown the
 /// traces that matter.
 fn is_infrastructure(service: &str) -> bool {
@@ -226,10 +259,10 @@ where
                         rpc.grpc.status_code = Empty,
                     )
                 };
+                // Before routing: only the service, and only a known one.
                 let active = InFlight::new(metrics::gauge!(
                     "grpc_server_active_requests",
-                    "grpc_service" => service.clone(),
-                    "grpc_method" => method.clone(),
+                    "grpc_service" => known_service(&service),
                 ));
                 (span, active, Labels::Grpc { service, method })
             }
@@ -240,7 +273,7 @@ where
                     .extensions()
                     .get::<axum::extract::MatchedPath>()
                     .map(|m| m.as_str().to_owned());
-                let method = req.method().as_str().to_owned();
+                let method = method_label(req.method()).to_owned();
                 // Semantic conventions: `METHOD route`, or just `METHOD` when
                 // no route matched.
                 let name = match &matched {
@@ -547,6 +580,20 @@ mod tests {
         );
         assert!(is_infrastructure("grpc.health.v1.Health"));
         assert!(!is_infrastructure("mp3converter.media.v1.MediaService"));
+    }
+
+    #[test]
+    fn labels_come_from_closed_sets() {
+        assert_eq!(
+            known_service("mp3converter.media.v1.MediaService"),
+            "mp3converter.media.v1.MediaService"
+        );
+        assert_eq!(known_service("evil.Service123"), "unknown");
+        assert_eq!(method_label(&http::Method::GET), "GET");
+        assert_eq!(
+            method_label(&http::Method::from_bytes(b"M300").unwrap()),
+            "other"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod mailpit;
 pub mod otlp;
 pub mod pg;
 pub mod prom;
+pub mod proxy;
 
 use std::{future::Future, sync::Once, time::Duration};
 

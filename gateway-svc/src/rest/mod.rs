@@ -16,6 +16,7 @@
 //! Every error, including the framework's own rejections (a body that is not
 //! multipart, a bad query, a method not allowed), is JSON `{code, message}`.
 
+mod account;
 mod jobs;
 mod upload;
 pub(crate) mod web;
@@ -28,7 +29,7 @@ use crate::{
 use axum::{
     Json, Router,
     body::Body,
-    extract::{FromRequest, FromRequestParts, Request, State},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -39,6 +40,7 @@ use mp3converter_proto::{
     media::v1::media_service_client::MediaServiceClient,
 };
 use serde::{Serialize, de::DeserializeOwned};
+use std::net::SocketAddr;
 use svc_kit::health::Health;
 use svc_kit::observe::TracedChannel;
 use tonic::Code;
@@ -49,6 +51,9 @@ pub(crate) struct Edge {
     pub(crate) auth: AuthServiceClient<TracedChannel>,
     pub(crate) health: Health,
     pub(crate) limits: Limits,
+    pub(crate) validator: Validator,
+    /// Where the client's address is, behind a proxy.
+    pub(crate) client_ip_header: Option<http::HeaderName>,
 }
 
 /// What the edge enforces and tells the page.
@@ -86,7 +91,8 @@ impl Reject<Body> for JsonReject {
     }
 }
 
-pub(crate) fn router(edge: Edge, validator: Validator) -> Router {
+pub(crate) fn router(edge: Edge) -> Router {
+    let validator = edge.validator.clone();
     // Multipart framing adds a little to the file; anything beyond this is
     // refused by the body limit before the gRPC side sees it.
     let body_limit =
@@ -106,6 +112,11 @@ pub(crate) fn router(edge: Edge, validator: Validator) -> Router {
         .route("/assets/{file}", get(web::asset))
         .route("/limits", get(limits))
         .route("/login", post(login))
+        // auth-svc checks the token of these itself.
+        .route("/logout", post(account::logout))
+        .route("/password", post(account::change_password))
+        .route("/admin/users/disable", post(account::disable_user))
+        .route("/admin/users/enable", post(account::enable_user))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(protected)
@@ -195,7 +206,21 @@ struct LoginJson {
     expire_time: Option<String>,
 }
 
-async fn login(State(edge): State<Edge>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// The client's address: the proxy's header if configured, else the peer.
+fn client_addr(edge: &Edge, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
+    if let Some(name) = &edge.client_ip_header {
+        // The last address a proxy appended is the one it saw.
+        let v = headers.get(name)?.to_str().ok()?;
+        return v.rsplit(',').next().map(|s| s.trim().to_owned());
+    }
+    peer.map(|p| p.ip().to_string())
+}
+
+async fn login(
+    State(edge): State<Edge>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let unauthorized = |msg: &str| {
         let mut res = ApiError::new(Code::Unauthenticated, msg).into_response();
         res.headers_mut().insert(
@@ -209,12 +234,13 @@ async fn login(State(edge): State<Edge>, headers: HeaderMap) -> Result<Response,
             "missing credentials: use HTTP Basic (curl -u EMAIL:PASSWORD)",
         ));
     };
-    match edge
-        .auth
-        .clone()
-        .login(LoginRequest { email, password })
-        .await
+    let mut req = tonic::Request::new(LoginRequest { email, password });
+    if let Some(addr) = client_addr(&edge, &headers, peer.map(|p| p.0.0))
+        && let Ok(v) = addr.parse()
     {
+        req.metadata_mut().insert("x-client-addr", v);
+    }
+    match edge.auth.clone().login(req).await {
         Ok(res) => {
             let res = res.into_inner();
             let wants_json = headers
@@ -237,7 +263,14 @@ async fn login(State(edge): State<Edge>, headers: HeaderMap) -> Result<Response,
             })
         }
         Err(s) if s.code() == Code::Unauthenticated => Ok(unauthorized(s.message())),
-        Err(s) if s.code() == Code::InvalidArgument => Err(s.into()),
+        // Bad input; too many attempts (429 with Retry-After); hashing
+        // slots all busy (503 with Retry-After).
+        Err(s) if s.code() == Code::InvalidArgument || s.code() == Code::ResourceExhausted => {
+            Err(s.into())
+        }
+        Err(s) if s.code() == Code::Unavailable && svc_kit::error::retry_after(&s).is_some() => {
+            Err(s.into())
+        }
         Err(s) => {
             tracing::warn!(code = ?s.code(), "login: auth-svc failed");
             Err(ApiError::new(

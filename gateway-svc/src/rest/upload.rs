@@ -179,6 +179,14 @@ pub(super) async fn upload(
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    // A client that stopped sending (slowloris, a stalled upload).
+    if svc_kit::limits::BodyIdle::in_chain(&e) {
+        return ApiError::new(
+            Code::DeadlineExceeded,
+            "the upload sent nothing for too long; discarded",
+        )
+        .with_status(StatusCode::REQUEST_TIMEOUT);
+    }
     let status = e.status();
     let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
         Code::ResourceExhausted

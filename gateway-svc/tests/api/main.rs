@@ -8,4 +8,5 @@ mod helpers;
 mod auth;
 mod jobs;
 mod lifecycle;
+mod limits;
 mod transfer;

@@ -1,0 +1,138 @@
+//! The account over REST: sign out, change the password, and (admins)
+//! disable or enable a user — each one AuthService call, with the caller's
+//! token passed on. A token this replica has cached as valid is forgotten at
+//! once when it stops being valid through here; elsewhere (another replica,
+//! auth-svc directly) the cache's TTL bounds how long it lingers.
+
+use super::{Edge, forward};
+use crate::{auth::bearer, error::ApiError};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+};
+use mp3converter_proto::auth::v1::{
+    ChangePasswordRequest, LogoutRequest, SetUserDisabledRequest, set_user_disabled_request,
+};
+use serde::{Deserialize, Serialize};
+
+pub(super) async fn logout(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    edge.auth
+        .clone()
+        .logout(forward(&headers, LogoutRequest {}))
+        .await?;
+    if let Some(token) = bearer(&headers) {
+        edge.validator.forget(token).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct NewPassword {
+    current_password: String,
+    new_password: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct TokenJson {
+    token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expire_time: Option<String>,
+}
+
+pub(super) async fn change_password(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    body: Result<Json<NewPassword>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<TokenJson>, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected JSON {{\"current_password\", \"new_password\"}} ({})",
+            e.body_text()
+        ))
+    })?;
+    let res = edge
+        .auth
+        .clone()
+        .change_password(forward(
+            &headers,
+            ChangePasswordRequest {
+                current_password: body.current_password,
+                new_password: body.new_password,
+            },
+        ))
+        .await?
+        .into_inner();
+    if let Some(token) = bearer(&headers) {
+        edge.validator.forget(token).await;
+    }
+    Ok(Json(TokenJson {
+        token: res.token,
+        expire_time: res.expire_time.map(|t| t.to_string()),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Whom {
+    email: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct UserJson {
+    id: String,
+    email: String,
+    admin: bool,
+    disabled: bool,
+}
+
+async fn set_disabled(
+    edge: Edge,
+    headers: HeaderMap,
+    body: Result<Json<Whom>, axum::extract::rejection::JsonRejection>,
+    disabled: bool,
+) -> Result<Json<UserJson>, ApiError> {
+    let Json(whom) = body.map_err(|e| {
+        ApiError::bad_request(format!("expected JSON {{\"email\"}} ({})", e.body_text()))
+    })?;
+    let user = edge
+        .auth
+        .clone()
+        .set_user_disabled(forward(
+            &headers,
+            SetUserDisabledRequest {
+                user: Some(set_user_disabled_request::User::Email(whom.email)),
+                disabled,
+            },
+        ))
+        .await?
+        .into_inner()
+        .user
+        .unwrap_or_default();
+    // That user's tokens, cached here, stop at once.
+    edge.validator.forget_user(&user.id).await;
+    Ok(Json(UserJson {
+        id: user.id,
+        email: user.email,
+        admin: user.admin,
+        disabled: user.disabled,
+    }))
+}
+
+pub(super) async fn disable_user(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    body: Result<Json<Whom>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<UserJson>, ApiError> {
+    set_disabled(edge, headers, body, true).await
+}
+
+pub(super) async fn enable_user(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    body: Result<Json<Whom>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<UserJson>, ApiError> {
+    set_disabled(edge, headers, body, false).await
+}
