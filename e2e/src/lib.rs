@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
+use clap::Parser;
 use mp3converter_proto::auth::v1::{
     CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient,
 };
 use std::{net::SocketAddr, path::Path, process::Command};
+use test_kit::{Stack, mailpit::Mailpit, unique_name};
+use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
 pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e!";
@@ -199,4 +202,224 @@ pub fn ffprobe(path: &Path) -> (String, f64) {
             .to_owned()
     };
     (get("format_name"), get("duration").parse().unwrap_or(-1.0))
+}
+
+/// The four services started in-process against the stack, on fresh
+/// databases and queues.
+pub struct Mesh {
+    pub auth: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub video_queue: String,
+    pub mp3_queue: String,
+    pub stack: Stack,
+    pub mailpit: Mailpit,
+    pub token: CancellationToken,
+    pub tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub dir: tempfile::TempDir,
+    /// The MongoDB database of this mesh.
+    pub mongo_db: String,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("auth", &self.auth)
+            .field("grpc", &self.grpc)
+            .field("http", &self.http)
+            .field("mongo_db", &self.mongo_db)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Base flags, then the extra ones a test asked for.
+fn with_more(base: &[&str], more: Vec<String>) -> Vec<String> {
+    base.iter().map(|s| (*s).to_owned()).chain(more).collect()
+}
+
+impl Mesh {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// `extra`: (service, flag, value) added to a service's flags, e.g.
+    /// `("converter-svc", "--progress-interval", "200ms")`.
+    pub async fn start_with(extra: &[(&str, &str, &str)]) -> Self {
+        let more = |svc: &str| -> Vec<String> {
+            extra
+                .iter()
+                .filter(|(s, _, _)| *s == svc)
+                .flat_map(|(_, f, v)| [(*f).to_owned(), (*v).to_owned()])
+                .collect()
+        };
+        test_kit::init_tracing();
+        let stack = Stack::from_env();
+        let token = CancellationToken::new();
+        let mongo_db = unique_name("e2e").replace('-', "_");
+        let video_queue = unique_name("video");
+        let mp3_queue = unique_name("mp3");
+        let delays = crate::RETRY_DELAYS;
+        let mut tasks = Vec::new();
+
+        let auth_db = stack.fresh_database("e2eauth").await;
+        let auth = auth_svc::app::App::build(
+            auth_svc::config::Cli::try_parse_from(with_more(
+                &[
+                    "auth-svc",
+                    "--grpc-addr",
+                    "127.0.0.1:0",
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                    "--database-url",
+                    &auth_db,
+                    "--jwt-secret",
+                    SECRET,
+                    "--admin-email",
+                    ADMIN.0,
+                    "--admin-password",
+                    ADMIN.1,
+                ],
+                more("auth-svc"),
+            ))
+            .unwrap()
+            .config,
+        )
+        .await
+        .unwrap();
+        let auth_addr = auth.grpc_addr();
+        tasks.push(tokio::spawn(auth.run_until(token.clone())));
+
+        let auth_url = format!("http://{auth_addr}");
+        let gateway = gateway_svc::app::App::build(
+            gateway_svc::config::Config::try_parse_from(with_more(
+                &[
+                    "gateway-svc",
+                    "--grpc-addr",
+                    "127.0.0.1:0",
+                    "--http-addr",
+                    "127.0.0.1:0",
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                    "--auth-url",
+                    &auth_url,
+                    "--mongodb-uri",
+                    &stack.mongodb_uri,
+                    "--mongodb-database",
+                    &mongo_db,
+                    "--amqp-url",
+                    &stack.amqp_url,
+                    "--video-queue",
+                    &video_queue,
+                    "--mp3-queue",
+                    &mp3_queue,
+                    "--amqp-retry-delays",
+                    delays,
+                ],
+                more("gateway-svc"),
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        let (grpc, http) = (gateway.grpc_addr(), gateway.http_addr());
+        tasks.push(tokio::spawn(gateway.run_until(token.clone())));
+
+        let converter = converter_svc::app::App::build(
+            converter_svc::config::Cli::try_parse_from(with_more(
+                &[
+                    "converter-svc",
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                    "--amqp-url",
+                    &stack.amqp_url,
+                    "--video-queue",
+                    &video_queue,
+                    "--mp3-queue",
+                    &mp3_queue,
+                    "--amqp-retry-delays",
+                    delays,
+                    "--mongodb-uri",
+                    &stack.mongodb_uri,
+                    "--mongodb-database",
+                    &mongo_db,
+                ],
+                more("converter-svc"),
+            ))
+            .unwrap()
+            .config,
+        )
+        .await
+        .unwrap();
+        tasks.push(tokio::spawn(converter.run_until(token.clone())));
+
+        let notify_db = stack.fresh_database("e2enotify").await;
+        let smtp_port = stack.smtp_port.to_string();
+        let base = format!("http://{http}");
+        let notify = notify_svc::app::App::build(
+            notify_svc::config::Cli::try_parse_from(with_more(
+                &[
+                    "notify-svc",
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                    "--amqp-url",
+                    &stack.amqp_url,
+                    "--mp3-queue",
+                    &mp3_queue,
+                    "--amqp-retry-delays",
+                    delays,
+                    "--database-url",
+                    &notify_db,
+                    "--smtp-host",
+                    &stack.smtp_host,
+                    "--smtp-port",
+                    &smtp_port,
+                    "--smtp-tls",
+                    "none",
+                    "--download-base-url",
+                    &base,
+                ],
+                more("notify-svc"),
+            ))
+            .unwrap()
+            .config,
+        )
+        .await
+        .unwrap();
+        tasks.push(tokio::spawn(notify.run_until(token.clone())));
+
+        Self {
+            auth: auth_addr,
+            grpc,
+            http,
+            video_queue,
+            mp3_queue,
+            mailpit: Mailpit::new(&stack.mailpit_api_url),
+            stack,
+            token,
+            tasks,
+            dir: tempfile::tempdir().unwrap(),
+            mongo_db,
+        }
+    }
+
+    pub async fn user(&self) -> (String, String) {
+        crate::create_user(self.auth).await
+    }
+
+    pub fn sample(&self, name: &str, ffmpeg_args: &str) -> std::path::PathBuf {
+        crate::sample(self.dir.path(), name, ffmpeg_args)
+    }
+
+    /// The one email sent to `to`, its text body.
+    pub async fn email(&self, to: &str) -> String {
+        crate::only_email(&self.mailpit, to).await
+    }
+
+    pub async fn stop(self) {
+        self.token.cancel();
+        for t in self.tasks {
+            t.await.unwrap().unwrap();
+        }
+        crate::delete_queues(&self.stack.amqp_url, &self.video_queue, &self.mp3_queue).await;
+    }
 }

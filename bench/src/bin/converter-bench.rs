@@ -1,52 +1,190 @@
-//! A conversion through converter-svc (publish `VideoUploaded` → `Mp3Ready`
-//! received) side by side with the same ffmpeg command on a local file (the
-//! limit), for a 1-minute and a 10-minute clip; the time spent spooling the
-//! video out of GridFS; and the throughput of 1 and 2 instances.
+//! converter-svc measured against its limits, in one run, on clips as users
+//! upload them (720p H.264 + AAC, the index at the end as phones write it):
 //!
-//!     cargo build --release -p converter-svc
-//!     cargo run --release -p bench --bin converter-bench
+//! - per clip: plain ffmpeg on a local file with the same output settings,
+//!   the raw driver reading the same stored file through one cursor, and the
+//!   service from the `VideoUploaded` publish to the `Mp3Ready` it publishes,
+//!   with a per-phase breakdown from the converter's own spans (exported to
+//!   an OTLP receiver in this process) and the converter's peak RSS;
+//! - the 60 s clip with nothing and with `--stored` GiB already stored;
+//! - time per MB from 20 MB to 1 GB (`--sizes`);
+//! - throughput: 10 parallel 60 s uploads with 2 converters until all are
+//!   emailed (notify-svc and Mailpit), and jobs per minute for 1 and 2
+//!   instances and 1, 2 and 4 jobs at a time;
+//! - the converter's RSS after 100 jobs.
+//!
+//! Run:
+//!
+//!     cargo build --release -p converter-svc -p notify-svc
+//!     cargo run --release -p bench --bin converter-bench -- --sizes
+//!
+//! Clips are generated once into `.stack/bench-clips/`.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use amqp_kit::{Publisher, event_properties, lapin};
 use bench::{Proc, free_port};
 use clap::Parser;
-use futures::AsyncWriteExt;
+use futures::{AsyncWriteExt, StreamExt, TryStreamExt};
 use media_store::{
     Job, JobState, Store,
-    mongodb::bson::{doc, oid::ObjectId},
+    mongodb::bson::{Document, doc, oid::ObjectId},
 };
 use mp3converter_proto::{
     EventType,
     events::v1::{Mp3Ready, VideoUploaded},
 };
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 use svc_kit::config::Secret;
+use test_kit::otlp::Receiver;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Clip lengths in seconds.
-    #[arg(long, value_delimiter = ',', default_value = "60,600")]
-    clips: Vec<u32>,
-    /// Jobs (1-minute clips) for the throughput runs.
-    #[arg(long, default_value_t = 6)]
-    jobs: usize,
+    /// The GridFS server (default: the stack's).
+    #[arg(long, env = "MONGODB_URI")]
+    mongodb_uri: Option<String>,
+    /// Clips of the per-clip table.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "60s,120s-noisy,600s,talk-1h"
+    )]
+    clips: Vec<String>,
+    /// Rounds of the per-clip table (services and limits alternate).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// GiB already stored for the stored-data comparison (0 to skip).
+    #[arg(long, default_value_t = 2.0)]
+    stored: f64,
+    /// Also measure time per MB from 20 MB to 1 GB.
+    #[arg(long)]
+    sizes: bool,
+    /// Skip the throughput runs.
+    #[arg(long)]
+    no_throughput: bool,
+    /// Where generated clips are kept.
+    #[arg(long, default_value = ".stack/bench-clips")]
+    clip_dir: PathBuf,
 }
 
-struct Env {
-    store: Store,
-    publisher: Publisher,
-    video_queue: String,
-    mp3_queue: String,
-    amqp: Secret,
+/// A clip as users upload them: name, seconds, frames per second, video
+/// bitrate, audio source (ffmpeg lavfi), and whether the video is noisy.
+struct Spec {
+    name: &'static str,
+    secs: u32,
+    fps: u32,
+    video_kbps: u32,
+    audio: &'static str,
+    noisy: bool,
 }
 
-fn make_clip(dir: &Path, secs: u32) -> PathBuf {
-    let out = dir.join(format!("clip-{secs}s.mp4"));
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "60s",
+        secs: 60,
+        fps: 30,
+        video_kbps: 2600,
+        audio: "sine=frequency=440",
+        noisy: false,
+    },
+    Spec {
+        name: "120s-noisy",
+        secs: 120,
+        fps: 30,
+        video_kbps: 2600,
+        audio: "anoisesrc=color=pink:amplitude=0.3",
+        noisy: true,
+    },
+    Spec {
+        name: "600s",
+        secs: 600,
+        fps: 30,
+        video_kbps: 2600,
+        audio: "sine=frequency=330",
+        noisy: false,
+    },
+    // A talk: a slide-like picture that hardly changes, speech-band sound.
+    Spec {
+        name: "talk-1h",
+        secs: 3600,
+        fps: 5,
+        video_kbps: 400,
+        audio: "anoisesrc=color=brown:amplitude=0.2",
+        noisy: false,
+    },
+    // The size series: the same bitrate, longer and longer.
+    Spec {
+        name: "size-60s",
+        secs: 60,
+        fps: 10,
+        video_kbps: 2600,
+        audio: "sine=frequency=200",
+        noisy: false,
+    },
+    Spec {
+        name: "size-300s",
+        secs: 300,
+        fps: 10,
+        video_kbps: 2600,
+        audio: "sine=frequency=200",
+        noisy: false,
+    },
+    Spec {
+        name: "size-600s",
+        secs: 600,
+        fps: 10,
+        video_kbps: 2600,
+        audio: "sine=frequency=200",
+        noisy: false,
+    },
+    Spec {
+        name: "size-3000s",
+        secs: 3000,
+        fps: 10,
+        video_kbps: 2600,
+        audio: "sine=frequency=200",
+        noisy: false,
+    },
+    // Many small jobs.
+    Spec {
+        name: "10s",
+        secs: 10,
+        fps: 10,
+        video_kbps: 500,
+        audio: "sine=frequency=440",
+        noisy: false,
+    },
+];
+
+fn spec(name: &str) -> &'static Spec {
+    SPECS
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("unknown clip {name}"))
+}
+
+/// Makes (once) a 720p H.264 + AAC MP4 with the index at the end.
+fn make_clip(dir: &Path, s: &Spec) -> PathBuf {
+    let out = dir.join(format!("{}.mp4", s.name));
+    if out.exists() {
+        return out;
+    }
+    println!("  generating {} ({} s, 720p{})…", s.name, s.secs, s.fps);
+    std::fs::create_dir_all(dir).unwrap();
+    let tmp = dir.join(format!("{}.tmp.mp4", s.name));
+    let video = if s.noisy {
+        format!(
+            "testsrc2=size=1280x720:rate={}:duration={},noise=alls=30:allf=t",
+            s.fps, s.secs
+        )
+    } else {
+        format!("testsrc2=size=1280x720:rate={}:duration={}", s.fps, s.secs)
+    };
     let ok = Command::new("ffmpeg")
         .args([
             "-y",
@@ -56,10 +194,14 @@ fn make_clip(dir: &Path, secs: u32) -> PathBuf {
             "-f",
             "lavfi",
             "-i",
+            &video,
         ])
-        .arg(format!("testsrc=duration={secs}:size=320x240:rate=25"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={secs}"))
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("{}:duration={}:sample_rate=44100", s.audio, s.secs),
+        ])
         .args([
             "-shortest",
             "-c:v",
@@ -69,17 +211,25 @@ fn make_clip(dir: &Path, secs: u32) -> PathBuf {
             "-pix_fmt",
             "yuv420p",
         ])
-        .args(["-c:a", "aac", "-movflags", "+faststart"])
-        .arg(&out)
+        .args([
+            "-b:v",
+            &format!("{}k", s.video_kbps),
+            "-maxrate",
+            &format!("{}k", s.video_kbps),
+        ])
+        .args(["-bufsize", &format!("{}k", s.video_kbps * 2)])
+        .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2"])
+        .arg(&tmp)
         .status()
         .unwrap()
         .success();
-    assert!(ok, "ffmpeg could not make the clip");
+    assert!(ok, "ffmpeg could not make {}", s.name);
+    std::fs::rename(&tmp, &out).unwrap();
     out
 }
 
-/// The converter's ffmpeg command, on a local file.
-fn plain_ffmpeg(input: &Path, dir: &Path) -> Duration {
+/// What the converter does, as plain ffmpeg on a local file.
+fn plain_ffmpeg(input: &Path, out: &Path) -> Duration {
     let t = Instant::now();
     let ok = Command::new("ffmpeg")
         .args([
@@ -103,7 +253,7 @@ fn plain_ffmpeg(input: &Path, dir: &Path) -> Duration {
             "-f",
             "mp3",
         ])
-        .arg(dir.join("plain.mp3"))
+        .arg(out)
         .status()
         .unwrap()
         .success();
@@ -111,25 +261,45 @@ fn plain_ffmpeg(input: &Path, dir: &Path) -> Duration {
     t.elapsed()
 }
 
+struct Env {
+    store: Store,
+    publisher: Publisher,
+    video_queue: String,
+    mp3_queue: String,
+    db: String,
+    mongodb_uri: String,
+    stack: test_kit::Stack,
+    work: tempfile::TempDir,
+    receiver: Receiver,
+    owner_email: String,
+}
+
 impl Env {
-    async fn submit(&self, path: &Path) -> ObjectId {
-        let bytes = std::fs::read(path).unwrap();
+    /// Stores the clip as an upload would (timed: the raw driver write) and
+    /// records its job.
+    async fn store(&self, clip: &Path) -> (ObjectId, Duration) {
+        let bytes = tokio::fs::read(clip).await.unwrap();
         let id = ObjectId::new();
+        let name = clip.file_name().unwrap().to_string_lossy().into_owned();
+        let t = Instant::now();
         let mut up = self
             .store
             .videos
-            .open_upload_stream("clip.mp4")
+            .open_upload_stream(&name)
             .id(id.into())
             .metadata(doc! { "owner_id": "bench" })
             .await
             .unwrap();
-        up.write_all(&bytes).await.unwrap();
+        for c in bytes.chunks(1 << 20) {
+            up.write_all(c).await.unwrap();
+        }
         up.close().await.unwrap();
+        let wrote = t.elapsed();
         let mut job = Job::uploading(
             id,
             "bench",
-            "bench@example.com",
-            "clip.mp4",
+            &self.owner_email,
+            &name,
             "video/mp4",
             Default::default(),
         );
@@ -137,17 +307,16 @@ impl Env {
         job.size_bytes = bytes.len() as i64;
         job.published = true;
         self.store.jobs.insert(&job).await.unwrap();
-        id
+        (id, wrote)
     }
 
     async fn publish(&self, id: ObjectId) {
         let ev = VideoUploaded {
-            event_id: id.to_hex(),
+            event_id: format!("video-{}", id.to_hex()),
             job_id: id.to_hex(),
             video_id: id.to_hex(),
             owner_id: "bench".into(),
-            owner_email: "bench@example.com".into(),
-            filename: "clip.mp4".into(),
+            owner_email: self.owner_email.clone(),
             ..Default::default()
         };
         self.publisher
@@ -160,77 +329,151 @@ impl Env {
             .unwrap();
     }
 
-    /// Waits for `n` Mp3Ready events.
-    async fn ready(&self, n: usize) {
-        let conn = amqp_kit::connect(&self.amqp, "bench").await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let mut got = 0;
-        while got < n {
-            match ch
-                .basic_get(
-                    self.mp3_queue.as_str().into(),
-                    lapin::options::BasicGetOptions::default(),
-                )
-                .await
-                .unwrap()
-            {
-                Some(m) => {
-                    assert_eq!(
-                        m.delivery.properties.kind().as_ref().map(|k| k.as_str()),
-                        Some(Mp3Ready::TYPE),
-                        "a conversion failed"
-                    );
-                    m.delivery.acker.ack(Default::default()).await.unwrap();
-                    got += 1;
-                }
-                None => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-
-    /// Reads a stored video back to a file, as the converter spools it.
-    async fn spool(&self, id: ObjectId, to: &Path) -> Duration {
+    /// The raw driver reading a stored video through one cursor (bytes
+    /// dropped): the GridFS server's own limit.
+    async fn raw_read(&self, id: ObjectId) -> Duration {
         let t = Instant::now();
-        let file = self
+        let mut cursor = self
             .store
-            .videos
-            .find_one(doc! { "_id": id })
+            .db
+            .collection::<Document>("videos.chunks")
+            .find(doc! { "files_id": id })
+            .sort(doc! { "n": 1 })
+            .batch_size(16)
             .await
-            .unwrap()
             .unwrap();
-        let mut r = self.store.video_files.stream((&file).into(), 0, 16);
-        let mut out = tokio::fs::File::create(to).await.unwrap();
-        while let Some(b) = r.next_chunk().await.unwrap() {
-            tokio::io::AsyncWriteExt::write_all(&mut out, &b)
-                .await
-                .unwrap();
+        let mut bytes = 0usize;
+        while let Some(d) = cursor.try_next().await.unwrap() {
+            bytes += d.get_binary_generic("data").unwrap().len();
         }
-        out.sync_all().await.unwrap();
+        assert!(bytes > 0);
         t.elapsed()
     }
+
+    fn converter(&self, concurrency: u16) -> anyhow::Result<Proc> {
+        Proc::start(
+            "converter-svc",
+            &[
+                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+                ("AMQP_URL", self.stack.amqp_url.clone()),
+                ("MONGODB_URI", self.mongodb_uri.clone()),
+                ("MONGODB_DATABASE", self.db.clone()),
+                ("VIDEO_QUEUE", self.video_queue.clone()),
+                ("MP3_QUEUE", self.mp3_queue.clone()),
+                ("WORK_DIR", self.work.path().display().to_string()),
+                ("CONCURRENCY", concurrency.to_string()),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", self.receiver.endpoint()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200".into()),
+                ("JOB_EVENTS_EXCHANGE", test_kit::unique_name("bench-events")),
+            ],
+        )
+    }
+}
+
+/// Waits for `n` Mp3Ready on the mp3 queue; returns when each arrived.
+async fn mp3_ready(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<Instant> {
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            test_kit::unique_name("bench").as_str().into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut at = Vec::new();
+    while at.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(900), consumer.next())
+            .await
+            .expect("an outcome within 15 min")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d.properties.kind().as_ref().map(|k| k.as_str()),
+            Some(Mp3Ready::TYPE),
+            "a conversion failed: {:?}",
+            String::from_utf8_lossy(&d.data)
+        );
+        at.push(Instant::now());
+    }
+    ch.basic_cancel(consumer.tag(), Default::default())
+        .await
+        .unwrap();
+    at
+}
+
+/// Milliseconds of the converter's spans for a job, by name, plus `setup`
+/// (claim to ffmpeg's start) and `after ffmpeg` (its end to the outcome).
+fn phases(receiver: &Receiver, job: ObjectId) -> HashMap<String, f64> {
+    let spans = receiver.spans();
+    let Some(convert) = spans
+        .iter()
+        .find(|s| s.name == "convert" && s.attr("job_id") == Some(job.to_hex().as_str()))
+    else {
+        return HashMap::new();
+    };
+    let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
+    let children: Vec<&test_kit::otlp::ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == convert.trace_id && s.parent_span_id == convert.span_id)
+        .collect();
+    let mut out: HashMap<String, f64> = children
+        .iter()
+        .map(|s| (s.name.clone(), ms(s.start_unix_nano, s.end_unix_nano)))
+        .collect();
+    out.insert(
+        "convert".into(),
+        ms(convert.start_unix_nano, convert.end_unix_nano),
+    );
+    if let Some(ff) = children.iter().find(|s| s.name == "ffmpeg to_mp3") {
+        out.insert(
+            "setup".into(),
+            ms(convert.start_unix_nano, ff.start_unix_nano),
+        );
+        out.insert(
+            "after ffmpeg".into(),
+            ms(ff.end_unix_nano, convert.end_unix_nano),
+        );
+    }
+    if let Some(process) = spans.iter().find(|s| s.span_id == convert.parent_span_id) {
+        out.insert(
+            "process".into(),
+            ms(process.start_unix_nano, process.end_unix_nano),
+        );
+    }
+    out
+}
+
+fn mib(path: &Path) -> f64 {
+    std::fs::metadata(path).unwrap().len() as f64 / f64::from(1u32 << 20)
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let stack = test_kit::Stack::from_env();
+    let mongodb_uri = args
+        .mongodb_uri
+        .clone()
+        .unwrap_or_else(|| stack.mongodb_uri.clone());
     let db = test_kit::unique_name("convbench").replace('-', "_");
     let video_queue = test_kit::unique_name("video-bench");
     let mp3_queue = test_kit::unique_name("mp3-bench");
     let amqp = Secret::new(stack.amqp_url.clone());
     let topology = amqp_kit::TopologyArgs {
         delivery_limit: 5,
-        retry_delays: vec![
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-            Duration::from_secs(30),
-            Duration::from_secs(60),
-            Duration::from_secs(300),
-        ],
+        retry_delays: [2, 10, 30, 60, 300].map(Duration::from_secs).to_vec(),
     };
     let env = Env {
         store: Store::new(
-            &Secret::new(stack.mongodb_uri.clone()),
+            &Secret::new(mongodb_uri.clone()),
             &db,
             "bench",
             media_store::Timeouts::default(),
@@ -240,110 +483,353 @@ async fn main() -> anyhow::Result<()> {
             amqp.clone(),
             "bench",
             Duration::from_secs(10),
-            vec![topology.work_queue(&video_queue)],
+            vec![
+                topology.work_queue(&video_queue),
+                topology.work_queue(&mp3_queue),
+            ],
         ),
         video_queue: video_queue.clone(),
         mp3_queue: mp3_queue.clone(),
-        amqp,
+        db: db.clone(),
+        mongodb_uri: mongodb_uri.clone(),
+        stack: stack.clone(),
+        work: tempfile::tempdir()?,
+        receiver: Receiver::start().await,
+        owner_email: format!("{}@bench.test", test_kit::unique_name("owner")),
     };
-    let dir = tempfile::tempdir()?;
-    let converter = || {
-        Proc::start(
-            "converter-svc",
-            &[
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-                ("AMQP_URL", stack.amqp_url.clone()),
-                ("MONGODB_URI", stack.mongodb_uri.clone()),
-                ("MONGODB_DATABASE", db.clone()),
-                ("VIDEO_QUEUE", video_queue.clone()),
-                ("MP3_QUEUE", mp3_queue.clone()),
-                ("WORK_DIR", dir.path().display().to_string()),
-            ],
-        )
-    };
+    env.store.ensure_indexes().await?;
+    env.publisher.check().await?;
+    let conn = amqp_kit::connect(&amqp, "bench-outcomes").await?;
+    let ch = conn.create_channel().await?;
+    let out_dir = tempfile::tempdir()?;
+    let cores = std::thread::available_parallelism()?;
 
-    println!("generating clips…");
-    let clips: Vec<(u32, PathBuf)> = args
-        .clips
+    println!("clips ({}):", args.clip_dir.display());
+    let mut names: Vec<&str> = args.clips.iter().map(String::as_str).collect();
+    if args.sizes {
+        names.extend(["size-60s", "size-300s", "size-600s", "size-3000s"]);
+    }
+    names.push("10s");
+    let clips: HashMap<&str, PathBuf> = names
         .iter()
-        .map(|&s| (s, make_clip(dir.path(), s)))
+        .map(|n| (*n, make_clip(&args.clip_dir, spec(n))))
         .collect();
-    let one = converter()?;
+
+    let conv = env.converter(1)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let mut rows = Vec::new();
-    for (secs, clip) in &clips {
-        let plain = plain_ffmpeg(clip, dir.path());
-        let id = env.submit(clip).await;
-        let spool = env.spool(id, &dir.path().join("spooled.mp4")).await;
-        let t = Instant::now();
-        env.publish(id).await;
-        env.ready(1).await;
-        let service = t.elapsed();
-        let mib = std::fs::metadata(clip)?.len() as f64 / f64::from(1u32 << 20);
-        rows.push((*secs, mib, service, plain, spool));
+    // One conversion at a time, the limits measured beside it.
+    struct Row {
+        clip: String,
+        mib: f64,
+        ours: f64,
+        ffmpeg: f64,
+        read: f64,
+        write: f64,
+        phases: HashMap<String, f64>,
     }
-
-    // Throughput: the same batch with one instance, then two.
-    let batch_clip = &clips.iter().min_by_key(|(s, _)| *s).unwrap().1;
-    let mut ids = Vec::new();
-    for _ in 0..args.jobs {
-        ids.push(env.submit(batch_clip).await);
+    let one = |clip: String| {
+        let env = &env;
+        let ch = &ch;
+        let clips = &clips;
+        let out_dir = &out_dir;
+        async move {
+            let path = &clips[clip.as_str()];
+            let (id, write) = env.store(path).await;
+            let ffmpeg = plain_ffmpeg(path, &out_dir.path().join("plain.mp3"));
+            let read = env.raw_read(id).await;
+            let t = Instant::now();
+            env.publish(id).await;
+            mp3_ready(ch, &env.mp3_queue, 1).await;
+            let ours = t.elapsed();
+            Row {
+                mib: mib(path),
+                clip,
+                ours: secs(ours),
+                ffmpeg: secs(ffmpeg),
+                read: secs(read),
+                write: secs(write),
+                phases: HashMap::new(),
+            }
+        }
+    };
+    let mut rows: Vec<(Row, ObjectId)> = Vec::new();
+    let mut per_clip_rss: Vec<(String, f64)> = Vec::new();
+    for _ in 0..args.rounds {
+        for name in &args.clips {
+            conv.reset_peak();
+            let row = one(name.clone()).await;
+            per_clip_rss.push((name.clone(), conv.peak_rss_mib()));
+            let job = env
+                .store
+                .jobs
+                .find(doc! { "filename": format!("{name}.mp4") }, 1000)
+                .await?
+                .into_iter()
+                .max_by_key(|j| j.created_at)
+                .unwrap()
+                .id;
+            rows.push((row, job));
+        }
     }
-    let t = Instant::now();
-    for id in &ids {
-        env.publish(*id).await;
+    tokio::time::sleep(Duration::from_millis(800)).await; // spans flushed
+    for (row, job) in &mut rows {
+        row.phases = phases(&env.receiver, *job);
     }
-    env.ready(ids.len()).await;
-    let with_one = t.elapsed();
-
-    let two = converter()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut ids = Vec::new();
-    for _ in 0..args.jobs {
-        ids.push(env.submit(batch_clip).await);
-    }
-    let t = Instant::now();
-    for id in &ids {
-        env.publish(*id).await;
-    }
-    env.ready(ids.len()).await;
-    let with_two = t.elapsed();
-    drop((one, two));
 
     println!(
-        "\nconverter-svc: one conversion, publish → Mp3Ready, vs plain ffmpeg on a local file ({} cores)\n",
-        std::thread::available_parallelism()?
+        "\n## One conversion: the service vs its limits ({cores} cores, GridFS server {mongodb_uri})\n"
     );
     println!(
-        "| clip | size (MiB) | through the service (s) | plain ffmpeg (s) | ratio | of which spooling from GridFS (s) |"
+        "ours = publish VideoUploaded → Mp3Ready received; ffmpeg = the same ffmpeg on a local file; read = the raw driver reading the stored video through one cursor; limit = max(ffmpeg, read).\n"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (secs, mib, service, plain, spool) in rows {
+    println!(
+        "| clip | MiB | ours (s) | plain ffmpeg (s) | raw driver read (s) | ours / ffmpeg | ours / limit | raw driver write (s) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (r, _) in &rows {
+        let limit = r.ffmpeg.max(r.read);
         println!(
-            "| {} min | {mib:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            secs / 60,
-            service.as_secs_f64(),
-            plain.as_secs_f64(),
-            service.as_secs_f64() / plain.as_secs_f64(),
-            spool.as_secs_f64()
+            "| {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.clip,
+            r.mib,
+            r.ours,
+            r.ffmpeg,
+            r.read,
+            r.ours / r.ffmpeg,
+            r.ours / limit,
+            r.write
         );
     }
-    let jpm = |d: Duration| args.jobs as f64 / d.as_secs_f64() * 60.0;
-    println!("\n| instances | jobs | wall time (s) | jobs/min |");
-    println!("|---:|---:|---:|---:|");
     println!(
-        "| 1 | {} | {:.2} | {:.1} |",
-        args.jobs,
-        with_one.as_secs_f64(),
-        jpm(with_one)
+        "\nPer phase, from the converter's spans (ms): process = the delivery's whole handling; convert = claim to outcome; ffmpeg runs while the video is read and the MP3 stored; overhead = ours − ffmpeg span.\n"
     );
     println!(
-        "| 2 | {} | {:.2} | {:.1} |",
-        args.jobs,
-        with_two.as_secs_f64(),
-        jpm(with_two)
+        "| clip | process | convert | gridfs.read videos (first chunk, plan) | ffmpeg to_mp3 | gridfs.write mp3s (after ffmpeg) | publish mp3 | overhead |"
     );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (r, _) in &rows {
+        let p = |k: &str| r.phases.get(k).copied().unwrap_or(f64::NAN);
+        let publish = r
+            .phases
+            .iter()
+            .find(|(k, _)| k.starts_with("publish"))
+            .map(|(_, v)| *v)
+            .unwrap_or(f64::NAN);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.clip,
+            p("process"),
+            p("convert"),
+            p("setup"),
+            p("plan input"),
+            p("gridfs.read videos"),
+            p("ffmpeg to_mp3"),
+            p("after ffmpeg"),
+            p("gridfs.write mp3s"),
+            publish,
+            r.ours * 1000.0 - p("ffmpeg to_mp3"),
+        );
+    }
+    println!("\nConverter peak RSS (VmHWM, without ffmpeg's own) per clip:");
+    for (c, rss) in &per_clip_rss {
+        println!("- {c}: {rss:.1} MiB");
+    }
+
+    // The 60 s clip with nothing, then with `stored` GiB already stored.
+    if args.stored > 0.0 && clips.contains_key("60s") {
+        let before = one("60s".into()).await;
+        let t = Instant::now();
+        let file = 64usize << 20;
+        let n = ((args.stored * f64::from(1u32 << 30)) as usize).div_ceil(file);
+        let junk: Vec<u8> = (0..file)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for i in 0..n {
+            let mut up = env
+                .store
+                .videos
+                .open_upload_stream(format!("filler-{i}"))
+                .await?;
+            for c in junk.chunks(1 << 20) {
+                up.write_all(c).await?;
+            }
+            up.close().await?;
+        }
+        let filled = t.elapsed();
+        let after = one("60s".into()).await;
+        println!(
+            "\n## The 60 s clip with 0 and with {:.1} GiB already stored (filled in {:.0} s)\n",
+            args.stored,
+            secs(filled)
+        );
+        println!("| stored | ours (s) | plain ffmpeg (s) | raw driver read (s) | ours / ffmpeg |");
+        println!("|---|---:|---:|---:|---:|");
+        for (label, r) in [
+            ("0", &before),
+            (&*format!("{:.1} GiB", args.stored), &after),
+        ] {
+            println!(
+                "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                r.ours,
+                r.ffmpeg,
+                r.read,
+                r.ours / r.ffmpeg
+            );
+        }
+        // The filler goes, so what follows is measured on an empty bucket.
+        for c in ["videos.chunks", "videos.files"] {
+            env.store
+                .db
+                .collection::<Document>(c)
+                .delete_many(doc! {})
+                .await?;
+        }
+    }
+
+    if args.sizes {
+        println!("\n## Time per MB from 20 MB to 1 GB (720p10, 2.6 Mb/s)\n");
+        println!(
+            "| clip | MiB | ours (s) | ours (ms/MiB) | raw driver read (ms/MiB) | plain ffmpeg (s) | ours / limit |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for name in ["size-60s", "size-300s", "size-600s", "size-3000s"] {
+            conv.reset_peak();
+            let r = one(name.into()).await;
+            println!(
+                "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                name,
+                r.mib,
+                r.ours,
+                r.ours * 1000.0 / r.mib,
+                r.read * 1000.0 / r.mib,
+                r.ffmpeg,
+                r.ours / r.ffmpeg.max(r.read)
+            );
+            per_clip_rss.push((name.into(), conv.peak_rss_mib()));
+        }
+        println!(
+            "\nConverter peak RSS on the size series: {:.1} MiB",
+            per_clip_rss.iter().map(|(_, r)| *r).fold(0.0, f64::max)
+        );
+    }
+
+    // 100 jobs through one converter: its memory afterwards.
+    conv.reset_peak();
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(env.store(&clips["10s"]).await.0);
+    }
+    let t = Instant::now();
+    for id in &ids {
+        env.publish(*id).await;
+    }
+    mp3_ready(&ch, &mp3_queue, ids.len()).await;
+    let hundred = t.elapsed();
+    println!(
+        "\n100 jobs (10 s clips) through one converter (1 at a time): {:.1} s, peak RSS during them {:.1} MiB",
+        secs(hundred),
+        conv.peak_rss_mib()
+    );
+    drop(conv);
+
+    if !args.no_throughput {
+        throughput(&env, &ch, &clips["60s"]).await?;
+    }
     let _ = env.store.db.drop().await;
+    test_kit::delete_work_queues(
+        &stack.amqp_url,
+        &[
+            topology.work_queue(&video_queue),
+            topology.work_queue(&mp3_queue),
+        ],
+    )
+    .await;
+    Ok(())
+}
+
+/// Jobs per minute for a batch of 60 s clips through `instances` converters
+/// of `concurrency` each.
+async fn batch(
+    env: &Env,
+    ch: &lapin::Channel,
+    clip: &Path,
+    jobs: usize,
+    instances: usize,
+    concurrency: u16,
+) -> anyhow::Result<Duration> {
+    let procs: Vec<Proc> = (0..instances)
+        .map(|_| env.converter(concurrency))
+        .collect::<Result<_, _>>()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ids = Vec::new();
+    for _ in 0..jobs {
+        ids.push(env.store(clip).await.0);
+    }
+    let t = Instant::now();
+    for id in &ids {
+        env.publish(*id).await;
+    }
+    mp3_ready(ch, &env.mp3_queue, jobs).await;
+    let took = t.elapsed();
+    drop(procs);
+    Ok(took)
+}
+
+async fn throughput(env: &Env, ch: &lapin::Channel, clip: &Path) -> anyhow::Result<()> {
+    println!("\n## Throughput (60 s clips)\n");
+    println!("| converters | jobs at a time each | jobs | wall time (s) | jobs/min |");
+    println!("|---:|---:|---:|---:|---:|");
+    let jobs = 12;
+    for (instances, concurrency) in [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2)] {
+        let took = batch(env, ch, clip, jobs, instances, concurrency).await?;
+        println!(
+            "| {instances} | {concurrency} | {jobs} | {:.2} | {:.1} |",
+            secs(took),
+            jobs as f64 / secs(took) * 60.0
+        );
+    }
+
+    // 10 parallel uploads, 2 converters (default concurrency), until every
+    // user got the email.
+    let notify_db = env.stack.fresh_database("benchnotify").await;
+    let notify = Proc::start(
+        "notify-svc",
+        &[
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("AMQP_URL", env.stack.amqp_url.clone()),
+            ("MP3_QUEUE", env.mp3_queue.clone()),
+            ("DATABASE_URL", notify_db),
+            ("SMTP_HOST", env.stack.smtp_host.clone()),
+            ("SMTP_PORT", env.stack.smtp_port.to_string()),
+            ("SMTP_TLS", "none".into()),
+        ],
+    )?;
+    let procs: Vec<Proc> = (0..2).map(|_| env.converter(2)).collect::<Result<_, _>>()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mailpit = test_kit::mailpit::Mailpit::new(&env.stack.mailpit_api_url);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(env.store(clip).await.0);
+    }
+    let t = Instant::now();
+    futures::future::join_all(ids.iter().map(|id| env.publish(*id))).await;
+    loop {
+        let n = mailpit
+            .messages_to(&env.owner_email)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if n >= 10 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "only {n} emails");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "\n10 parallel 60 s jobs, 2 converters × 2 jobs at a time, notify-svc → Mailpit: all 10 emailed in {:.2} s",
+        secs(t.elapsed())
+    );
+    drop((procs, notify));
     Ok(())
 }
