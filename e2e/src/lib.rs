@@ -74,9 +74,18 @@ pub fn sample(dir: &Path, name: &str, ffmpeg_args: &str) -> std::path::PathBuf {
 
 /// A new user, created by the admin through auth-svc; returns (email, password).
 pub async fn create_user(auth: SocketAddr) -> (String, String) {
-    let mut auth = AuthServiceClient::connect(format!("http://{auth}"))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{auth}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    create_user_over(channel).await
+}
+
+/// [`create_user`] over `channel` (e.g. mutual TLS with the gateway's
+/// certificate: auth-svc then accepts no one else).
+pub async fn create_user_over(channel: tonic::transport::Channel) -> (String, String) {
+    let mut auth = AuthServiceClient::new(channel);
     let admin = auth
         .login(LoginRequest {
             email: ADMIN.0.into(),
@@ -204,6 +213,117 @@ pub fn ffprobe(path: &Path) -> (String, f64) {
     (get("format_name"), get("duration").parse().unwrap_or(-1.0))
 }
 
+/// The stack's development certificates (`scripts/stack certs`, in
+/// `STACK_TLS_DIR`) and its TLS endpoints.
+#[derive(Debug, Clone)]
+pub struct TlsStack {
+    pub dir: std::path::PathBuf,
+    /// PostgreSQL's URL without database, TLS parameters to add after it.
+    pub pg_params: String,
+    pub amqps_url: String,
+    pub mongodb_tls_uri: String,
+}
+
+impl TlsStack {
+    pub fn from_env() -> Self {
+        let var = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| {
+                panic!(
+                    "{k} is not set: run `eval \"$(scripts/stack env)\"` after `scripts/stack up`"
+                )
+            })
+        };
+        let dir = std::path::PathBuf::from(var("STACK_TLS_DIR"));
+        Self {
+            pg_params: format!(
+                "sslmode=verify-full&sslrootcert={}",
+                dir.join("ca.pem").display()
+            ),
+            amqps_url: var("AMQPS_URL"),
+            mongodb_tls_uri: var("MONGODB_TLS_URI"),
+            dir,
+        }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// A service's mTLS flags: its own certificate, the CA, and whom its
+    /// gRPC server accepts.
+    fn flags(&self, svc: &str, allowed: Option<&str>) -> Vec<String> {
+        let mut f = vec![
+            "--tls-mode".into(),
+            "mtls".into(),
+            "--tls-cert-file".into(),
+            self.file(&format!("{svc}.pem")),
+            "--tls-key-file".into(),
+            self.file(&format!("{svc}-key.pem")),
+            "--tls-ca-file".into(),
+            self.file("ca.pem"),
+        ];
+        if let Some(a) = allowed {
+            f.extend(["--tls-allowed-clients".into(), a.into()]);
+        }
+        f
+    }
+
+    /// A client config presenting `cert` (a file stem in the directory, or
+    /// none) and trusting `ca`.
+    pub fn client_config(&self, cert: Option<&str>, ca: &str) -> rustls::ClientConfig {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.file(ca)).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut cfg = match cert {
+            Some(stem) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(self.file(&format!("{stem}.pem")))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect(),
+                    PrivateKeyDer::from_pem_file(self.file(&format!("{stem}-key.pem"))).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        cfg
+    }
+}
+
+/// A gRPC channel to `addr` over TLS with `config`, expecting the server to
+/// be `server_name`.
+pub fn tls_channel(
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+    server_name: &str,
+) -> tonic::transport::Channel {
+    let config = std::sync::Arc::new(config);
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(5))
+        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let (config, name) = (config.clone(), name.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+}
+
 /// The four services started in-process against the stack, on fresh
 /// databases and queues.
 pub struct Mesh {
@@ -219,6 +339,10 @@ pub struct Mesh {
     pub dir: tempfile::TempDir,
     /// The MongoDB database of this mesh.
     pub mongo_db: String,
+    /// Set when every hop is TLS ([`Mesh::start_tls`]).
+    pub tls: Option<TlsStack>,
+    /// The PostgreSQL databases of auth-svc and notify-svc.
+    pub pg_databases: [String; 2],
 }
 
 impl std::fmt::Debug for Mesh {
@@ -228,6 +352,7 @@ impl std::fmt::Debug for Mesh {
             .field("grpc", &self.grpc)
             .field("http", &self.http)
             .field("mongo_db", &self.mongo_db)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -245,12 +370,51 @@ impl Mesh {
     /// `extra`: (service, flag, value) added to a service's flags, e.g.
     /// `("converter-svc", "--progress-interval", "200ms")`.
     pub async fn start_with(extra: &[(&str, &str, &str)]) -> Self {
+        Self::start_inner(extra, None).await
+    }
+
+    /// Every hop over TLS: mutual TLS between the gateway and auth-svc (which
+    /// accepts only the gateway) and on the gateway's gRPC port (which
+    /// accepts only itself: its REST edge); PostgreSQL with
+    /// `sslmode=verify-full`, `amqps://`, MongoDB with `tls=true`, SMTP with
+    /// STARTTLS, every server certificate checked against the stack's CA.
+    pub async fn start_tls() -> Self {
+        Self::start_inner(&[], Some(TlsStack::from_env())).await
+    }
+
+    async fn start_inner(extra: &[(&str, &str, &str)], tls: Option<TlsStack>) -> Self {
         let more = |svc: &str| -> Vec<String> {
-            extra
+            let mut m: Vec<String> = extra
                 .iter()
                 .filter(|(s, _, _)| *s == svc)
                 .flat_map(|(_, f, v)| [(*f).to_owned(), (*v).to_owned()])
-                .collect()
+                .collect();
+            if let Some(t) = &tls {
+                match svc {
+                    "auth-svc" => m.extend(t.flags(svc, Some("gateway-svc"))),
+                    "gateway-svc" => {
+                        m.extend(t.flags(svc, Some("gateway-svc")));
+                        m.extend(["--mongodb-uri".into(), t.mongodb_tls_uri.clone()]);
+                        m.extend(["--amqp-url".into(), t.amqps_url.clone()]);
+                    }
+                    "converter-svc" => {
+                        m.extend(["--mongodb-uri".into(), t.mongodb_tls_uri.clone()]);
+                        m.extend(["--amqp-url".into(), t.amqps_url.clone()]);
+                    }
+                    "notify-svc" => {
+                        m.extend(["--amqp-url".into(), t.amqps_url.clone()]);
+                        m.extend(["--smtp-tls".into(), "starttls".into()]);
+                        m.extend(["--smtp-ca-file".into(), t.file("ca.pem")]);
+                    }
+                    _ => {}
+                }
+            }
+            m
+        };
+        let db_name = |url: &str| url.rsplit('/').next().unwrap_or_default().to_owned();
+        let db_url = |url: String| match &tls {
+            Some(t) => format!("{url}?{}", t.pg_params),
+            None => url,
         };
         test_kit::init_tracing();
         let stack = Stack::from_env();
@@ -262,6 +426,8 @@ impl Mesh {
         let mut tasks = Vec::new();
 
         let auth_db = stack.fresh_database("e2eauth").await;
+        let auth_db_name = db_name(&auth_db);
+        let auth_db = db_url(auth_db);
         let auth = auth_svc::app::App::build(
             auth_svc::config::Cli::try_parse_from(with_more(
                 &[
@@ -289,7 +455,8 @@ impl Mesh {
         let auth_addr = auth.grpc_addr();
         tasks.push(tokio::spawn(auth.run_until(token.clone())));
 
-        let auth_url = format!("http://{auth_addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let auth_url = format!("{scheme}://{auth_addr}");
         let gateway = gateway_svc::app::App::build(
             gateway_svc::config::Config::try_parse_from(with_more(
                 &[
@@ -353,6 +520,8 @@ impl Mesh {
         tasks.push(tokio::spawn(converter.run_until(token.clone())));
 
         let notify_db = stack.fresh_database("e2enotify").await;
+        let notify_db_name = db_name(&notify_db);
+        let notify_db = db_url(notify_db);
         let smtp_port = stack.smtp_port.to_string();
         let base = format!("http://{http}");
         let notify = notify_svc::app::App::build(
@@ -399,11 +568,24 @@ impl Mesh {
             tasks,
             dir: tempfile::tempdir().unwrap(),
             mongo_db,
+            tls,
+            pg_databases: [auth_db_name, notify_db_name],
         }
     }
 
     pub async fn user(&self) -> (String, String) {
-        crate::create_user(self.auth).await
+        match &self.tls {
+            // auth-svc accepts the gateway only: the test speaks as it.
+            Some(t) => {
+                crate::create_user_over(tls_channel(
+                    self.auth,
+                    t.client_config(Some("gateway-svc"), "ca.pem"),
+                    "auth-svc",
+                ))
+                .await
+            }
+            None => crate::create_user(self.auth).await,
+        }
     }
 
     pub fn sample(&self, name: &str, ffmpeg_args: &str) -> std::path::PathBuf {
