@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 
 pub const JWT_SECRET: &str = "gateway-test-secret-gateway-test-secret";
-const ADMIN: (&str, &str) = ("admin@example.com", "admin password 1");
+pub const ADMIN: (&str, &str) = ("admin@example.com", "admin password 1");
 
 pub struct Auth {
     pub addr: SocketAddr,

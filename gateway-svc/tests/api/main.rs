@@ -9,4 +9,5 @@ mod auth;
 mod jobs;
 mod lifecycle;
 mod limits;
+mod revocation;
 mod transfer;
