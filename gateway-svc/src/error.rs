@@ -63,11 +63,24 @@ impl From<Status> for ApiError {
     fn from(s: Status) -> Self {
         // Our own gRPC API only sends safe messages, but a transport failure
         // between the edge and it could carry internals: keep those generic.
-        let message = match s.code() {
-            Code::Unknown | Code::Internal | Code::DataLoss => "internal error".to_owned(),
-            _ => s.message().to_owned(),
+        let (code, message) = match s.code() {
+            Code::Unknown | Code::Internal | Code::DataLoss => {
+                (s.code(), "internal error".to_owned())
+            }
+            // tonic reports its own client deadline (a dependency too slow)
+            // as CANCELLED; the edge's client did not cancel anything.
+            Code::Cancelled if s.message() == "Timeout expired" => (
+                Code::DeadlineExceeded,
+                "a service behind the edge did not answer in time; retry".to_owned(),
+            ),
+            // A connection refused or reset under us: say so, not how.
+            Code::Unavailable if std::error::Error::source(&s).is_some() => (
+                Code::Unavailable,
+                "a service behind the edge is unavailable; retry shortly".to_owned(),
+            ),
+            _ => (s.code(), s.message().to_owned()),
         };
-        let mut e = Self::new(s.code(), message);
+        let mut e = Self::new(code, message);
         e.body.reason = svc_kit::error::status_reason(&s);
         e.retry_after = svc_kit::error::retry_after(&s).map(|d| d.as_secs().max(1));
         e

@@ -144,6 +144,10 @@ pub async fn report_queue_depths(
 ) {
     let mut ch: Option<(Connection, lapin::Channel)> = None;
     let mut tick = tokio::time::interval(DEPTH_INTERVAL);
+    // Not at once: at start the service has not declared its queues yet, and
+    // a passive declare of a missing queue closes the channel with an error
+    // lapin logs.
+    tick.tick().await;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,

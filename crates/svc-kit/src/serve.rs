@@ -66,7 +66,11 @@ pub async fn http(
         };
         let _ = stream.set_nodelay(true);
         let Some(permit) = conns.try_admit() else {
-            tokio::spawn(refuse(stream));
+            // Over TLS a plaintext answer would only be a handshake error:
+            // close instead.
+            if acceptor.is_none() {
+                tokio::spawn(refuse(stream));
+            }
             continue;
         };
         let router = router.clone();

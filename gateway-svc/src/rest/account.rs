@@ -45,6 +45,7 @@ pub(super) struct TokenJson {
 
 pub(super) async fn change_password(
     State(edge): State<Edge>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Json<NewPassword>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<TokenJson>, ApiError> {
@@ -54,20 +55,23 @@ pub(super) async fn change_password(
             e.body_text()
         ))
     })?;
-    let res = edge
-        .auth
-        .clone()
-        .change_password(forward(
-            &headers,
-            ChangePasswordRequest {
-                current_password: body.current_password,
-                new_password: body.new_password,
-            },
-        ))
-        .await?
-        .into_inner();
-    if let Some(token) = bearer(&headers) {
-        edge.validator.forget(token).await;
+    // Whose tokens to forget afterwards: all of them stop validating.
+    let user = match bearer(&headers) {
+        Some(token) => edge.validator.validate(token).await.ok().map(|c| c.user_id),
+        None => None,
+    };
+    let mut req = forward(
+        &headers,
+        ChangePasswordRequest {
+            current_password: body.current_password,
+            new_password: body.new_password,
+        },
+    );
+    // Counted against the same per-address limits as a login.
+    super::name_client(&mut req, &edge, &headers, peer.map(|p| p.0.0));
+    let res = edge.auth.clone().change_password(req).await?.into_inner();
+    if let Some(user) = user {
+        edge.validator.forget_user(&user).await;
     }
     Ok(Json(TokenJson {
         token: res.token,

@@ -216,6 +216,21 @@ fn client_addr(edge: &Edge, headers: &HeaderMap, peer: Option<SocketAddr>) -> Op
     peer.map(|p| p.ip().to_string())
 }
 
+/// Names the client to auth-svc (`x-client-addr`), which counts password
+/// attempts per client address.
+pub(crate) fn name_client<T>(
+    req: &mut tonic::Request<T>,
+    edge: &Edge,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) {
+    if let Some(addr) = client_addr(edge, headers, peer)
+        && let Ok(v) = addr.parse()
+    {
+        req.metadata_mut().insert("x-client-addr", v);
+    }
+}
+
 async fn login(
     State(edge): State<Edge>,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
@@ -235,11 +250,7 @@ async fn login(
         ));
     };
     let mut req = tonic::Request::new(LoginRequest { email, password });
-    if let Some(addr) = client_addr(&edge, &headers, peer.map(|p| p.0.0))
-        && let Ok(v) = addr.parse()
-    {
-        req.metadata_mut().insert("x-client-addr", v);
-    }
+    name_client(&mut req, &edge, &headers, peer.map(|p| p.0.0));
     match edge.auth.clone().login(req).await {
         Ok(res) => {
             let res = res.into_inner();
