@@ -362,11 +362,16 @@ impl Converter {
         metrics::counter!("mp3converter_conversions_total", "outcome" => "done").increment(1);
         tracing::info!(job_id = %id, seconds = mp3.duration_seconds, bytes = mp3.size_bytes, "converted");
         self.notify(&done, false);
-        let done = self.delete_source(&done).await;
-        match self.announce(&done).await {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::Retry(e),
+        // The user hears first; deleting the source (retention) follows. On
+        // a server that scans to delete, that took a second of the user's
+        // wait. The ready email says nothing about the source, and a
+        // redelivery (announce failed, or a crash before the delete) deletes
+        // it in `repeat_outcome`.
+        if let Err(e) = self.announce(&done).await {
+            return Outcome::Retry(e);
         }
+        self.delete_source(&done).await;
+        Outcome::Ack
     }
 
     /// A finished job met again (a redelivery, a re-publish by the janitor):

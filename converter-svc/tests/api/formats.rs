@@ -62,10 +62,13 @@ async fn valid_inputs_become_mp3s_of_the_same_length() {
         assert_eq!(job.mp3_id.unwrap().to_hex(), ready.mp3_id);
         assert_eq!(ready.owner_email, "user@example.com");
         assert!(ready.filename.ends_with(".mp3"));
-        assert!(
-            !env.video_stored(id).await,
-            "the source is deleted once done"
-        );
+        // Once done and announced (the announcement goes first).
+        test_kit::wait_until(
+            "the source deleted once done",
+            Duration::from_secs(20),
+            || async { (!env.video_stored(id).await).then_some(()) },
+        )
+        .await;
         assert!(ready.expire_time.is_some(), "MP3s expire");
     }
     conv.stop().await;
