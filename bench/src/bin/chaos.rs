@@ -311,20 +311,26 @@ async fn inject(mesh: &Arc<AsyncMutex<Mesh>>, f: Fault) -> String {
             format!("SIGKILL converter {i}, restarted")
         }
         Fault::CloseConverterConnections => {
+            // RabbitMQ 3.10 has no `user_provided_name` item: the name the
+            // client gave is `connection_name` in its properties.
             let list = rabbitmqctl(&[
                 "list_connections",
                 "-q",
                 "--no-table-headers",
                 "pid",
-                "user_provided_name",
+                "client_properties",
             ]);
             let mut n = 0;
             for line in list.lines() {
-                let mut parts = line.split_whitespace();
-                if let (Some(pid), Some(name)) = (parts.next(), parts.next())
-                    && name.starts_with("converter-svc")
-                {
-                    rabbitmqctl(&["close_connection", pid, "chaos"]);
+                let Some((pid, props)) = line.split_once('\t') else {
+                    continue;
+                };
+                let name = props
+                    .split_once(r#"{"connection_name",""#)
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(name, _)| name);
+                if name.is_some_and(|n| n.starts_with("converter-svc")) {
+                    rabbitmqctl(&["close_connection", pid.trim(), "chaos"]);
                     n += 1;
                 }
             }
