@@ -519,9 +519,17 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
             .then_some(())
     })
     .await;
-    // The download's metrics are recorded when its body ends.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = mesh.scrape().await;
+    // The download's metrics are recorded when the server sees its stream
+    // end, which can be after the client has every byte: wait for it.
+    let download = [("grpc_method", "Download"), ("grpc_code", "OK")];
+    let downloads = |m: &HashMap<&'static str, String>| {
+        prom::sum(&m["gateway-svc"], "grpc_server_handled_total", &download)
+    };
+    let after = wait_until("the download's metrics", T, || async {
+        let m = mesh.scrape().await;
+        (downloads(&m) > downloads(&before)).then_some(m)
+    })
+    .await;
 
     let video = mesh.video_queue.clone();
     let mp3 = mesh.mp3_queue.clone();
