@@ -530,6 +530,14 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
         (downloads(&m) > downloads(&before)).then_some(m)
     })
     .await;
+    // The REST edge reads the gRPC stream to its trailers: a whole download
+    // is never counted as cancelled.
+    let cancelled = [("grpc_method", "Download"), ("grpc_code", "Cancelled")];
+    assert_eq!(
+        prom::sum(&after["gateway-svc"], "grpc_server_handled_total", &cancelled),
+        prom::sum(&before["gateway-svc"], "grpc_server_handled_total", &cancelled),
+        "a download through the REST edge was counted as cancelled"
+    );
 
     let video = mesh.video_queue.clone();
     let mp3 = mesh.mp3_queue.clone();

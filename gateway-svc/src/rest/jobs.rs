@@ -13,6 +13,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use mp3converter_proto::media::v1::{
     self as pb, DeleteJobRequest, DownloadRequest, GetJobRequest, ListJobsRequest,
@@ -267,15 +268,7 @@ pub(super) async fn download(
         }) => m,
         _ => return Err(ApiError::new(Code::Internal, "internal error")),
     };
-    let body = Body::from_stream(stream.map(|msg| match msg {
-        Ok(pb::DownloadResponse {
-            payload: Some(download_response::Payload::Chunk(b)),
-        }) => Ok(b),
-        Ok(_) => Err(std::io::Error::other(
-            "unexpected message in the download stream",
-        )),
-        Err(s) => Err(std::io::Error::other(s.message().to_owned())),
-    }));
+    let body = Body::from_stream(chunks_to_trailers(stream, meta.size_bytes));
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/mpeg"));
@@ -288,6 +281,44 @@ pub(super) async fn download(
         HeaderValue::from_static("nosniff"),
     );
     Ok(res.into_response())
+}
+
+/// The download's chunks, each handed on only once we know it is not followed
+/// by an error: hyper drops a `Content-Length` body as soon as it has that
+/// many bytes, so without reading ahead to the trailers the gRPC call would be
+/// cancelled after its last byte (and counted so), and a failure the server
+/// reports at the very end would reach the client as a complete file.
+fn chunks_to_trailers(
+    stream: tonic::Streaming<pb::DownloadResponse>,
+    size: u64,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::try_unfold((stream, 0u64), move |(mut stream, sent)| async move {
+        let chunk = match stream.message().await.map_err(status_to_io)? {
+            None => return Ok(None),
+            Some(pb::DownloadResponse {
+                payload: Some(download_response::Payload::Chunk(b)),
+            }) => b,
+            Some(_) => {
+                return Err(std::io::Error::other(
+                    "unexpected message in the download stream",
+                ));
+            }
+        };
+        let sent = sent + chunk.len() as u64;
+        if sent >= size {
+            // The last chunk: the stream must end here, and end OK.
+            if stream.message().await.map_err(status_to_io)?.is_some() {
+                return Err(std::io::Error::other(
+                    "the download is longer than announced",
+                ));
+            }
+        }
+        Ok(Some((chunk, (stream, sent))))
+    })
+}
+
+fn status_to_io(s: tonic::Status) -> std::io::Error {
+    std::io::Error::other(s.message().to_owned())
 }
 
 #[cfg(test)]
