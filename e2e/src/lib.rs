@@ -7,7 +7,7 @@ use clap::Parser;
 use mp3converter_proto::auth::v1::{
     CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient,
 };
-use std::{net::SocketAddr, path::Path, process::Command};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 use test_kit::{Stack, mailpit::Mailpit, unique_name};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
@@ -38,9 +38,9 @@ pub async fn only_email(mailpit: &test_kit::mailpit::Mailpit, to: &str) -> Strin
     mailpit.message(&msgs[0].id).await.unwrap().text
 }
 
-/// Deletes a test's `video` and `mp3` work queues (with their retry and
-/// dead-letter queues), declared with [`RETRY_DELAYS`].
-pub async fn delete_queues(amqp_url: &str, video_queue: &str, mp3_queue: &str) {
+/// Deletes a test's work queues (`video`, `mp3`, `notified`, with their retry
+/// and dead-letter queues), declared with [`RETRY_DELAYS`].
+pub async fn delete_queues(amqp_url: &str, queues: &[&str]) {
     let topo = amqp_kit::TopologyArgs {
         delivery_limit: 5,
         retry_delays: RETRY_DELAYS
@@ -50,7 +50,10 @@ pub async fn delete_queues(amqp_url: &str, video_queue: &str, mp3_queue: &str) {
     };
     test_kit::delete_work_queues(
         amqp_url,
-        &[topo.work_queue(video_queue), topo.work_queue(mp3_queue)],
+        &queues
+            .iter()
+            .map(|q| topo.work_queue(q))
+            .collect::<Vec<_>>(),
     )
     .await;
 }
@@ -332,6 +335,7 @@ pub struct Mesh {
     pub http: SocketAddr,
     pub video_queue: String,
     pub mp3_queue: String,
+    pub notified_queue: String,
     pub stack: Stack,
     pub mailpit: Mailpit,
     pub token: CancellationToken,
@@ -422,6 +426,7 @@ impl Mesh {
         let mongo_db = unique_name("e2e").replace('-', "_");
         let video_queue = unique_name("video");
         let mp3_queue = unique_name("mp3");
+        let notified_queue = unique_name("notified");
         let delays = crate::RETRY_DELAYS;
         let mut tasks = Vec::new();
 
@@ -479,6 +484,8 @@ impl Mesh {
                     &video_queue,
                     "--mp3-queue",
                     &mp3_queue,
+                    "--notified-queue",
+                    &notified_queue,
                     "--amqp-retry-delays",
                     delays,
                 ],
@@ -534,6 +541,8 @@ impl Mesh {
                     &stack.amqp_url,
                     "--mp3-queue",
                     &mp3_queue,
+                    "--notified-queue",
+                    &notified_queue,
                     "--amqp-retry-delays",
                     delays,
                     "--database-url",
@@ -562,6 +571,7 @@ impl Mesh {
             http,
             video_queue,
             mp3_queue,
+            notified_queue,
             mailpit: Mailpit::new(&stack.mailpit_api_url),
             stack,
             token,
@@ -597,11 +607,43 @@ impl Mesh {
         crate::only_email(&self.mailpit, to).await
     }
 
+    /// This mesh's MongoDB store, as the services see it.
+    pub async fn store(&self) -> media_store::Store {
+        media_store::Store::new(
+            &svc_kit::config::Secret::new(self.stack.mongodb_uri.clone()),
+            &self.mongo_db,
+            "e2e",
+            media_store::Timeouts::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Waits for notify-svc's receipt to be recorded on the job: the loop
+    /// from the outcome to the inbox and back is closed.
+    pub async fn wait_notified(&self, job_id: &str) {
+        let store = self.store().await;
+        let id = job_id.parse().unwrap();
+        test_kit::wait_until(
+            &format!("job {job_id} recorded as notified"),
+            Duration::from_secs(30),
+            || async {
+                let job = store.jobs.get(id).await.ok()??;
+                (job.notified == Some(true)).then_some(())
+            },
+        )
+        .await;
+    }
+
     pub async fn stop(self) {
         self.token.cancel();
         for t in self.tasks {
             t.await.unwrap().unwrap();
         }
-        crate::delete_queues(&self.stack.amqp_url, &self.video_queue, &self.mp3_queue).await;
+        crate::delete_queues(
+            &self.stack.amqp_url,
+            &[&self.video_queue, &self.mp3_queue, &self.notified_queue],
+        )
+        .await;
     }
 }

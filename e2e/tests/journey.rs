@@ -61,6 +61,7 @@ async fn the_tutorial_journey_over_rest() {
         .unwrap();
     assert_eq!(done["state"], "done");
     assert_eq!(done["mp3_id"], fid.as_str());
+    mesh.wait_notified(job_id).await;
     mesh.stop().await;
 }
 
@@ -181,6 +182,7 @@ async fn a_file_that_is_not_a_video_ends_in_a_failure_email() {
         .await
         .unwrap();
     assert_eq!(failed["state"], "failed");
+    mesh.wait_notified(job_id).await;
     assert!(
         failed["failure_reason"]
             .as_str()

@@ -48,6 +48,7 @@ struct ProcMesh {
     grpc: SocketAddr,
     video_queue: String,
     mp3_queue: String,
+    notified_queue: String,
     stack: Stack,
     mailpit: Mailpit,
     dir: tempfile::TempDir,
@@ -60,6 +61,7 @@ impl ProcMesh {
         let mongo_db = unique_name("obs").replace('-', "_");
         let video_queue = unique_name("video");
         let mp3_queue = unique_name("mp3");
+        let notified_queue = unique_name("notified");
         let auth_db = stack.fresh_database("obsauth").await;
         let notify_db = stack.fresh_database("obsnotify").await;
         let (auth, http, grpc) = (free_addr(), free_addr(), free_addr());
@@ -70,6 +72,7 @@ impl ProcMesh {
             grpc,
             video_queue: video_queue.clone(),
             mp3_queue: mp3_queue.clone(),
+            notified_queue: notified_queue.clone(),
             mailpit: Mailpit::new(&stack.mailpit_api_url),
             stack: stack.clone(),
             dir,
@@ -105,6 +108,10 @@ impl ProcMesh {
                 stack.amqp_url.clone(),
                 s("--video-queue"),
                 video_queue.clone(),
+                s("--mp3-queue"),
+                mp3_queue.clone(),
+                s("--notified-queue"),
+                notified_queue.clone(),
                 s("--amqp-retry-delays"),
                 s(e2e::RETRY_DELAYS),
             ],
@@ -137,6 +144,8 @@ impl ProcMesh {
                 stack.amqp_url.clone(),
                 s("--mp3-queue"),
                 mp3_queue,
+                s("--notified-queue"),
+                notified_queue.clone(),
                 s("--amqp-retry-delays"),
                 s(e2e::RETRY_DELAYS),
                 s("--database-url"),
@@ -267,7 +276,11 @@ impl ProcMesh {
                 std::fs::read_to_string(&p.log).unwrap_or_default()
             );
         }
-        e2e::delete_queues(&self.stack.amqp_url, &self.video_queue, &self.mp3_queue).await;
+        e2e::delete_queues(
+            &self.stack.amqp_url,
+            &[&self.video_queue, &self.mp3_queue, &self.notified_queue],
+        )
+        .await;
     }
 }
 
@@ -534,8 +547,16 @@ async fn every_service_exposes_metrics_that_the_journey_moves() {
     // is never counted as cancelled.
     let cancelled = [("grpc_method", "Download"), ("grpc_code", "Cancelled")];
     assert_eq!(
-        prom::sum(&after["gateway-svc"], "grpc_server_handled_total", &cancelled),
-        prom::sum(&before["gateway-svc"], "grpc_server_handled_total", &cancelled),
+        prom::sum(
+            &after["gateway-svc"],
+            "grpc_server_handled_total",
+            &cancelled
+        ),
+        prom::sum(
+            &before["gateway-svc"],
+            "grpc_server_handled_total",
+            &cancelled
+        ),
         "a download through the REST edge was counted as cancelled"
     );
 

@@ -6,10 +6,11 @@ use crate::{
     janitor::{self, Janitor},
     media::{MAX_CHUNK, Media},
     quota::Quotas,
+    receipts::Receipts,
     rest::{self, Edge},
     watch::Hub,
 };
-use amqp_kit::{Publisher, broadcast::Broadcaster};
+use amqp_kit::{Publisher, broadcast::Broadcaster, consumer::ConsumerConfig};
 use media_store::Store;
 use mp3converter_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -255,6 +256,8 @@ impl App {
                 tombstone_age: j.tombstone_age,
                 delete_source: j.delete_source,
                 mp3_queue: self.config.mp3_queue.clone(),
+                unnotified_after: j.unnotified_after,
+                max_reannounce: j.max_reannounce,
             },
         }
     }
@@ -283,6 +286,24 @@ impl App {
                 move |heard| hub.heard(heard),
             ))
         };
+        let receipts = tokio::spawn(amqp_kit::consumer::run(
+            ConsumerConfig {
+                url: self.config.amqp_url.clone(),
+                name: "gateway-svc-receipts".into(),
+                queue: self
+                    .config
+                    .video_topology
+                    .work_queue(&self.config.notified_queue),
+                also_declare: Vec::new(),
+                concurrency: 4,
+                grace: self.config.shutdown_grace,
+            },
+            Receipts {
+                jobs: self.store.jobs.clone(),
+            },
+            self.health.clone(),
+            token.clone(),
+        ));
         self.health.drain_on(token.clone());
         let limits = &self.config.listener;
         let rest = self
@@ -336,6 +357,7 @@ impl App {
         admin.abort();
         watch_listener.abort();
         let _ = janitor.await;
+        let _ = receipts.await;
         self.background.cancel();
         if let Some(res) = served {
             res?;

@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
     pub mp3_queue: String,
 
+    /// Queue of notify-svc's UserNotified receipts: each marks its job's
+    /// user as told.
+    #[arg(long, env = "NOTIFIED_QUEUE", default_value = "notified")]
+    pub notified_queue: String,
+
     /// Fanout exchange of job changes (progress, state) for live watchers;
     /// every replica listens to it.
     #[arg(long, env = "JOB_EVENTS_EXCHANGE", default_value = "job-events")]
@@ -160,6 +165,17 @@ pub struct JanitorArgs {
     /// Re-publishes of a stuck job before it is failed.
     #[arg(long, env = "MAX_REPUBLISH", default_value_t = 3)]
     pub max_republish: u32,
+
+    /// How long after its outcome was announced a job may go without
+    /// notify-svc's receipt before the janitor announces it again (same event
+    /// id: at most one email). Longer than notify's retries of one email.
+    #[arg(long, env = "UNNOTIFIED_AFTER", value_parser = parse_duration, default_value = "15m")]
+    pub unnotified_after: Duration,
+
+    /// Announcements again without a receipt before the janitor gives up on
+    /// telling the user (counted, for an alert).
+    #[arg(long, env = "MAX_REANNOUNCE", default_value_t = 3)]
+    pub max_reannounce: u32,
 
     /// Age past which a job not yet done is failed and the user told.
     #[arg(long, env = "MAX_JOB_AGE", value_parser = parse_duration, default_value = "24h")]

@@ -13,6 +13,11 @@
 //!   is `MAX_JOB_AGE` old, it is failed and the user is told.
 //! - **unannounced**: a finished job whose outcome event was never confirmed
 //!   gets it published.
+//! - **unnotified**: a finished job whose outcome went out `UNNOTIFIED_AFTER`
+//!   ago without notify-svc's receipt coming back (the message was lost on
+//!   its way to the inbox) gets it published again, under the same event id
+//!   (notify's sent-log sends at most one email), up to `MAX_REANNOUNCE`
+//!   times; then it is counted (`gave_up_notifying`) for an operator.
 //! - **abandoned uploads**: an upload whose heartbeat stopped (the gateway
 //!   died mid-upload) is removed with its chunks.
 //! - **retention**: source videos of finished jobs (if the converter could
@@ -49,6 +54,8 @@ pub(crate) struct Settings {
     pub(crate) tombstone_age: Duration,
     pub(crate) delete_source: bool,
     pub(crate) mp3_queue: String,
+    pub(crate) unnotified_after: Duration,
+    pub(crate) max_reannounce: u32,
 }
 
 pub(crate) struct Janitor {
@@ -115,6 +122,7 @@ impl Janitor {
         self.unconfirmed().await?;
         self.stuck().await?;
         self.unannounced().await?;
+        self.unnotified().await?;
         self.abandoned_uploads().await?;
         self.sources().await?;
         self.expired().await?;
@@ -266,6 +274,44 @@ impl Janitor {
             n += 1;
         }
         count("announced_unannounced", n);
+        Ok(())
+    }
+
+    /// Finished jobs announced a while ago whose receipt never came back:
+    /// announced again, a bounded number of times.
+    async fn unnotified(&self) -> Result<(), String> {
+        let jobs = self
+            .find(doc! {
+                "state": { "$in": ["done", "failed"] },
+                "announced": true,
+                "notified": false,
+                "announced_at": { "$lte": ago(self.settings.unnotified_after) },
+                // (missing: a job recorded before this was counted)
+                "$or": [
+                    { "reannounced": { "$lte": self.settings.max_reannounce } },
+                    { "reannounced": { "$exists": false } },
+                ],
+            })
+            .await?;
+        let (mut again, mut gave_up) = (0, 0);
+        for job in jobs {
+            // Counted first: a failure to publish still spends an attempt, so
+            // a job that cannot be announced does not come back every round.
+            self.jobs()
+                .note_reannounced(job.id)
+                .await
+                .map_err(|e| format!("counting an announcement: {e}"))?;
+            if job.reannounced >= self.settings.max_reannounce {
+                tracing::error!(job_id = %job.id, owner_id = %job.owner_id, "the user was never told of this job's outcome; giving up");
+                gave_up += 1;
+                continue;
+            }
+            tracing::warn!(job_id = %job.id, "no receipt for the outcome; announcing it again");
+            self.announce(&job).await?;
+            again += 1;
+        }
+        count("reannounced_unnotified", again);
+        count("gave_up_notifying", gave_up);
         Ok(())
     }
 

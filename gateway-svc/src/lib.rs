@@ -13,6 +13,7 @@ mod error;
 mod janitor;
 mod media;
 mod quota;
+mod receipts;
 mod rest;
 mod watch;
 

@@ -1,7 +1,10 @@
 //! Wiring: everything `main` and the tests start.
 
 use crate::{config::Config, handler::Notifier, mail::Mailer, sent_log};
-use amqp_kit::consumer::{self, ConsumerConfig};
+use amqp_kit::{
+    Publisher,
+    consumer::{self, ConsumerConfig},
+};
 use std::{net::SocketAddr, time::Duration};
 use svc_kit::health::Health;
 use tokio::net::TcpListener;
@@ -28,6 +31,13 @@ impl App {
         svc_kit::pg::wait_for(&pool, Duration::from_secs(60)).await?;
         sent_log::migrate(&pool).await?;
         let mailer = Mailer::new(&config)?;
+        let notified_queue = config.notified_queue.clone();
+        let receipts = Publisher::with_topology(
+            config.amqp_url.clone(),
+            "notify-svc-receipts",
+            config.publish_timeout,
+            vec![config.topology.work_queue(&config.notified_queue)],
+        );
         let (health, _grpc_health) = Health::new(&["rabbitmq", "postgres", "smtp"]).await;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
         tracing::info!(admin = %admin_listener.local_addr()?, "notify-svc listening");
@@ -35,7 +45,12 @@ impl App {
             config,
             admin_listener,
             health,
-            notifier: Notifier { pool, mailer },
+            notifier: Notifier {
+                pool,
+                mailer,
+                receipts,
+                notified_queue,
+            },
         })
     }
 
@@ -62,7 +77,7 @@ impl App {
             url: self.config.amqp_url.clone(),
             name: "notify-svc".into(),
             queue: self.config.topology.work_queue(&self.config.mp3_queue),
-            also_declare: Vec::new(),
+            also_declare: vec![self.config.topology.work_queue(&self.config.notified_queue)],
             concurrency: self.config.concurrency,
             grace: self.config.shutdown_grace,
         };

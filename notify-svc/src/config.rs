@@ -52,6 +52,15 @@ pub struct Config {
     #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
     pub mp3_queue: String,
 
+    /// Queue of UserNotified receipts (read by gateway-svc, which records on
+    /// each job that its user was told).
+    #[arg(long, env = "NOTIFIED_QUEUE", default_value = "notified")]
+    pub notified_queue: String,
+
+    /// How long to wait for the broker's confirm of a receipt.
+    #[arg(long, env = "PUBLISH_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub publish_timeout: Duration,
+
     #[command(flatten)]
     pub topology: amqp_kit::TopologyArgs,
 

@@ -5,14 +5,16 @@ use crate::{
     sent_log::{self, Delivered, SendError},
 };
 use amqp_kit::{
+    Publisher,
     consumer::{Handler, Outcome},
+    event_properties,
     lapin::message::Delivery,
 };
 use deadpool_postgres::Pool;
 use lettre::message::Mailbox;
 use mp3converter_proto::{
     EventType,
-    events::v1::{ConversionFailed, Mp3Ready},
+    events::v1::{ConversionFailed, Mp3Ready, UserNotified},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -20,11 +22,23 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Notifier {
     pub(crate) pool: Pool,
     pub(crate) mailer: Mailer,
+    /// Where receipts go, with confirms.
+    pub(crate) receipts: Publisher,
+    pub(crate) notified_queue: String,
 }
 
 enum Event {
     Ready(Mp3Ready),
     Failed(ConversionFailed),
+}
+
+impl Event {
+    fn job_id(&self) -> &str {
+        match self {
+            Self::Ready(e) => &e.job_id,
+            Self::Failed(e) => &e.job_id,
+        }
+    }
 }
 
 fn decode(d: &Delivery) -> Result<Event, String> {
@@ -39,6 +53,33 @@ fn decode(d: &Delivery) -> Result<Event, String> {
                 .map_err(|e| format!("undecodable ConversionFailed: {e}"))
         }
         other => Err(format!("unexpected message type {other:?}")),
+    }
+}
+
+impl Notifier {
+    /// The user has been told (or never can be): the receipt goes out, with a
+    /// confirm, before the event is acked. Should it fail, the event is tried
+    /// again; the sent-log keeps the email from going twice.
+    async fn settled(&self, event: &Event, event_id: &str, result: &str) -> Outcome {
+        let receipt = UserNotified {
+            event_id: format!("notified-{event_id}"),
+            job_id: event.job_id().to_owned(),
+            outcome_event_id: event_id.to_owned(),
+            result: result.to_owned(),
+            occur_time: Some(std::time::SystemTime::now().into()),
+        };
+        let published = self
+            .receipts
+            .publish(
+                &self.notified_queue,
+                &prost::Message::encode_to_vec(&receipt),
+                event_properties(UserNotified::TYPE, &receipt.event_id, Default::default()),
+            )
+            .await;
+        match published {
+            Ok(()) => Outcome::Ack,
+            Err(e) => Outcome::Retry(format!("publishing the receipt: {e}")),
+        }
     }
 }
 
@@ -65,7 +106,7 @@ impl Handler for Notifier {
         let Ok(mailbox) = to.parse::<Mailbox>() else {
             tracing::warn!(%event_id, "the owner's email address is invalid; nothing to send");
             metrics::counter!("mp3converter_emails_total", "kind" => kind, "outcome" => "invalid_address").increment(1);
-            return Outcome::Ack;
+            return self.settled(&event, &event_id, "invalid_address").await;
         };
         let message = match &event {
             Event::Ready(e) => self.mailer.ready_message(mailbox, e),
@@ -80,26 +121,28 @@ impl Handler for Notifier {
             mailer.send(message).await
         })
         .await;
-        let (outcome, label) = match res {
+        let (result, label) = match res {
             Ok(Delivered::Sent) => {
                 tracing::info!(%event_id, kind, "email sent");
-                (Outcome::Ack, "sent")
+                ("sent", "sent")
             }
             Ok(Delivered::AlreadyDone) => {
                 tracing::info!(%event_id, kind, "already emailed; skipping the duplicate");
-                (Outcome::Ack, "duplicate")
+                ("already", "duplicate")
             }
             Ok(Delivered::Rejected) => {
                 tracing::warn!(%event_id, kind, "the SMTP server refused the recipient for good");
-                (Outcome::Ack, "rejected")
+                ("rejected", "rejected")
             }
             Err(e @ (SendError::Transient(_) | SendError::Database(_))) => {
-                (Outcome::Retry(e.to_string()), "retry")
+                metrics::counter!("mp3converter_emails_total", "kind" => kind, "outcome" => "retry")
+                    .increment(1);
+                return Outcome::Retry(e.to_string());
             }
         };
         metrics::counter!("mp3converter_emails_total", "kind" => kind, "outcome" => label)
             .increment(1);
-        outcome
+        self.settled(&event, &event_id, result).await
     }
 
     async fn exhausted(&self, delivery: &Delivery, reason: &str) -> Result<(), String> {

@@ -16,7 +16,11 @@
 //! the default (at-most-once) strategy: RabbitMQ 3.10's `at-least-once`
 //! workers crash after a broker restart and take every quorum queue declared
 //! afterwards down with them (seen in CI); a dead letter can therefore be lost
-//! only if the broker dies while moving it. Revisit on RabbitMQ 4. One retry queue per delay, each with a queue-wide TTL,
+//! when the broker stops while moving it (seen: retries expiring across a
+//! restart). The gateway's janitor recovers those end to end: a job whose
+//! `video` message is lost is re-published, an outcome whose `mp3` message is
+//! lost gets no receipt from notify-svc and is announced again. Revisit on
+//! RabbitMQ 4. One retry queue per delay, each with a queue-wide TTL,
 //! because per-message TTLs only expire at the head of a queue: a long delay
 //! would hold up every shorter one behind it. The delay is in the queue's name,
 //! so changing the backoff declares new queues instead of clashing with the

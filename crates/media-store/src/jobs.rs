@@ -102,6 +102,18 @@ pub struct Job {
     /// from before this was recorded.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced: Option<bool>,
+    /// When the outcome was last confirmed published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_at: Option<DateTime>,
+    /// Whether notify-svc's receipt (`UserNotified`) came back: the user was
+    /// told. `false` once done or failed until it does. (`None`: a job from
+    /// before this was recorded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified: Option<bool>,
+    /// How often the janitor announced the outcome again for want of a
+    /// receipt.
+    #[serde(default)]
+    pub reannounced: u32,
     /// Conversion progress, 0 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
@@ -151,6 +163,9 @@ impl Job {
             failure_reason: None,
             failure_kind: None,
             announced: None,
+            announced_at: None,
+            notified: None,
+            reannounced: 0,
             progress: None,
             lease_holder: None,
             lease_until: None,
@@ -431,6 +446,7 @@ impl Jobs {
             "duration_seconds": mp3.duration_seconds,
             "progress": 100.0,
             "announced": false,
+            "notified": false,
             "updated_at": at(now),
         };
         if let Some(exp) = mp3.expires_at {
@@ -469,6 +485,7 @@ impl Jobs {
                         "failure_reason": reason,
                         "failure_kind": mongodb::bson::to_bson(&kind).unwrap_or_default(),
                         "announced": false,
+                        "notified": false,
                         "updated_at": at(now),
                     },
                     "$unset": { "lease_holder": "", "lease_until": "", "progress": "" },
@@ -497,7 +514,30 @@ impl Jobs {
     /// The outcome event was confirmed published.
     pub async fn mark_announced(&self, id: ObjectId) -> Result<(), Error> {
         self.coll
-            .update_one(doc! { "_id": id }, doc! { "$set": { "announced": true } })
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "announced": true, "announced_at": DateTime::now() } },
+            )
+            .await
+            .map(drop)
+    }
+
+    /// notify-svc's receipt came back: the user was told. Idempotent; a job
+    /// deleted meanwhile is left alone.
+    pub async fn mark_notified(&self, id: ObjectId) -> Result<(), Error> {
+        self.coll
+            .update_one(
+                doc! { "_id": id, "notified": false },
+                doc! { "$set": { "notified": true } },
+            )
+            .await
+            .map(drop)
+    }
+
+    /// The janitor is announcing the outcome again (no receipt came back).
+    pub async fn note_reannounced(&self, id: ObjectId) -> Result<(), Error> {
+        self.coll
+            .update_one(doc! { "_id": id }, doc! { "$inc": { "reannounced": 1 } })
             .await
             .map(drop)
     }

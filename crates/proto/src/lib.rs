@@ -38,6 +38,9 @@ impl EventType for events::v1::Mp3Ready {
 impl EventType for events::v1::ConversionFailed {
     const TYPE: &'static str = "mp3converter.events.v1.ConversionFailed";
 }
+impl EventType for events::v1::UserNotified {
+    const TYPE: &'static str = "mp3converter.events.v1.UserNotified";
+}
 impl EventType for events::v1::JobChanged {
     const TYPE: &'static str = "mp3converter.events.v1.JobChanged";
 }

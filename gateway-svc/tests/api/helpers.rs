@@ -72,7 +72,7 @@ pub struct TestApp {
     pub admin: SocketAddr,
     pub auth_addr: SocketAddr,
     pub queue: String,
-    topology: amqp_kit::WorkQueue,
+    pub topology: amqp_kit::WorkQueue,
     pub store: Store,
     pub stack: test_kit::Stack,
     token: CancellationToken,
@@ -88,9 +88,15 @@ pub struct User {
     pub id: String,
 }
 
+/// The receipts queue that goes with a test's video queue.
+pub fn notified_queue(video_queue: &str) -> String {
+    format!("{video_queue}.notified")
+}
+
 pub fn config(auth: SocketAddr, db: &str, queue: &str, extra: &[&str]) -> Config {
     let stack = test_kit::Stack::from_env();
     let auth_url = format!("http://{auth}");
+    let notified = notified_queue(queue);
     let mut args = vec![
         "gateway-svc",
         "--grpc-addr",
@@ -109,6 +115,8 @@ pub fn config(auth: SocketAddr, db: &str, queue: &str, extra: &[&str]) -> Config
         &stack.amqp_url,
         "--video-queue",
         queue,
+        "--notified-queue",
+        &notified,
         "--health-interval",
         "200ms",
     ];
@@ -321,7 +329,11 @@ impl TestApp {
     pub async fn stop(self) {
         let (store, stack, topology) = self.shutdown().await;
         let _ = store.db.drop().await;
-        test_kit::delete_work_queues(&stack.amqp_url, std::slice::from_ref(&topology)).await;
+        let receipts = amqp_kit::WorkQueue {
+            name: notified_queue(&topology.name),
+            ..topology.clone()
+        };
+        test_kit::delete_work_queues(&stack.amqp_url, &[topology, receipts]).await;
     }
 
     /// Stops the gateway (as SIGTERM does), keeping what it stored.

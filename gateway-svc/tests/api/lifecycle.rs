@@ -9,7 +9,7 @@ use media_store::{
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{ConversionFailed, FailureKind, Mp3Ready},
+    events::v1::{ConversionFailed, FailureKind, Mp3Ready, UserNotified},
     media::v1::{
         self as pb, DeleteJobRequest, OutputOptions, UploadMetadata, UploadRequest,
         WatchJobsRequest, upload_request::Payload, watch_jobs_response::Event,
@@ -778,6 +778,139 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
             .all(|c| c.get_object_id("files_id").unwrap() == young),
         "only the recent orphan's chunks remain (an upload may still write them)"
     );
+    let topology = app.topology.clone();
     app.stop().await;
+    delete_queue_like(&topology, &mp3_queue).await;
     auth.stop().await;
+}
+
+/// The end-to-end check on the emails: an outcome whose receipt never comes
+/// back (lost between the `mp3` queue and the inbox) is announced again, a
+/// bounded number of times; a receipt settles a job for good.
+#[tokio::test]
+async fn an_outcome_without_a_receipt_is_announced_again_until_one_comes() {
+    let auth = Auth::start().await;
+    let mp3_queue = test_kit::unique_name("mp3");
+    let app = spawn_app_with(
+        &auth,
+        &[
+            "--janitor-interval",
+            "200ms",
+            "--unnotified-after",
+            "1s",
+            "--max-reannounce",
+            "2",
+            "--mp3-queue",
+            &mp3_queue,
+        ],
+    )
+    .await;
+    let user = app.user().await;
+    let long_ago = SystemTime::now() - Duration::from_secs(3600);
+    let announced = |mut j: Job, at: SystemTime| {
+        j.mp3_id = Some(ObjectId::new());
+        j.announced = Some(true);
+        j.announced_at = Some(DateTime::from_system_time(at));
+        j.notified = Some(false);
+        j
+    };
+    // Its email went out (the receipt comes back): never announced again.
+    // (Announced "in an hour" until its receipt is in, so the janitor cannot
+    // get to it first on a slow machine.)
+    let in_an_hour = SystemTime::now() + Duration::from_secs(3600);
+    let told = announced(job_in(&user, JobState::Done, long_ago), in_an_hour);
+    app.store.jobs.insert(&told).await.unwrap();
+    publish_receipt(&app, &told).await;
+    test_kit::wait_until("the receipt recorded", T, || async {
+        let j = app.store.jobs.get(told.id).await.unwrap()?;
+        (j.notified == Some(true)).then_some(())
+    })
+    .await;
+    app.store
+        .jobs
+        .coll
+        .update_one(
+            doc! { "_id": told.id },
+            doc! { "$set": { "announced_at": DateTime::from_system_time(long_ago) } },
+        )
+        .await
+        .unwrap();
+    // Its message was lost: announced twice more, then given up on.
+    let lost = announced(job_in(&user, JobState::Done, long_ago), long_ago);
+    app.store.jobs.insert(&lost).await.unwrap();
+
+    let mut outcomes: Vec<(String, Vec<u8>)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        outcomes.extend(app.messages_in(&mp3_queue).await);
+        let j = app.store.jobs.get(lost.id).await.unwrap().unwrap();
+        if j.reannounced == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not given up on: {j:?} {outcomes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A round or two more: nothing else goes out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    outcomes.extend(app.messages_in(&mp3_queue).await);
+    let ids: Vec<String> = outcomes
+        .iter()
+        .map(|(kind, d)| {
+            assert_eq!(kind, Mp3Ready::TYPE);
+            <Mp3Ready as prost::Message>::decode(d.as_slice())
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    let same = format!("mp3ready-{}", lost.id.to_hex());
+    assert_eq!(ids, vec![same.clone(), same], "the same event id each time");
+
+    // Its receipt comes late after all: recorded.
+    publish_receipt(&app, &lost).await;
+    test_kit::wait_until("the late receipt recorded", T, || async {
+        let j = app.store.jobs.get(lost.id).await.unwrap()?;
+        (j.notified == Some(true)).then_some(())
+    })
+    .await;
+    let topology = app.topology.clone();
+    app.stop().await;
+    delete_queue_like(&topology, &mp3_queue).await;
+}
+
+const T: Duration = Duration::from_secs(20);
+
+async fn publish_receipt(app: &TestApp, job: &Job) {
+    let outcome = format!("mp3ready-{}", job.id.to_hex());
+    let receipt = UserNotified {
+        event_id: format!("notified-{outcome}"),
+        job_id: job.id.to_hex(),
+        outcome_event_id: outcome,
+        result: "sent".into(),
+        occur_time: None,
+    };
+    amqp_kit::Publisher::new(
+        svc_kit::config::Secret::new(app.stack.amqp_url.as_str()),
+        "gateway-tests",
+        Duration::from_secs(10),
+    )
+    .publish(
+        &notified_queue(&app.queue),
+        &prost::Message::encode_to_vec(&receipt),
+        amqp_kit::event_properties(UserNotified::TYPE, &receipt.event_id, Default::default()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Deletes a work queue declared with the same arguments as `like`.
+async fn delete_queue_like(like: &amqp_kit::WorkQueue, name: &str) {
+    let q = amqp_kit::WorkQueue {
+        name: name.to_owned(),
+        ..like.clone()
+    };
+    let stack = test_kit::Stack::from_env();
+    test_kit::delete_work_queues(&stack.amqp_url, &[q]).await;
 }

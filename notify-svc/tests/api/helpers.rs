@@ -2,7 +2,7 @@ use amqp_kit::{Publisher, event_properties};
 use clap::Parser;
 use mp3converter_proto::{
     EventType,
-    events::v1::{ConversionFailed, FailureKind, Mp3Ready},
+    events::v1::{ConversionFailed, FailureKind, Mp3Ready, UserNotified},
 };
 use notify_svc::{app::App, config::Cli};
 use std::{net::SocketAddr, time::Duration};
@@ -16,6 +16,8 @@ pub const BASE_URL: &str = "http://mp3converter.test:8080";
 pub struct Env {
     pub stack: test_kit::Stack,
     pub queue: String,
+    /// Where the receipts go.
+    pub notified_queue: String,
     pub db_url: String,
     pub mailpit: Mailpit,
     publisher: Publisher,
@@ -44,6 +46,7 @@ impl Env {
         test_kit::init_tracing();
         let stack = test_kit::Stack::from_env();
         let queue = test_kit::unique_name("mp3");
+        let notified_queue = test_kit::unique_name("notified");
         let db_url = stack.fresh_database("notify").await;
         let publisher = Publisher::with_topology(
             Secret::new(stack.amqp_url.clone()),
@@ -55,6 +58,7 @@ impl Env {
             mailpit: Mailpit::new(&stack.mailpit_api_url),
             stack,
             queue,
+            notified_queue,
             db_url,
             publisher,
             retry_delays: retry_delays.to_owned(),
@@ -78,6 +82,8 @@ impl Env {
             &self.stack.amqp_url,
             "--mp3-queue",
             &self.queue,
+            "--notified-queue",
+            &self.notified_queue,
             "--amqp-retry-delays",
             &self.retry_delays,
             "--database-url",
@@ -215,10 +221,38 @@ impl Env {
         total
     }
 
+    /// Takes the receipts notify-svc published so far.
+    pub async fn receipts(&self) -> Vec<UserNotified> {
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "receipts")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                self.notified_queue.as_str().into(),
+                amqp_kit::lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            assert_eq!(
+                m.delivery.properties.kind().as_ref().map(|k| k.as_str()),
+                Some(UserNotified::TYPE)
+            );
+            out.push(<UserNotified as prost::Message>::decode(m.delivery.data.as_slice()).unwrap());
+        }
+        out
+    }
+
     pub async fn cleanup(self) {
+        let topology = topology(&self.retry_delays);
         test_kit::delete_work_queues(
             &self.stack.amqp_url,
-            &[topology(&self.retry_delays).work_queue(&self.queue)],
+            &[
+                topology.work_queue(&self.queue),
+                topology.work_queue(&self.notified_queue),
+            ],
         )
         .await;
     }

@@ -54,6 +54,10 @@ async fn a_wrong_password_is_retried_until_the_rotated_one_is_read() {
     .await;
     assert!(mailpit.api.messages_to(&owner).await.unwrap().is_empty());
     assert_eq!(env.sent_log(&ev.event_id).await, None);
+    assert!(
+        env.receipts().await.is_empty(),
+        "a receipt before any email"
+    );
 
     // The Secret is rotated: the next attempt reads the file again.
     write_atomically(&password_file, "right-password\n");
@@ -61,6 +65,12 @@ async fn a_wrong_password_is_retried_until_the_rotated_one_is_read() {
     let (outcome, _) = env.sent_log(&ev.event_id).await.unwrap();
     assert_eq!(outcome, "sent");
     assert_eq!(env.parked_messages().await, 0);
+    let receipts = env.receipts().await;
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    assert_eq!(
+        (receipts[0].job_id.as_str(), receipts[0].result.as_str()),
+        (ev.job_id.as_str(), "sent")
+    );
     n.stop().await;
     env.cleanup().await;
 }
@@ -111,6 +121,20 @@ async fn a_refused_recipient_is_given_up_on_at_once() {
     let rejected = n.counter(FAILURES, &[("class", "recipient")]).await - rejected_before;
     assert_eq!(rejected, 1.0);
     assert_eq!(env.parked_messages().await, 0);
+    // Refused for good still settles the job: its receipt says so.
+    let mut receipts: Vec<_> = env
+        .receipts()
+        .await
+        .into_iter()
+        .map(|r| (r.job_id, r.result))
+        .collect();
+    receipts.sort();
+    let mut want = vec![
+        (ev.job_id.clone(), "rejected".to_owned()),
+        (sentinel.job_id.clone(), "sent".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(receipts, want);
     n.stop().await;
     env.cleanup().await;
 }
