@@ -133,6 +133,7 @@ struct Mesh {
     mongo_db: String,
     video_queue: String,
     mp3_queue: String,
+    notified_queue: String,
     work: PathBuf,
     common: Vec<(&'static str, String)>,
     admin: (String, String),
@@ -144,6 +145,7 @@ impl Mesh {
         let mongo_db = format!("chaos_{run}");
         let video_queue = format!("chaos-{run}-video");
         let mp3_queue = format!("chaos-{run}-mp3");
+        let notified_queue = format!("chaos-{run}-notified");
         let work = std::env::temp_dir().join(format!("chaos-{run}-work"));
         std::fs::create_dir_all(&work).unwrap();
         let common: Vec<(&'static str, String)> = vec![
@@ -152,6 +154,7 @@ impl Mesh {
             ("MONGODB_DATABASE", mongo_db.clone()),
             ("VIDEO_QUEUE", video_queue.clone()),
             ("MP3_QUEUE", mp3_queue.clone()),
+            ("NOTIFIED_QUEUE", notified_queue.clone()),
             ("JOB_EVENTS_EXCHANGE", format!("chaos-{run}-events")),
             ("AMQP_RETRY_DELAYS", "1s,3s,10s,30s".into()),
             ("LEASE_TTL", "10s".into()),
@@ -192,6 +195,7 @@ impl Mesh {
             mongo_db,
             video_queue,
             mp3_queue,
+            notified_queue,
             work,
             common,
             admin,
@@ -220,6 +224,8 @@ impl Mesh {
             ("MAX_UPLOADS_PER_USER", "100".into()),
             ("JANITOR_INTERVAL", "2s".into()),
             ("UNCONFIRMED_AFTER", "10s".into()),
+            // Past notify's retries of one email (1+3+10+30 s).
+            ("UNNOTIFIED_AFTER", "60s".into()),
             ("STUCK_AFTER", "45s".into()),
             ("UPLOAD_STALE_AFTER", "30s".into()),
             ("ORPHAN_AGE", "30s".into()),
@@ -381,6 +387,8 @@ struct Outcome {
     mp3_wrong: usize,
     emails_wrong: usize,
     duplicates: usize,
+    /// Outcomes the janitor announced again for want of a receipt.
+    reannounced: u32,
     orphan_chunks: u64,
     sources_left: u64,
     temp_dirs: usize,
@@ -501,7 +509,11 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
     let deadline = Instant::now() + args.settle;
     loop {
         let jobs = store.jobs.find(doc! {}, 10_000).await.unwrap_or_default();
-        let unfinished = jobs.iter().filter(|j| !j.state.is_terminal()).count();
+        // Finished, and the user told (notify's receipt is back).
+        let unfinished = jobs
+            .iter()
+            .filter(|j| !j.state.is_terminal() || j.notified == Some(false))
+            .count();
         if unfinished == 0 && jobs.len() >= ok.len() || Instant::now() > deadline {
             break;
         }
@@ -596,7 +608,14 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
         .unwrap();
     let (work, queues) = {
         let m = mesh.lock().await;
-        (m.work.clone(), [m.video_queue.clone(), m.mp3_queue.clone()])
+        (
+            m.work.clone(),
+            [
+                m.video_queue.clone(),
+                m.mp3_queue.clone(),
+                m.notified_queue.clone(),
+            ],
+        )
     };
     let temp_dirs = walkdir_jobs(&work);
 
@@ -609,6 +628,7 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
         mp3_wrong,
         emails_wrong,
         duplicates,
+        reannounced: jobs.iter().map(|j| j.reannounced).sum(),
         orphan_chunks,
         sources_left,
         temp_dirs,
@@ -670,12 +690,12 @@ async fn main() -> anyhow::Result<()> {
         rows.push(o);
     }
     println!(
-        "\n| run | answered OK | refused (retried) | done | failed | not finished | MP3 count wrong | email wrong | duplicate emails | orphan chunks | sources left | temp dirs left | faults | took (s) |"
+        "\n| run | answered OK | refused (retried) | done | failed | not finished | MP3 count wrong | email wrong | duplicate emails | announced again | orphan chunks | sources left | temp dirs left | faults | took (s) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for (i, o) in rows.iter().enumerate() {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             i + 1,
             o.ok,
             o.refused,
@@ -685,6 +705,7 @@ async fn main() -> anyhow::Result<()> {
             o.mp3_wrong,
             o.emails_wrong,
             o.duplicates,
+            o.reannounced,
             o.orphan_chunks,
             o.sources_left,
             o.temp_dirs,
