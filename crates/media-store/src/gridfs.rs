@@ -6,6 +6,11 @@
 //!   readers. The cost of a read is one query per file, whatever its size,
 //!   instead of one per range: on servers that scan the chunks collection for
 //!   every `files_id` query (FerretDB), that was quadratic in the file size.
+//!   The query asks for no order: writers insert chunks in order, so they come
+//!   back in order (the `{files_id, n}` index's on MongoDB, insertion order on
+//!   a scan), and a server that must sort cannot answer before it has the
+//!   whole file, which held ffmpeg back for the time of a full read. A chunk
+//!   out of order makes the reader ask again, sorted, from where it is.
 //!   A cursor that dies (server restart, the idle-cursor timeout of a slow
 //!   reader) or has sat idle for long is re-opened from the next chunk
 //!   number, so nothing is re-read and no cursor is held for long.
@@ -166,6 +171,7 @@ impl Bucket {
             next_n: from.min(file.chunks()),
             file,
             cursor: None,
+            sorted: false,
             batch: batch.max(1),
             last_pull: Instant::now(),
             reopens_left: REOPENS,
@@ -182,16 +188,21 @@ const REOPENS: u32 = 3;
 /// resources are held for a stalled client.
 const IDLE_REOPEN: Duration = Duration::from_secs(60);
 
-/// Checks one chunk document against the file (spec: "drivers MUST verify"
-/// the number and the size) and returns its bytes. Read from the raw BSON,
-/// so the data is copied once, not decoded into a document first.
-fn check_chunk(file: &FileInfo, d: &RawDocument, want: u32) -> Result<Bytes, ReadError> {
-    let n = match d.get("n").ok().flatten() {
+/// A chunk document's number.
+fn chunk_number(d: &RawDocument) -> Result<u32, ReadError> {
+    match d.get("n").ok().flatten() {
         Some(RawBsonRef::Int32(i)) => u32::try_from(i).ok(),
         Some(RawBsonRef::Int64(i)) => u32::try_from(i).ok(),
         _ => None,
     }
-    .ok_or_else(|| ReadError::Corrupt("chunk without a number".into()))?;
+    .ok_or_else(|| ReadError::Corrupt("chunk without a number".into()))
+}
+
+/// Checks one chunk document against the file (spec: "drivers MUST verify"
+/// the number and the size) and returns its bytes. Read from the raw BSON,
+/// so the data is copied once, not decoded into a document first.
+fn check_chunk(file: &FileInfo, d: &RawDocument, want: u32) -> Result<Bytes, ReadError> {
+    let n = chunk_number(d)?;
     if n != want {
         return Err(ReadError::Corrupt(format!(
             "expected chunk {want}, found {n}"
@@ -218,6 +229,9 @@ pub struct ChunkStream {
     file: FileInfo,
     next_n: u32,
     cursor: Option<Cursor<RawDocumentBuf>>,
+    /// Whether the query asks the server to sort (after a chunk came out of
+    /// order).
+    sorted: bool,
     batch: u32,
     last_pull: Instant,
     reopens_left: u32,
@@ -247,12 +261,15 @@ impl ChunkStream {
             let cursor = match self.cursor.as_mut() {
                 Some(c) => c,
                 None => {
-                    let c = self
+                    let find = self
                         .chunks
                         .find(doc! { "files_id": &self.file.id, "n": { "$gte": i64::from(self.next_n) } })
-                        .sort(doc! { "n": 1 })
-                        .batch_size(self.batch)
-                        .await;
+                        .batch_size(self.batch);
+                    let c = if self.sorted {
+                        find.sort(doc! { "n": 1 }).await
+                    } else {
+                        find.await
+                    };
                     match c {
                         Ok(c) => self.cursor.insert(c),
                         Err(e) => {
@@ -265,6 +282,15 @@ impl ChunkStream {
             match cursor.try_next().await {
                 Ok(Some(d)) => {
                     self.last_pull = Instant::now();
+                    if !self.sorted && chunk_number(&d)? != self.next_n {
+                        tracing::debug!(
+                            next_n = self.next_n,
+                            "GridFS chunks out of order; reading on sorted"
+                        );
+                        self.sorted = true;
+                        self.cursor = None;
+                        continue;
+                    }
                     let data = check_chunk(&self.file, &d, self.next_n)?;
                     self.next_n += 1;
                     self.reopens_left = REOPENS;
