@@ -1,6 +1,5 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    auth_svc::run(auth_svc::config::Cli::parse()).await
+fn main() -> anyhow::Result<()> {
+    svc_kit::runtime::run(auth_svc::run(auth_svc::config::Cli::parse()))
 }

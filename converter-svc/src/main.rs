@@ -1,6 +1,5 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    converter_svc::run(converter_svc::config::Cli::parse()).await
+fn main() -> anyhow::Result<()> {
+    svc_kit::runtime::run(converter_svc::run(converter_svc::config::Cli::parse()))
 }

@@ -1,6 +1,5 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    gateway_svc::run(gateway_svc::config::Config::parse()).await
+fn main() -> anyhow::Result<()> {
+    svc_kit::runtime::run(gateway_svc::run(gateway_svc::config::Config::parse()))
 }

@@ -1,6 +1,5 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    notify_svc::run(notify_svc::config::Cli::parse()).await
+fn main() -> anyhow::Result<()> {
+    svc_kit::runtime::run(notify_svc::run(notify_svc::config::Cli::parse()))
 }

@@ -15,6 +15,8 @@
 //! - [`serve`]: serving HTTP with the listener limits of [`limits`]
 //!   (timeouts, connection and request limits).
 //! - [`tls`]: mutual TLS for the gRPC hops, reloaded from disk.
+//! - [`runtime`]: how a service's `main` starts (allocator tuned, Tokio
+//!   runtime).
 //! - [`error`]: the one mapping between gRPC codes and HTTP statuses, and the
 //!   JSON error body.
 
@@ -27,6 +29,7 @@ pub mod limits;
 pub mod observe;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod runtime;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
