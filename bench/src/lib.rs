@@ -72,6 +72,17 @@ impl Proc {
         Ok(Self { child })
     }
 
+    /// Starts `program` (found on `PATH`) with `args`, its output discarded.
+    pub fn program(program: &str, args: &[String]) -> anyhow::Result<Self> {
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {program}: {e}"))?;
+        Ok(Self { child })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
