@@ -933,13 +933,21 @@ async fn publish_receipt(app: &TestApp, job: &Job) {
         result: "sent".into(),
         occur_time: None,
     };
-    amqp_kit::Publisher::new(
+    // Declares the receipts queue as the gateway's consumer does: that
+    // consumer may not have declared it yet, and a publish before then would
+    // come back unroutable.
+    let queue = notified_queue(&app.queue);
+    amqp_kit::Publisher::with_topology(
         svc_kit::config::Secret::new(app.stack.amqp_url.as_str()),
         "gateway-tests",
         Duration::from_secs(10),
+        vec![amqp_kit::WorkQueue {
+            name: queue.clone(),
+            ..app.topology.clone()
+        }],
     )
     .publish(
-        &notified_queue(&app.queue),
+        &queue,
         &prost::Message::encode_to_vec(&receipt),
         amqp_kit::event_properties(UserNotified::TYPE, &receipt.event_id, Default::default()),
     )
