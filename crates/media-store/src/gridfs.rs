@@ -151,7 +151,7 @@ impl Bucket {
             .try_collect()
             .await?;
         let mut out = Vec::with_capacity(docs.len());
-        for (i, d) in docs.iter().enumerate() {
+        for (i, d) in docs.into_iter().enumerate() {
             let n = from + u32::try_from(i).unwrap_or(u32::MAX);
             out.push(check_chunk(file, d, n)?);
         }
@@ -199,10 +199,11 @@ fn chunk_number(d: &RawDocument) -> Result<u32, ReadError> {
 }
 
 /// Checks one chunk document against the file (spec: "drivers MUST verify"
-/// the number and the size) and returns its bytes. Read from the raw BSON,
-/// so the data is copied once, not decoded into a document first.
-fn check_chunk(file: &FileInfo, d: &RawDocument, want: u32) -> Result<Bytes, ReadError> {
-    let n = chunk_number(d)?;
+/// the number and the size) and returns its bytes. Read from the raw BSON and
+/// handed on as a slice of the document's own buffer: no chunk is copied or
+/// decoded on the way to ffmpeg or a download.
+fn check_chunk(file: &FileInfo, d: RawDocumentBuf, want: u32) -> Result<Bytes, ReadError> {
+    let n = chunk_number(&d)?;
     if n != want {
         return Err(ReadError::Corrupt(format!(
             "expected chunk {want}, found {n}"
@@ -219,7 +220,10 @@ fn check_chunk(file: &FileInfo, d: &RawDocument, want: u32) -> Result<Bytes, Rea
             data.len()
         )));
     }
-    Ok(Bytes::copy_from_slice(data))
+    // `data` borrows from `d`: where it starts in the document's bytes.
+    let start = data.as_ptr() as usize - d.as_bytes().as_ptr() as usize;
+    let end = start + data.len();
+    Ok(Bytes::from(d.into_bytes()).slice(start..end))
 }
 
 /// Reads a file's chunks in order through one cursor; see the module docs.
@@ -291,9 +295,15 @@ impl ChunkStream {
                         self.cursor = None;
                         continue;
                     }
-                    let data = check_chunk(&self.file, &d, self.next_n)?;
+                    let data = check_chunk(&self.file, d, self.next_n)?;
                     self.next_n += 1;
                     self.reopens_left = REOPENS;
+                    if self.next_n >= self.file.chunks() {
+                        // The last chunk: close the cursor now, so a server
+                        // that scans (FerretDB) stops, rather than when the
+                        // reader is dropped.
+                        self.cursor = None;
+                    }
                     return Ok(Some(data));
                 }
                 Ok(None) => {
@@ -511,17 +521,25 @@ mod tests {
             length: 6,
             chunk_size: 4,
         };
+        // Data that differs byte by byte, and a field after it, so a slice
+        // taken from the wrong place in the document shows.
         let chunk = |n: i32, len: usize| {
-            RawDocumentBuf::from_document(
-                &doc! { "n": n, "data": Binary { subtype: BinarySubtype::Generic, bytes: vec![7; len] } },
-            )
+            let bytes: Vec<u8> = (0..len).map(|i| 100 + i as u8).collect();
+            RawDocumentBuf::from_document(&doc! {
+                "_id": 5, "n": n,
+                "data": Binary { subtype: BinarySubtype::Generic, bytes },
+                "after": "x",
+            })
             .unwrap()
         };
-        assert_eq!(check_chunk(&f, &chunk(0, 4), 0).unwrap().len(), 4);
-        assert_eq!(check_chunk(&f, &chunk(1, 2), 1).unwrap().len(), 2);
-        assert!(check_chunk(&f, &chunk(1, 2), 0).is_err(), "wrong number");
-        assert!(check_chunk(&f, &chunk(0, 3), 0).is_err(), "short chunk");
+        assert_eq!(
+            &check_chunk(&f, chunk(0, 4), 0).unwrap()[..],
+            [100, 101, 102, 103]
+        );
+        assert_eq!(&check_chunk(&f, chunk(1, 2), 1).unwrap()[..], [100, 101]);
+        assert!(check_chunk(&f, chunk(1, 2), 0).is_err(), "wrong number");
+        assert!(check_chunk(&f, chunk(0, 3), 0).is_err(), "short chunk");
         let no_data = RawDocumentBuf::from_document(&doc! { "n": 0 }).unwrap();
-        assert!(check_chunk(&f, &no_data, 0).is_err(), "no data");
+        assert!(check_chunk(&f, no_data, 0).is_err(), "no data");
     }
 }
