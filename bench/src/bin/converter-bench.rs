@@ -72,6 +72,9 @@ struct Args {
     /// Skip the throughput runs.
     #[arg(long)]
     no_throughput: bool,
+    /// Skip the converter's RSS over 100 jobs (about 7 minutes).
+    #[arg(long)]
+    no_hundred: bool,
     /// Where generated clips are kept.
     #[arg(long, default_value = ".stack/bench-clips")]
     clip_dir: PathBuf,
@@ -284,31 +287,12 @@ impl Env<'_> {
     /// records its job.
     async fn store(&self, clip: &Path) -> (ObjectId, Duration) {
         let bytes = tokio::fs::read(clip).await.unwrap();
-        let id = ObjectId::new();
         let name = clip.file_name().unwrap().to_string_lossy().into_owned();
-        let t = Instant::now();
-        let mut up = self
-            .store
-            .videos
-            .open_upload_stream(&name)
-            .id(id.into())
-            .metadata(doc! { "owner_id": "bench" })
-            .await
-            .unwrap();
-        // As the gateway does: an MP4 whose index comes last keeps it beside
-        // the video, so the converter need not read the end of the file first.
-        let mut scanner = media_store::mp4::Scanner::default();
-        for c in bytes.chunks(1 << 20) {
-            scanner.feed(c);
-            up.write_all(c).await.unwrap();
-        }
-        up.close().await.unwrap();
-        let wrote = t.elapsed();
-        if let Some(index) = scanner.finish() {
-            media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index)
-                .await
-                .unwrap();
-        }
+        let (id, wrote) = retry_busy(&format!("storing {name}"), || {
+            self.write_video(&name, &bytes)
+        })
+        .await
+        .unwrap();
         let mut job = Job::uploading(
             id,
             "bench",
@@ -320,8 +304,39 @@ impl Env<'_> {
         job.state = JobState::Queued;
         job.size_bytes = bytes.len() as i64;
         job.published = true;
-        self.store.jobs.insert(&job).await.unwrap();
+        retry_busy("recording its job", || self.store.jobs.insert(&job))
+            .await
+            .unwrap();
         (id, wrote)
+    }
+
+    /// The raw driver write of one upload (timed), with the MP4 index kept
+    /// beside it as the gateway does, so the converter need not read the end
+    /// of the file first.
+    async fn write_video(&self, name: &str, bytes: &[u8]) -> anyhow::Result<(ObjectId, Duration)> {
+        let id = ObjectId::new();
+        let t = Instant::now();
+        let mut up = self
+            .store
+            .videos
+            .open_upload_stream(name)
+            .id(id.into())
+            .metadata(doc! { "owner_id": "bench" })
+            .await?;
+        let mut scanner = media_store::mp4::Scanner::default();
+        for c in bytes.chunks(1 << 20) {
+            scanner.feed(c);
+            if let Err(e) = up.write_all(c).await {
+                let _ = up.abort().await;
+                return Err(e.into());
+            }
+        }
+        up.close().await?;
+        let wrote = t.elapsed();
+        if let Some(index) = scanner.finish() {
+            media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index).await?;
+        }
+        Ok((id, wrote))
     }
 
     async fn publish(&self, id: ObjectId) {
@@ -561,7 +576,9 @@ async fn main() -> anyhow::Result<()> {
             if args.sizes {
                 sizes(&env, &ch, &conv, &clips).await;
             }
-            hundred(&env, &ch, &conv, &clips).await;
+            if !args.no_hundred {
+                hundred(&env, &ch, &conv, &clips).await;
+            }
             drop(conv);
             if !args.no_throughput {
                 throughput(&env, &ch, &clips["60s"]).await?;
@@ -759,16 +776,9 @@ async fn stored(
         );
     }
     // The filler goes, so what follows is measured on an empty bucket.
-    // FerretDB's SQLite backend answers SQLITE_BUSY to a write that meets
-    // another (the converter deleting its source): try again.
     for c in ["videos.chunks", "videos.files"] {
         let coll = env.store.db.collection::<Document>(c);
-        let mut tries = 0;
-        while let Err(e) = coll.delete_many(doc! {}).await {
-            tries += 1;
-            anyhow::ensure!(tries < 10, "emptying {c}: {e}");
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        retry_busy(&format!("emptying {c}"), || coll.delete_many(doc! {})).await?;
     }
     Ok(())
 }
@@ -909,4 +919,27 @@ async fn throughput(env: &Env<'_>, ch: &lapin::Channel, clip: &Path) -> anyhow::
     )
     .await;
     Ok(())
+}
+
+/// Runs `op` again, up to ten times two seconds apart, while it fails:
+/// FerretDB's SQLite backend answers SQLITE_BUSY to a write that meets
+/// another (a converter deleting its source), where a client would retry.
+async fn retry_busy<T, E, F, Fut>(what: &str, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Into<anyhow::Error>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tries < 10 => {
+                tries += 1;
+                eprintln!("{what}, try {tries} failed: {}", e.into());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into().context(what.to_owned())),
+        }
+    }
 }
