@@ -778,7 +778,10 @@ async fn stored(
     // The filler goes, so what follows is measured on an empty bucket.
     for c in ["videos.chunks", "videos.files"] {
         let coll = env.store.db.collection::<Document>(c);
-        retry_busy(&format!("emptying {c}"), || coll.delete_many(doc! {})).await?;
+        retry_busy(&format!("emptying {c}"), || async {
+            coll.delete_many(doc! {}).await
+        })
+        .await?;
     }
     Ok(())
 }
