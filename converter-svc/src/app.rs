@@ -1,6 +1,8 @@
 //! Wiring: everything `main` and the tests start.
 
-use crate::{config::Config, convert::Settings, handler::Converter, workdir::WorkDir};
+use crate::{
+    config::Config, convert::Settings, handler::Converter, sweeper::Sweeper, workdir::WorkDir,
+};
 use amqp_kit::{
     Publisher,
     broadcast::Broadcaster,
@@ -18,6 +20,7 @@ pub struct App {
     health: Health,
     store: Store,
     converter: Converter,
+    sweeps: tokio::sync::mpsc::Receiver<media_store::mongodb::bson::oid::ObjectId>,
 }
 
 impl std::fmt::Debug for App {
@@ -54,6 +57,7 @@ impl App {
             Duration::from_secs(10),
             vec![config.topology.work_queue(&config.mp3_queue)],
         );
+        let (sweeper, sweeps) = Sweeper::new();
         let converter = Converter {
             store: store.clone(),
             instance,
@@ -76,6 +80,7 @@ impl App {
             work: Arc::new(work),
             retention: (!config.mp3_retention.is_zero()).then_some(config.mp3_retention),
             delete_source: config.delete_source,
+            sweeper,
             active: Arc::default(),
         };
         let (health, _grpc_health) = Health::new(&["rabbitmq", "mongodb"]).await;
@@ -87,6 +92,7 @@ impl App {
             health,
             store,
             converter,
+            sweeps,
         })
     }
 
@@ -118,8 +124,17 @@ impl App {
             concurrency: self.config.concurrency,
             grace: self.config.shutdown_grace,
         };
+        let sweeper = tokio::spawn(crate::sweeper::run(self.store.clone(), self.sweeps));
         self.health.drain_on(token.clone());
         consumer::run(cfg, self.converter, self.health.clone(), token).await;
+        // The consumer has dropped every handle: the sweeper ends once the
+        // sources already queued are deleted, or is left to the janitor.
+        if tokio::time::timeout(self.config.shutdown_grace, sweeper)
+            .await
+            .is_err()
+        {
+            tracing::info!("sources still queued for deletion are left to the janitor");
+        }
         probe.abort();
         admin.abort();
         tracing::info!("converter-svc stopped");

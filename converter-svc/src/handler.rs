@@ -51,6 +51,8 @@ pub(crate) struct Converter {
     pub(crate) retention: Option<Duration>,
     /// Delete the uploaded video once its job is done or failed.
     pub(crate) delete_source: bool,
+    /// Deletes the sources of converted videos after the ack.
+    pub(crate) sweeper: crate::sweeper::Sweeper,
     /// Jobs this process is converting now (a redelivery of one of them must
     /// wait, not start a second conversion under our own lease).
     pub(crate) active: Arc<Mutex<HashSet<ObjectId>>>,
@@ -362,15 +364,16 @@ impl Converter {
         metrics::counter!("mp3converter_conversions_total", "outcome" => "done").increment(1);
         tracing::info!(job_id = %id, seconds = mp3.duration_seconds, bytes = mp3.size_bytes, "converted");
         self.notify(&done, false);
-        // The user hears first; deleting the source (retention) follows. On
-        // a server that scans to delete, that took a second of the user's
-        // wait. The ready email says nothing about the source, and a
-        // redelivery (announce failed, or a crash before the delete) deletes
-        // it in `repeat_outcome`.
+        // The user hears first; deleting the source (retention) follows, off
+        // this slot and batched with others (see `sweeper`). The ready email
+        // says nothing about the source, and a redelivery (announce failed)
+        // deletes it in `repeat_outcome`.
         if let Err(e) = self.announce(&done).await {
             return Outcome::Retry(e);
         }
-        self.delete_source(&done).await;
+        if self.delete_source && !done.source_deleted {
+            self.sweeper.delete(done.id);
+        }
         Outcome::Ack
     }
 

@@ -11,6 +11,7 @@ pub mod ffmpeg;
 mod handler;
 mod input;
 mod output;
+mod sweeper;
 mod workdir;
 
 use config::{Cli, Command};

@@ -52,9 +52,28 @@ async fn two_instances_convert_each_of_twenty_jobs_exactly_once() {
     }
     assert_eq!(mp3_of.len(), 20);
     assert_eq!(env.mp3_count(None).await, 20);
-    for id in ids {
+    for &id in &ids {
         assert_eq!(env.mp3_count(Some(id)).await, 1);
     }
+    // Their sources go after the acks, in batches: every one, chunks too,
+    // and each job says so.
+    test_kit::wait_until("every source deleted", Duration::from_secs(30), || async {
+        for &id in &ids {
+            if env.video_stored(id).await || !env.job(id).await.source_deleted {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let chunks = env
+        .store
+        .db
+        .collection::<media_store::mongodb::bson::Document>("videos.chunks")
+        .count_documents(media_store::mongodb::bson::doc! {})
+        .await
+        .unwrap();
+    assert_eq!(chunks, 0, "chunks of deleted sources left");
     a.stop().await;
     b.stop().await;
     env.cleanup().await;

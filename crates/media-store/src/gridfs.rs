@@ -427,6 +427,24 @@ pub async fn delete_file(bucket: &Bucket, id: &Bson) -> Result<(), mongodb::erro
     Ok(())
 }
 
+/// Deletes several files in one query per collection, in the order of
+/// [`delete_file`]. On a server that scans to delete (FerretDB) this is one
+/// pass over the chunks for all of them instead of one pass each.
+pub async fn delete_files(bucket: &Bucket, ids: &[ObjectId]) -> Result<(), mongodb::error::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    bucket
+        .files
+        .delete_many(doc! { "_id": { "$in": ids } })
+        .await?;
+    bucket
+        .chunks
+        .delete_many(doc! { "files_id": { "$in": ids } })
+        .await?;
+    Ok(())
+}
+
 /// Stores an MP4's late index beside the video (`metadata.mp4_index`).
 pub async fn keep_mp4_index(
     bucket: &Bucket,

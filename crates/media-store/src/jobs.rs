@@ -553,6 +553,17 @@ impl Jobs {
             .map(drop)
     }
 
+    /// Records that the uploaded videos of these jobs are gone.
+    pub async fn mark_sources_deleted(&self, ids: &[ObjectId]) -> Result<(), Error> {
+        self.coll
+            .update_many(
+                doc! { "_id": { "$in": ids } },
+                doc! { "$set": { "source_deleted": true } },
+            )
+            .await
+            .map(drop)
+    }
+
     /// The owner deletes a job (any state): it becomes a tombstone, so a
     /// converter still at work loses its lease and a repeated delete is
     /// recognised.
