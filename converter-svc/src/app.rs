@@ -82,6 +82,11 @@ impl App {
             delete_source: config.delete_source,
             sweeper,
             active: Arc::default(),
+            live: crate::live::Settings {
+                poll: Duration::from_millis(100),
+                stall: config.live_stall,
+                commit_wait: Duration::from_secs(15),
+            },
         };
         let (health, _grpc_health) = Health::new(&["rabbitmq", "mongodb"]).await;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
@@ -126,7 +131,27 @@ impl App {
         };
         let sweeper = tokio::spawn(crate::sweeper::run(self.store.clone(), self.sweeps));
         self.health.drain_on(token.clone());
+        let live = (self.config.live_concurrency > 0).then(|| {
+            let cfg = ConsumerConfig {
+                name: "converter-svc-live".into(),
+                queue: crate::live::queue(&self.config),
+                also_declare: Vec::new(),
+                concurrency: self.config.live_concurrency,
+                ..cfg.clone()
+            };
+            // Its own readiness: a hint queue it cannot reach makes the
+            // instance no less able to convert.
+            let converter = crate::handler::Live(self.converter.clone());
+            let token = token.clone();
+            tokio::spawn(async move {
+                let (health, _) = Health::new(&["rabbitmq"]).await;
+                consumer::run(cfg, converter, health, token).await;
+            })
+        });
         consumer::run(cfg, self.converter, self.health.clone(), token).await;
+        if let Some(live) = live {
+            let _ = live.await;
+        }
         // The consumer has dropped every handle: the sweeper ends once the
         // sources already queued are deleted, or is left to the janitor.
         if tokio::time::timeout(self.config.shutdown_grace, sweeper)

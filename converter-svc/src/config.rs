@@ -46,6 +46,22 @@ pub struct Config {
     #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
     pub mp3_queue: String,
 
+    /// Queue of `UploadStarted` hints, for converting videos while they are
+    /// uploaded [default: <VIDEO_QUEUE>.live].
+    #[arg(long, env = "LIVE_QUEUE")]
+    pub live_queue: Option<String>,
+
+    /// Uploads converted as they arrive, at once per instance (on top of
+    /// CONCURRENCY; such a conversion mostly waits for the upload). 0 turns
+    /// it off: every video is then converted after its upload.
+    #[arg(long, env = "LIVE_CONCURRENCY", default_value_t = 2)]
+    pub live_concurrency: u16,
+
+    /// A live conversion whose upload sends nothing for this long is given
+    /// up (the video is then converted after its upload, if it completes).
+    #[arg(long, env = "LIVE_STALL", value_parser = parse_duration, default_value = "30s")]
+    pub live_stall: Duration,
+
     #[command(flatten)]
     pub topology: amqp_kit::TopologyArgs,
 

@@ -84,6 +84,7 @@ fn feed_failure(e: FeedError) -> Failure {
     match e {
         FeedError::Read(e) => read_failure(e),
         FeedError::Write(e) => Failure::Transient(format!("feeding ffmpeg: {e}")),
+        FeedError::Upload(why) => Failure::Transient(why),
     }
 }
 
@@ -96,17 +97,22 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// Where the video is read from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source {
+    /// The committed upload.
+    Stored,
+    /// The upload as it arrives (see [`crate::live`]).
+    Live(crate::live::Settings),
+}
+
 /// Converts `job`'s video and stores the MP3.
-pub(crate) async fn run(ctx: &Context<'_>, job: &Job) -> Result<Converted, Failure> {
+pub(crate) async fn run(
+    ctx: &Context<'_>,
+    job: &Job,
+    source: Source,
+) -> Result<Converted, Failure> {
     let s = ctx.settings;
-    let file = ctx
-        .store
-        .videos
-        .find_one(doc! { "_id": job.id })
-        .await
-        .map_err(|e| Failure::Transient(format!("finding the video: {e}")))?
-        .ok_or_else(|| Failure::Permanent("the uploaded video is no longer stored".into()))?;
-    let info = FileInfo::from(&file);
     let dir = ctx
         .work
         .job(&job.id.to_hex())
@@ -118,23 +124,30 @@ pub(crate) async fn run(ctx: &Context<'_>, job: &Job) -> Result<Converted, Failu
         db.system.name = "mongodb",
         db.collection.name = "videos",
         video_id = %job.id,
-        bytes = info.length,
+        bytes = tracing::field::Empty,
+        live = matches!(source, Source::Live(_)),
     );
-    let mut stream = ctx
-        .store
-        .video_files
-        .stream(info.clone(), 0, READ_BATCH_CHUNKS);
-    let first = stream
-        .next_chunk()
-        .instrument(read_span.clone())
-        .await
-        .map_err(read_failure)?
-        .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
-    let kept = media_store::gridfs::kept_mp4_index(&file);
-    let (plan, declared) = input::plan(&ctx.store.video_files, &info, &first, kept)
-        .instrument(tracing::info_span!("plan input", video_id = %job.id))
-        .await
-        .map_err(read_failure)?;
+    let (stream, first, plan, declared) = match source {
+        Source::Stored => open_stored(ctx, job, &read_span).await?,
+        Source::Live(live) => {
+            let mut follow = crate::live::Follow::new(ctx.store, job.id, live);
+            let first = follow
+                .next_chunk()
+                .instrument(read_span.clone())
+                .await
+                .map_err(feed_failure)?
+                .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
+            let plan = input::plan_live(&first).ok_or_else(|| {
+                Failure::Transient("this container cannot be converted while it arrives".into())
+            })?;
+            (
+                input::Chunks::Live(follow),
+                first,
+                plan,
+                input::Declared::default(),
+            )
+        }
+    };
     if let Some(d) = declared.audio_duration
         && d > s.max_input_duration.as_secs_f64()
     {
@@ -145,6 +158,7 @@ pub(crate) async fn run(ctx: &Context<'_>, job: &Job) -> Result<Converted, Failu
     let output_path = dir.path().join("output.mp3");
     let mut pipe = None;
     let how = match &plan {
+        Plan::Pipe { moved: None } if matches!(source, Source::Live(_)) => "live",
         Plan::Pipe { moved: None } => "piped",
         Plan::Pipe { moved: Some(_) } => "piped_index_moved",
         Plan::Spool => "spooled",
@@ -280,6 +294,39 @@ pub(crate) async fn run(ctx: &Context<'_>, job: &Job) -> Result<Converted, Failu
             Err(Failure::Transient(e.to_string()))
         }
     }
+}
+
+/// The stored video's reader, its first chunk, and how to feed it.
+async fn open_stored(
+    ctx: &Context<'_>,
+    job: &Job,
+    read_span: &tracing::Span,
+) -> Result<(input::Chunks, bytes::Bytes, Plan, input::Declared), Failure> {
+    let file = ctx
+        .store
+        .videos
+        .find_one(doc! { "_id": job.id })
+        .await
+        .map_err(|e| Failure::Transient(format!("finding the video: {e}")))?
+        .ok_or_else(|| Failure::Permanent("the uploaded video is no longer stored".into()))?;
+    let info = FileInfo::from(&file);
+    read_span.record("bytes", info.length);
+    let mut stream = ctx
+        .store
+        .video_files
+        .stream(info.clone(), 0, READ_BATCH_CHUNKS);
+    let first = stream
+        .next_chunk()
+        .instrument(read_span.clone())
+        .await
+        .map_err(read_failure)?
+        .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
+    let kept = media_store::gridfs::kept_mp4_index(&file);
+    let (plan, declared) = input::plan(&ctx.store.video_files, &info, &first, kept)
+        .instrument(tracing::info_span!("plan input", video_id = %job.id))
+        .await
+        .map_err(read_failure)?;
+    Ok((input::Chunks::Stored(stream), first, plan, declared))
 }
 
 fn too_long(d: f64, max: Duration) -> Failure {

@@ -26,7 +26,7 @@ use media_store::{
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{ConversionFailed, JobChanged, Mp3Ready, VideoUploaded},
+    events::v1::{ConversionFailed, JobChanged, Mp3Ready, UploadStarted, VideoUploaded},
 };
 use std::{
     collections::HashSet,
@@ -56,6 +56,8 @@ pub(crate) struct Converter {
     /// Jobs this process is converting now (a redelivery of one of them must
     /// wait, not start a second conversion under our own lease).
     pub(crate) active: Arc<Mutex<HashSet<ObjectId>>>,
+    /// How uploads are followed when converted as they arrive.
+    pub(crate) live: crate::live::Settings,
 }
 
 /// The job a `VideoUploaded` is about (the job holds everything else).
@@ -176,7 +178,7 @@ impl Converter {
             error.type = tracing::field::Empty,
         );
         let result = self
-            .convert_leased(&job, abandon)
+            .convert_leased(&job, crate::convert::Source::Stored, abandon)
             .instrument(span.clone())
             .await;
         if let Err(f) = &result
@@ -241,6 +243,7 @@ impl Converter {
     async fn convert_leased(
         &self,
         job: &Job,
+        source: crate::convert::Source,
         abandon: CancellationToken,
     ) -> Result<Converted, Failure> {
         let id = job.id;
@@ -309,7 +312,7 @@ impl Converter {
                 progress: &report,
             };
             tokio::select! {
-                r = crate::convert::run(&ctx, job) => r,
+                r = crate::convert::run(&ctx, job, source) => r,
                 () = abandon.cancelled() => Err(Failure::Abandoned),
                 () = lost.cancelled() => Err(Failure::LostLease),
             }
@@ -494,6 +497,180 @@ impl Converter {
         let change = media_store::proto::job_changed(job, deleted);
         self.job_events
             .send(JobChanged::TYPE, prost::Message::encode_to_vec(&change));
+    }
+}
+
+/// The handler of the live queue: converts an upload as it arrives (see
+/// [`crate::live`]). Every delivery is acked: the hint is spent either way,
+/// and the job's own event carries it on.
+#[derive(Debug, Clone)]
+pub(crate) struct Live(pub(crate) Converter);
+
+fn decode_started(d: &Delivery) -> Option<ObjectId> {
+    let kind = d.properties.kind().as_ref().map(|k| k.as_str());
+    if kind.is_some_and(|k| k != UploadStarted::TYPE) {
+        return None;
+    }
+    let event = <UploadStarted as prost::Message>::decode(d.data.as_slice()).ok()?;
+    ObjectId::parse_str(&event.video_id).ok()
+}
+
+impl Handler for Live {
+    async fn handle(&self, delivery: &Delivery, abandon: CancellationToken) -> Outcome {
+        let Some(id) = decode_started(delivery) else {
+            tracing::warn!("undecodable UploadStarted; dropped");
+            return Outcome::Ack;
+        };
+        if let Some(active) = Active::take(&self.0.active, id) {
+            let outcome = self.0.process_live(id, abandon).await;
+            metrics::counter!("mp3converter_live_conversions_total", "outcome" => outcome)
+                .increment(1);
+            drop(active);
+        }
+        Outcome::Ack
+    }
+
+    async fn exhausted(&self, _: &Delivery, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What became of a job once ffmpeg was done with its upload.
+enum Committed {
+    /// Ours, converting, its `VideoUploaded` confirmed.
+    Yes(Box<Job>),
+    /// Discarded, deleted or failed meanwhile.
+    Gone,
+    /// Not committed to us in time, or taken over.
+    NotYet,
+}
+
+impl Converter {
+    /// Converts an upload as it arrives; the outcome, for the metric. Any
+    /// failure gives the job back to the `VideoUploaded` path.
+    async fn process_live(&self, id: ObjectId, abandon: CancellationToken) -> &'static str {
+        let job = match self
+            .store
+            .jobs
+            .claim_live(id, &self.instance, self.lease_ttl)
+            .await
+        {
+            Ok(Some(job)) => job,
+            // Committed already (the hint came late), gone, or taken.
+            Ok(None) => return "missed",
+            Err(e) => {
+                tracing::debug!(job_id = %id, error = %e, "claiming an upload failed");
+                return "missed";
+            }
+        };
+        let started = std::time::Instant::now();
+        let _busy = svc_kit::observe::InFlight::new(metrics::gauge!(
+            "mp3converter_conversions_in_progress"
+        ));
+        let span = tracing::info_span!("convert", job_id = %id, live = true);
+        let result = self
+            .convert_leased(&job, crate::convert::Source::Live(self.live), abandon)
+            .instrument(span.clone())
+            .await;
+        let converted = match result {
+            Ok(c) => c,
+            Err(f) => {
+                let reason = match &f {
+                    Failure::Permanent(r) | Failure::Transient(r) => r.as_str(),
+                    Failure::Abandoned => "shutting down",
+                    Failure::LostLease => "lost the lease",
+                };
+                tracing::info!(parent: &span, job_id = %id, reason, "left to the job's own event");
+                self.release_live(id).await;
+                return "gave_up";
+            }
+        };
+        let outcome = async {
+            match self.committed(id).await {
+                Committed::Yes(job) => {
+                    metrics::histogram!("mp3converter_conversion_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    match self.complete(&job, converted).await {
+                        Outcome::Ack => "done",
+                        // Given back (complete released it): the job's event
+                        // adopts the stored MP3.
+                        _ => "gave_up",
+                    }
+                }
+                Committed::Gone => {
+                    if let Err(e) = media_store::gridfs::delete_file(
+                        &self.store.mp3_files,
+                        &converted.id.into(),
+                    )
+                    .await
+                    {
+                        tracing::warn!(job_id = %id, error = %e, "removing the MP3 of an abandoned upload failed");
+                    }
+                    "abandoned"
+                }
+                Committed::NotYet => {
+                    // The MP3 stays: the job's event adopts it.
+                    self.release_live(id).await;
+                    "gave_up"
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        tracing::debug!(job_id = %id, outcome, elapsed = ?started.elapsed(), "live conversion handled");
+        outcome
+    }
+
+    /// Waits for the gateway to commit the upload to us and confirm its
+    /// event (so the job is accepted before it can be done), renewing the
+    /// lease meanwhile.
+    async fn committed(&self, id: ObjectId) -> Committed {
+        let until = tokio::time::Instant::now() + self.live.commit_wait;
+        let mut renewed = std::time::Instant::now();
+        loop {
+            match self.store.jobs.get(id).await {
+                Ok(Some(j))
+                    if j.state == JobState::Converting
+                        && j.lease_holder.as_deref() == Some(self.instance.as_str()) =>
+                {
+                    if j.published {
+                        return Committed::Yes(Box::new(j));
+                    }
+                }
+                Ok(Some(j)) if j.state == JobState::Uploading => {}
+                // Discarded (its event could not go out), deleted, or failed:
+                // the MP3 must not outlive it.
+                Ok(None) => return Committed::Gone,
+                Ok(Some(j)) if matches!(j.state, JobState::Deleted | JobState::Failed) => {
+                    return Committed::Gone;
+                }
+                // Taken over after our lease ran out: the MP3 is adopted.
+                Ok(Some(_)) => return Committed::NotYet,
+                Err(e) => tracing::debug!(job_id = %id, error = %e, "looking at the job failed"),
+            }
+            if tokio::time::Instant::now() >= until {
+                return Committed::NotYet;
+            }
+            if renewed.elapsed() > self.lease_ttl / 3 {
+                renewed = std::time::Instant::now();
+                let _ = self
+                    .store
+                    .jobs
+                    .renew(id, &self.instance, self.lease_ttl)
+                    .await;
+            }
+            tokio::time::sleep(self.live.poll).await;
+        }
+    }
+
+    async fn release_live(&self, id: ObjectId) {
+        match self.store.jobs.release_live(id, &self.instance).await {
+            Ok(Some(job)) => self.notify(&job, false),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "giving an upload back failed; its lease will expire")
+            }
+        }
     }
 }
 

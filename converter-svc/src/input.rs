@@ -51,6 +51,15 @@ fn streams_from_a_pipe(first: &[u8]) -> bool {
         || (first.len() > 376 && first[0] == 0x47 && first[188] == 0x47 && first[376] == 0x47) // MPEG-TS
 }
 
+/// How to feed a video still being uploaded, from its first chunk: only as
+/// it is (nothing can be read from an end that has not arrived), so only
+/// containers that decode front to back; `None` for the rest.
+pub(crate) fn plan_live(first: &[u8]) -> Option<Plan> {
+    let decodable = streams_from_a_pipe(first)
+        || (mp4::looks_like_mp4(first, u64::MAX) && mp4::index_comes_first(first) == Some(true));
+    decodable.then_some(Plan::Pipe { moved: None })
+}
+
 /// Decides how to feed the file whose first chunk is `first`: with the
 /// late index the gateway kept if there is one, else reading the `moov` back
 /// if it must be moved (one more query).
@@ -225,6 +234,26 @@ pub(crate) enum FeedError {
     Read(#[from] ReadError),
     #[error("writing the video: {0}")]
     Write(std::io::Error),
+    /// A live conversion's upload ended without a commit, or stalled.
+    #[error("{0}")]
+    Upload(String),
+}
+
+/// Where a video's chunks come from: the stored file, or an upload as it
+/// arrives.
+#[derive(Debug)]
+pub(crate) enum Chunks {
+    Stored(ChunkStream),
+    Live(crate::live::Follow),
+}
+
+impl Chunks {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, FeedError> {
+        match self {
+            Self::Stored(s) => Ok(s.next_chunk().await?),
+            Self::Live(f) => f.next_chunk().await,
+        }
+    }
 }
 
 /// Writes the video (from `first`, then the rest of `stream`) to `out`,
@@ -232,7 +261,7 @@ pub(crate) enum FeedError {
 /// it needed, e.g. for a trimmed MP3) ends the feed without an error.
 /// Returns the bytes read from GridFS.
 pub(crate) async fn feed<W: tokio::io::AsyncWrite + Unpin>(
-    mut stream: ChunkStream,
+    mut stream: Chunks,
     first: Bytes,
     moved: Option<&Moved>,
     out: &mut W,
@@ -294,11 +323,7 @@ async fn write_rearranged<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Copies the whole video into `path` (for containers ffmpeg must seek in).
-pub(crate) async fn spool(
-    stream: ChunkStream,
-    first: Bytes,
-    path: &Path,
-) -> Result<u64, FeedError> {
+pub(crate) async fn spool(stream: Chunks, first: Bytes, path: &Path) -> Result<u64, FeedError> {
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(FeedError::Write)?;
@@ -322,6 +347,25 @@ mod tests {
         assert!(streams_from_a_pipe(&ts));
         assert!(!streams_from_a_pipe(b"RIFF....AVI "));
         assert!(!streams_from_a_pipe(b"\0\0\0\x20ftypisom"));
+    }
+
+    #[test]
+    fn only_containers_that_decode_front_to_back_are_converted_as_they_arrive() {
+        let boxed = |kind: &[u8; 4], len: u32| {
+            let mut b = len.to_be_bytes().to_vec();
+            b.extend_from_slice(kind);
+            b.resize(len as usize, 0);
+            b
+        };
+        let live = |b: &[u8]| matches!(plan_live(b), Some(Plan::Pipe { moved: None }));
+        assert!(live(&[0x1a, 0x45, 0xdf, 0xa3, 0x01]), "Matroska");
+        assert!(live(
+            &[boxed(b"ftyp", 24), boxed(b"moov", 64), boxed(b"mdat", 64)].concat()
+        ));
+        assert!(!live(
+            &[boxed(b"ftyp", 24), boxed(b"mdat", 64), boxed(b"moov", 64)].concat()
+        ));
+        assert!(!live(b"RIFF....AVI LIST"), "AVI must be spooled");
     }
 
     #[tokio::test]

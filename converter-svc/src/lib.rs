@@ -10,6 +10,7 @@ mod convert;
 pub mod ffmpeg;
 mod handler;
 mod input;
+mod live;
 mod output;
 mod sweeper;
 mod workdir;

@@ -48,11 +48,14 @@ pub async fn delete_queues(amqp_url: &str, queues: &[&str]) {
             .map(|d| svc_kit::config::parse_duration(d).unwrap())
             .collect(),
     };
+    // Each queue's hint queue too (uploads announced on `<video>.live`).
+    let hints = queues.iter().map(|q| topo.hint_queue(&format!("{q}.live")));
     test_kit::delete_work_queues(
         amqp_url,
         &queues
             .iter()
             .map(|q| topo.work_queue(q))
+            .chain(hints)
             .collect::<Vec<_>>(),
     )
     .await;

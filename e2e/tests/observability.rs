@@ -114,6 +114,11 @@ impl ProcMesh {
                 notified_queue.clone(),
                 s("--amqp-retry-delays"),
                 s(e2e::RETRY_DELAYS),
+                // The trace of a conversion after the upload: a live one
+                // (started by the upload's announcement) races the commit
+                // here, so its shape would depend on timing.
+                s("--live-conversion"),
+                s("false"),
             ],
             &[],
             otlp.as_deref(),

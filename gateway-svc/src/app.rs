@@ -97,14 +97,26 @@ impl App {
         .await?;
         store.ensure_indexes().await?;
 
+        let live_queue = config.live_conversion.then(|| {
+            config
+                .live_queue
+                .clone()
+                .unwrap_or_else(|| format!("{}.live", config.video_queue))
+        });
+        let mut queues = vec![
+            config.video_topology.work_queue(&config.video_queue),
+            config.video_topology.work_queue(&config.mp3_queue),
+        ];
+        queues.extend(
+            live_queue
+                .as_deref()
+                .map(|q| config.video_topology.hint_queue(q)),
+        );
         let publisher = Publisher::with_topology(
             config.amqp_url.clone(),
             "gateway-svc",
             config.publish_timeout,
-            vec![
-                config.video_topology.work_queue(&config.video_queue),
-                config.video_topology.work_queue(&config.mp3_queue),
-            ],
+            queues,
         );
 
         let auth_endpoint = Endpoint::from_shared(config.auth_url.clone())?
@@ -134,6 +146,7 @@ impl App {
             ),
             hub: Hub::default(),
             video_queue: config.video_queue.clone(),
+            live_queue,
             max_upload: config.max_upload_size,
             quotas: Quotas {
                 max_uploads: config.max_uploads_per_user,

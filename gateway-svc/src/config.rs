@@ -65,6 +65,15 @@ pub struct Config {
     #[arg(long, env = "VIDEO_QUEUE", default_value = "video")]
     pub video_queue: String,
 
+    /// Announce each upload as it begins (`UploadStarted`), so a converter
+    /// can convert the video while it arrives.
+    #[arg(long, env = "LIVE_CONVERSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub live_conversion: bool,
+
+    /// Queue of those announcements [default: <VIDEO_QUEUE>.live].
+    #[arg(long, env = "LIVE_QUEUE")]
+    pub live_queue: Option<String>,
+
     /// Queue of conversion outcomes (the janitor announces jobs it fails).
     #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
     pub mp3_queue: String,

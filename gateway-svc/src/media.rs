@@ -21,7 +21,7 @@ use media_store::{
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{JobChanged, VideoUploaded},
+    events::v1::{JobChanged, UploadStarted, VideoUploaded},
     media::v1::{
         self as pb, DeleteJobRequest, DeleteJobResponse, DownloadRequest, DownloadResponse,
         GetJobRequest, GetJobResponse, ListJobsRequest, ListJobsResponse, Mp3Metadata,
@@ -49,6 +49,8 @@ pub(crate) struct Media {
     pub(crate) job_events: Broadcaster,
     pub(crate) hub: Hub,
     pub(crate) video_queue: String,
+    /// Where uploads are announced as they begin; `None`: not announced.
+    pub(crate) live_queue: Option<String>,
     pub(crate) max_upload: u64,
     pub(crate) quotas: Quotas,
     /// A download whose client reads nothing for this long is dropped.
@@ -206,6 +208,8 @@ impl Media {
             self.discard(id).await;
             return Err(status);
         }
+
+        self.announce_start(&job);
 
         let span = tracing::info_span!(
             "gridfs.write",
@@ -417,6 +421,34 @@ impl Media {
         if let Err(e) = self.store.jobs.discard_upload(id).await {
             tracing::warn!(error = %e, job_id = %id, "deleting a discarded upload's job failed; the janitor will");
         }
+    }
+
+    /// Tells converters an upload has begun, so one can convert it as it
+    /// arrives. A hint, off the upload's path: if it is lost, the video is
+    /// converted after its upload, as it would be anyway.
+    fn announce_start(&self, job: &Job) {
+        let Some(queue) = self.live_queue.clone() else {
+            return;
+        };
+        let event = UploadStarted {
+            event_id: format!("started-{}", job.id.to_hex()),
+            job_id: job.id.to_hex(),
+            video_id: job.id.to_hex(),
+            occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        };
+        let publisher = self.publisher.clone();
+        let job_id = job.id;
+        tokio::spawn(
+            async move {
+                let payload = prost::Message::encode_to_vec(&event);
+                let props = event_properties(UploadStarted::TYPE, &event.event_id, Default::default())
+                    .with_delivery_mode(1); // a hint need not survive a broker restart
+                if let Err(e) = publisher.publish(&queue, &payload, props).await {
+                    tracing::debug!(error = %e, %job_id, "announcing an upload failed; it is converted after its upload");
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Publishes the job's `VideoUploaded`. The event id is derived from the

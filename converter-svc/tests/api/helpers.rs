@@ -9,7 +9,7 @@ use media_store::{
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{ConversionFailed, Mp3Ready, VideoUploaded},
+    events::v1::{ConversionFailed, Mp3Ready, UploadStarted, VideoUploaded},
 };
 use std::{path::Path, process::Command, time::Duration};
 use svc_kit::config::Secret;
@@ -63,7 +63,10 @@ impl Env {
             Secret::new(stack.amqp_url.clone()),
             "converter-tests",
             Duration::from_secs(10),
-            vec![topology().work_queue(&video_queue)],
+            vec![
+                topology().work_queue(&video_queue),
+                topology().hint_queue(&format!("{video_queue}.live")),
+            ],
         );
         Self {
             stack,
@@ -225,6 +228,92 @@ impl Env {
             .unwrap();
     }
 
+    /// The queue of `UploadStarted` hints (the converters' default).
+    pub fn live_queue(&self) -> String {
+        format!("{}.live", self.video_queue)
+    }
+
+    /// Does what gateway-svc does as an upload begins: record the job as
+    /// uploading, announce it on the live queue, open its GridFS upload.
+    pub async fn begin_upload(&self, filename: &str) -> LiveUpload {
+        let id = ObjectId::new();
+        let job = Job::uploading(
+            id,
+            "user-1",
+            "user@example.com",
+            filename,
+            "application/octet-stream",
+            OutputOptions::default(),
+        );
+        self.store.jobs.insert(&job).await.unwrap();
+        let event = UploadStarted {
+            event_id: format!("started-{}", id.to_hex()),
+            job_id: id.to_hex(),
+            video_id: id.to_hex(),
+            occur_time: None,
+        };
+        self.publisher
+            .publish(
+                &self.live_queue(),
+                &prost::Message::encode_to_vec(&event),
+                event_properties(UploadStarted::TYPE, &event.event_id, Default::default()),
+            )
+            .await
+            .unwrap();
+        let stream = self
+            .store
+            .videos
+            .open_upload_stream(filename)
+            .id(id.into())
+            .metadata(doc! { "owner_id": "user-1" })
+            .await
+            .unwrap();
+        LiveUpload {
+            id,
+            filename: filename.to_owned(),
+            stream,
+            written: 0,
+        }
+    }
+
+    /// Does what gateway-svc does at an upload's commit: close the file,
+    /// commit the job, publish `VideoUploaded`, record that it was. Returns
+    /// the job as the commit left it.
+    pub async fn commit(&self, mut up: LiveUpload) -> Job {
+        up.stream.close().await.unwrap();
+        let job = self
+            .store
+            .jobs
+            .commit_upload(up.id, up.written)
+            .await
+            .unwrap()
+            .expect("the job was uploading");
+        self.publish_uploaded(up.id, &up.filename, up.written).await;
+        self.store.jobs.mark_published(up.id).await.unwrap();
+        job
+    }
+
+    /// Does what gateway-svc does when an upload fails: remove its chunks
+    /// and its job.
+    pub async fn abort(&self, mut up: LiveUpload) {
+        up.stream.abort().await.unwrap();
+        self.store.jobs.discard_upload(up.id).await.unwrap();
+    }
+
+    /// Job directories the converters hold in their WORK_DIR now.
+    pub fn work_in_progress(&self) -> usize {
+        std::fs::read_dir(self.work.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|inst| {
+                std::fs::read_dir(inst.path())
+                    .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// Publishes raw bytes to the video queue (malformed events).
     pub async fn publish_raw(&self, payload: &[u8]) {
         self.publisher
@@ -351,6 +440,7 @@ impl Env {
             &[
                 topo.work_queue(&self.video_queue),
                 topo.work_queue(&self.mp3_queue),
+                topo.hint_queue(&self.live_queue()),
             ],
         )
         .await;
@@ -365,6 +455,26 @@ fn topology() -> amqp_kit::TopologyArgs {
             .iter()
             .map(|d| svc_kit::config::parse_duration(d).unwrap())
             .collect(),
+    }
+}
+
+/// An upload in progress, as the gateway writes it.
+pub struct LiveUpload {
+    pub id: ObjectId,
+    filename: String,
+    stream: media_store::mongodb::gridfs::GridFsUploadStream,
+    written: u64,
+}
+
+impl LiveUpload {
+    /// Writes `bytes` in `pieces` parts, pausing between them as a client on
+    /// a slow link would.
+    pub async fn write_paced(&mut self, bytes: &[u8], pieces: usize, pause: Duration) {
+        for part in bytes.chunks(bytes.len().div_ceil(pieces.max(1)).max(1)) {
+            self.stream.write_all(part).await.unwrap();
+            self.written += part.len() as u64;
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 

@@ -6,5 +6,6 @@
 mod helpers;
 
 mod formats;
+mod live;
 mod options;
 mod reliability;

@@ -15,7 +15,7 @@ mod topology;
 pub mod trace;
 
 pub use publisher::{PublishError, Publisher};
-pub use topology::{TopologyArgs, WorkQueue, declare_work_queue};
+pub use topology::{HINT_TTL, TopologyArgs, WorkQueue, declare_work_queue};
 
 pub use lapin;
 use lapin::{

@@ -33,6 +33,9 @@ use lapin::{
 };
 use std::time::Duration;
 
+/// How long a hint waits unread before it expires.
+pub const HINT_TTL: Duration = Duration::from_secs(10);
+
 /// The retry and dead-letter policy of the mesh's work queues. Every service
 /// that declares a queue reads the same variables, so the arguments they
 /// declare it with agree (RabbitMQ refuses a re-declaration that differs).
@@ -65,6 +68,19 @@ impl TopologyArgs {
             name: name.to_owned(),
             retry_delays: self.retry_delays.clone(),
             delivery_limit: self.delivery_limit,
+            expires_after: None,
+        }
+    }
+
+    /// A queue of hints: worth acting on only soon after they are sent, so
+    /// they expire unread after [`HINT_TTL`], and are never retried or
+    /// dead-lettered. (Every declarer must agree on the TTL: one constant.)
+    pub fn hint_queue(&self, name: &str) -> WorkQueue {
+        WorkQueue {
+            name: name.to_owned(),
+            retry_delays: Vec::new(),
+            delivery_limit: self.delivery_limit,
+            expires_after: Some(HINT_TTL),
         }
     }
 }
@@ -78,6 +94,9 @@ pub struct WorkQueue {
     /// How many times the broker delivers a message before dead-lettering it.
     /// Bounds messages that crash consumers before they can ack or retry.
     pub delivery_limit: u32,
+    /// For a queue of hints ([`TopologyArgs::hint_queue`]): messages expire
+    /// unread after this long, and there is no dead-letter queue.
+    pub expires_after: Option<Duration>,
 }
 
 impl WorkQueue {
@@ -145,9 +164,25 @@ fn dead_letter_to(args: &mut FieldTable, routing_key: &str) {
     );
 }
 
-/// Declares the queue, its dead-letter queue and its retry queues.
+/// Declares the queue, its dead-letter queue and its retry queues (a hint
+/// queue alone).
 pub async fn declare_work_queue(ch: &Channel, q: &WorkQueue) -> Result<(), lapin::Error> {
     let durable = QueueDeclareOptions::durable();
+
+    if let Some(ttl) = q.expires_after {
+        let mut args = quorum_args();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(i32::try_from(q.delivery_limit).unwrap_or(i32::MAX)),
+        );
+        ch.queue_declare(q.name.as_str().into(), durable, args)
+            .await?;
+        return Ok(());
+    }
 
     ch.queue_declare(
         q.dead_letter_queue().as_str().into(),
@@ -200,6 +235,7 @@ mod tests {
             name: "video".into(),
             retry_delays: vec![Duration::from_millis(500), Duration::from_secs(2)],
             delivery_limit: 5,
+            expires_after: None,
         };
         assert_eq!(q.retry_queue(1).as_deref(), Some("video.retry.500ms"));
         assert_eq!(q.retry_queue(2).as_deref(), Some("video.retry.2000ms"));
@@ -214,6 +250,7 @@ mod tests {
             name: "video".into(),
             retry_delays: [2, 10, 30].map(Duration::from_secs).to_vec(),
             delivery_limit: 5,
+            expires_after: None,
         };
         assert_eq!(q.wait_queue(Duration::from_secs(25)), "video.retry.10000ms");
         assert_eq!(q.wait_queue(Duration::from_secs(40)), "video.retry.30000ms");

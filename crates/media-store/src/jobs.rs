@@ -9,6 +9,11 @@
 //!  any state ──owner deletes / retention──► deleted (a tombstone)
 //! ```
 //!
+//! A converter may also take an `uploading` job's lease (a *live* claim, see
+//! [`Jobs::claim_live`]) and convert the video while it arrives; the commit
+//! then hands the job to it (`uploading ──commit──► converting`, lease kept)
+//! instead of queueing it.
+//!
 //! `done`, `failed` and `deleted` are terminal. A job being converted carries
 //! a lease (`lease_holder`, `lease_until`) that its converter renews while it
 //! works; only the lease holder may finish a job, or anyone once no live lease
@@ -311,30 +316,86 @@ impl Jobs {
             .map(drop)
     }
 
-    /// The upload is complete: uploading → queued.
+    /// The upload is complete: uploading → converting if a converter holds a
+    /// live lease on it (it has been converting the video as it arrived),
+    /// else uploading → queued.
     pub async fn commit_upload(&self, id: ObjectId, size: u64) -> Result<Option<Job>, Error> {
+        let now = SystemTime::now();
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let live = self
+            .coll
+            .find_one_and_update(
+                doc! { "_id": id, "state": "uploading", "lease_until": { "$gt": at(now) } },
+                doc! { "$set": {
+                    "state": "converting",
+                    "size_bytes": size,
+                    "progress": 0.0,
+                    "updated_at": at(now),
+                } },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        if live.is_some() {
+            return Ok(live);
+        }
         self.coll
             .find_one_and_update(
                 doc! { "_id": id, "state": "uploading" },
-                doc! { "$set": {
-                    "state": "queued",
-                    "size_bytes": i64::try_from(size).unwrap_or(i64::MAX),
-                    "updated_at": DateTime::now(),
-                } },
+                doc! {
+                    "$set": { "state": "queued", "size_bytes": size, "updated_at": at(now) },
+                    "$unset": { "lease_holder": "", "lease_until": "" },
+                },
             )
             .return_document(ReturnDocument::After)
             .await
     }
 
-    /// Removes the job of an upload that did not complete.
+    /// Removes the job of an upload that did not complete (or whose event
+    /// could not be published: the user was told to retry).
     pub async fn discard_upload(&self, id: ObjectId) -> Result<(), Error> {
         self.coll
             .delete_one(doc! { "_id": id, "$or": [
                 { "state": "uploading" },
                 { "state": "queued", "published": false },
+                { "state": "converting", "published": false },
             ] })
             .await
             .map(drop)
+    }
+
+    /// Takes a lease on an upload still arriving, so this instance converts
+    /// it as it arrives; `None` if it is not uploading any more or another
+    /// instance holds it. The state stays `uploading` (users still do not
+    /// see it) until the commit hands it over.
+    pub async fn claim_live(
+        &self,
+        id: ObjectId,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<Option<Job>, Error> {
+        let now = SystemTime::now();
+        self.coll
+            .find_one_and_update(
+                doc! { "_id": id, "state": "uploading", "$or": [
+                    { "lease_until": { "$exists": false } },
+                    { "lease_until": { "$lt": at(now) } },
+                ] },
+                doc! { "$set": { "lease_holder": instance, "lease_until": at(now + ttl) } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Gives up a live claim: an upload still arriving keeps no lease, and a
+    /// committed one goes back to the queue (as [`Self::release`]).
+    pub async fn release_live(&self, id: ObjectId, instance: &str) -> Result<Option<Job>, Error> {
+        self.coll
+            .update_one(
+                doc! { "_id": id, "state": "uploading", "lease_holder": instance },
+                doc! { "$unset": { "lease_holder": "", "lease_until": "" } },
+            )
+            .await?;
+        self.release(id, instance).await
     }
 
     pub async fn mark_published(&self, id: ObjectId) -> Result<(), Error> {
@@ -387,12 +448,13 @@ impl Jobs {
         })
     }
 
-    /// Extends our lease; false if we lost it (expired and taken, deleted).
+    /// Extends our lease (live claims too); false if we lost it (expired and
+    /// taken, deleted).
     pub async fn renew(&self, id: ObjectId, instance: &str, ttl: Duration) -> Result<bool, Error> {
         let res = self
             .coll
             .update_one(
-                doc! { "_id": id, "state": "converting", "lease_holder": instance },
+                doc! { "_id": id, "state": { "$in": ["uploading", "converting"] }, "lease_holder": instance },
                 doc! { "$set": { "lease_until": at(SystemTime::now() + ttl) } },
             )
             .await?;

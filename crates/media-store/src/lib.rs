@@ -19,7 +19,7 @@ pub mod mp4;
 pub mod options;
 pub mod proto;
 
-pub use gridfs::{Bucket, ChunkStream, ChunkWriter, FileInfo, ReadError};
+pub use gridfs::{Bucket, ChunkStream, ChunkWriter, FileInfo, ReadError, Tail, Tailed};
 pub use jobs::{Claim, Deleted, FailureKind, Finish, Job, JobState, Jobs, Mp3Facts};
 pub use options::OutputOptions;
 

@@ -187,6 +187,24 @@ pub fn looks_like_mp4(first: &[u8], file_len: u64) -> bool {
     header_at(first, 0, file_len).is_some_and(|h| TOP.contains(&&h.kind) && h.size <= file_len)
 }
 
+/// From the first bytes of an MP4 still arriving: `Some(true)` if its index
+/// (`moov`) comes before the media data, so it can be decoded as it arrives;
+/// `Some(false)` if the media data comes first; `None` if these bytes do not
+/// tell.
+pub fn index_comes_first(head: &[u8]) -> Option<bool> {
+    let mut at = 0u64;
+    for _ in 0..64 {
+        let rest = head.get(usize::try_from(at).ok()?..)?;
+        let h = header_at(rest, at, u64::MAX)?;
+        match &h.kind {
+            b"moov" => return Some(true),
+            b"mdat" => return Some(false),
+            _ => at = h.end(),
+        }
+    }
+    None
+}
+
 /// How the file must be fed to a pipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
@@ -374,6 +392,24 @@ fn tkhd_duration(b: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_index_in_front_is_seen_in_the_first_bytes() {
+        let boxed = |kind: &[u8; 4], len: u32| {
+            let mut b = len.to_be_bytes().to_vec();
+            b.extend_from_slice(kind);
+            b.resize(len as usize, 0);
+            b
+        };
+        let faststart = [boxed(b"ftyp", 24), boxed(b"moov", 100), boxed(b"mdat", 64)].concat();
+        assert_eq!(index_comes_first(&faststart), Some(true));
+        // Only the moov's header has arrived: enough to tell.
+        assert_eq!(index_comes_first(&faststart[..32]), Some(true));
+        let late = [boxed(b"ftyp", 24), boxed(b"free", 8), boxed(b"mdat", 64)].concat();
+        assert_eq!(index_comes_first(&late), Some(false));
+        assert_eq!(index_comes_first(&late[..20]), None, "not even past ftyp");
+        assert_eq!(index_comes_first(b"not an mp4 at all"), None);
+    }
+
     use super::*;
 
     fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {

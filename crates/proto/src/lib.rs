@@ -32,6 +32,9 @@ pub trait EventType: prost::Message + Default {
 impl EventType for events::v1::VideoUploaded {
     const TYPE: &'static str = "mp3converter.events.v1.VideoUploaded";
 }
+impl EventType for events::v1::UploadStarted {
+    const TYPE: &'static str = "mp3converter.events.v1.UploadStarted";
+}
 impl EventType for events::v1::Mp3Ready {
     const TYPE: &'static str = "mp3converter.events.v1.Mp3Ready";
 }

@@ -101,6 +101,7 @@ async fn rabbitmq_persistent_publish_with_confirm_then_consume_and_ack() {
         name: unique_name("test-queue"),
         retry_delays: vec![Duration::from_millis(200)],
         delivery_limit: 3,
+        expires_after: None,
     };
     let conn = amqp_kit::connect(&url, "stack-test").await.unwrap();
     let ch = conn.create_channel().await.unwrap();

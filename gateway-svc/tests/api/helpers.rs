@@ -333,7 +333,13 @@ impl TestApp {
             name: notified_queue(&topology.name),
             ..topology.clone()
         };
-        test_kit::delete_work_queues(&stack.amqp_url, &[topology, receipts]).await;
+        let hints = amqp_kit::WorkQueue {
+            name: format!("{}.live", topology.name),
+            retry_delays: Vec::new(),
+            expires_after: Some(amqp_kit::HINT_TTL),
+            ..topology.clone()
+        };
+        test_kit::delete_work_queues(&stack.amqp_url, &[topology, receipts, hints]).await;
     }
 
     /// Stops the gateway (as SIGTERM does), keeping what it stored.
