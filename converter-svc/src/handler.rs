@@ -257,6 +257,7 @@ impl Converter {
             return Ok(Converted::adopted(&file));
         }
         let lost = CancellationToken::new();
+        let live = matches!(source, crate::convert::Source::Live(_));
         let renewer = {
             let (jobs, lost, me, ttl) = (
                 self.store.jobs.clone(),
@@ -269,7 +270,15 @@ impl Converter {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    match jobs.renew(id, &me, ttl).await {
+                    // A live conversion holds its claim until the commit and
+                    // the job's lease after it.
+                    let renewed = async {
+                        let claim = live && jobs.renew_live(id, &me, ttl).await?;
+                        Ok::<_, media_store::mongodb::error::Error>(
+                            jobs.renew(id, &me, ttl).await? || claim,
+                        )
+                    };
+                    match renewed.await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!(job_id = %id, "lost the job's lease");
@@ -549,17 +558,20 @@ impl Converter {
     /// Converts an upload as it arrives; the outcome, for the metric. Any
     /// failure gives the job back to the `VideoUploaded` path.
     async fn process_live(&self, id: ObjectId, abandon: CancellationToken) -> &'static str {
-        let job = match self
-            .store
-            .jobs
-            .claim_live(id, &self.instance, self.lease_ttl)
-            .await
-        {
-            Ok(Some(job)) => job,
-            // Committed already (the hint came late), gone, or taken.
-            Ok(None) => return "missed",
+        let jobs = &self.store.jobs;
+        match jobs.claim_live(id, &self.instance, self.lease_ttl).await {
+            Ok(true) => {}
+            // Committed already (the hint came late), gone, or claimed.
+            Ok(false) => return "missed",
             Err(e) => {
                 tracing::debug!(job_id = %id, error = %e, "claiming an upload failed");
+                return "missed";
+            }
+        }
+        let job = match jobs.get(id).await {
+            Ok(Some(job)) => job,
+            _ => {
+                self.drop_claim(id).await;
                 return "missed";
             }
         };
@@ -569,49 +581,36 @@ impl Converter {
         ));
         let span = tracing::info_span!("convert", job_id = %id, live = true);
         let result = self
-            .convert_leased(&job, crate::convert::Source::Live(self.live), abandon)
+            .convert_leased(
+                &job,
+                crate::convert::Source::Live(self.live),
+                abandon.clone(),
+            )
             .instrument(span.clone())
             .await;
-        let converted = match result {
-            Ok(c) => c,
-            Err(f) => {
-                let reason = match &f {
-                    Failure::Permanent(r) | Failure::Transient(r) => r.as_str(),
-                    Failure::Abandoned => "shutting down",
-                    Failure::LostLease => "lost the lease",
-                };
-                tracing::info!(parent: &span, job_id = %id, reason, "left to the job's own event");
-                self.release_live(id).await;
-                return "gave_up";
-            }
-        };
         let outcome = async {
-            match self.committed(id).await {
-                Committed::Yes(job) => {
-                    metrics::histogram!("mp3converter_conversion_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    match self.complete(&job, converted).await {
-                        Outcome::Ack => "done",
-                        // Given back (complete released it): the job's event
-                        // adopts the stored MP3.
-                        _ => "gave_up",
-                    }
+            match result {
+                Ok(converted) => {
+                    let outcome = self.finish_live(id, converted, started).await;
+                    self.drop_claim(id).await;
+                    outcome
                 }
-                Committed::Gone => {
-                    if let Err(e) = media_store::gridfs::delete_file(
-                        &self.store.mp3_files,
-                        &converted.id.into(),
-                    )
-                    .await
-                    {
-                        tracing::warn!(job_id = %id, error = %e, "removing the MP3 of an abandoned upload failed");
+                Err(f) => {
+                    let reason = match &f {
+                        Failure::Permanent(r) | Failure::Transient(r) => r.as_str(),
+                        Failure::Abandoned => "shutting down",
+                        Failure::LostLease => "lost the lease",
+                    };
+                    tracing::info!(job_id = %id, reason, "left to the job's own event");
+                    // From now on a commit queues the job. One that came
+                    // before handed it to us: convert it from storage now
+                    // rather than leave it to its event's next look.
+                    self.drop_claim(id).await;
+                    if matches!(f, Failure::Abandoned) || !self.committed_to_us(id).await {
+                        return "gave_up";
                     }
-                    "abandoned"
-                }
-                Committed::NotYet => {
-                    // The MP3 stays: the job's event adopts it.
-                    self.release_live(id).await;
-                    "gave_up"
+                    let _ = self.process(id, abandon).await;
+                    "fell_back"
                 }
             }
         }
@@ -621,12 +620,47 @@ impl Converter {
         outcome
     }
 
+    /// The MP3 of a live conversion is stored: once the gateway has committed
+    /// the upload to us and confirmed its event, the job is done.
+    async fn finish_live(
+        &self,
+        id: ObjectId,
+        converted: Converted,
+        started: std::time::Instant,
+    ) -> &'static str {
+        match self.committed(id).await {
+            Committed::Yes(job) => {
+                metrics::histogram!("mp3converter_conversion_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                match self.complete(&job, converted).await {
+                    Outcome::Ack => "done",
+                    // Given back (complete released it): the job's event
+                    // adopts the stored MP3.
+                    _ => "gave_up",
+                }
+            }
+            Committed::Gone => {
+                if let Err(e) =
+                    media_store::gridfs::delete_file(&self.store.mp3_files, &converted.id.into())
+                        .await
+                {
+                    tracing::warn!(job_id = %id, error = %e, "removing the MP3 of an abandoned upload failed");
+                }
+                "abandoned"
+            }
+            Committed::NotYet => {
+                // The MP3 stays: the job's event adopts it.
+                self.release(id).await;
+                "gave_up"
+            }
+        }
+    }
+
     /// Waits for the gateway to commit the upload to us and confirm its
-    /// event (so the job is accepted before it can be done), renewing the
-    /// lease meanwhile.
+    /// event (so the job is accepted before it can be done). Only reads the
+    /// job: until then the gateway writes it.
     async fn committed(&self, id: ObjectId) -> Committed {
         let until = tokio::time::Instant::now() + self.live.commit_wait;
-        let mut renewed = std::time::Instant::now();
         loop {
             match self.store.jobs.get(id).await {
                 Ok(Some(j))
@@ -644,32 +678,44 @@ impl Converter {
                 Ok(Some(j)) if matches!(j.state, JobState::Deleted | JobState::Failed) => {
                     return Committed::Gone;
                 }
-                // Taken over after our lease ran out: the MP3 is adopted.
+                // Queued without us, or taken over: the MP3 is adopted.
                 Ok(Some(_)) => return Committed::NotYet,
                 Err(e) => tracing::debug!(job_id = %id, error = %e, "looking at the job failed"),
             }
             if tokio::time::Instant::now() >= until {
                 return Committed::NotYet;
             }
-            if renewed.elapsed() > self.lease_ttl / 3 {
-                renewed = std::time::Instant::now();
-                let _ = self
-                    .store
-                    .jobs
-                    .renew(id, &self.instance, self.lease_ttl)
-                    .await;
+            if let Err(e) = self
+                .store
+                .jobs
+                .renew_live(id, &self.instance, self.lease_ttl)
+                .await
+            {
+                tracing::debug!(job_id = %id, error = %e, "renewing a live claim failed");
             }
             tokio::time::sleep(self.live.poll).await;
         }
     }
 
-    async fn release_live(&self, id: ObjectId) {
-        match self.store.jobs.release_live(id, &self.instance).await {
-            Ok(Some(job)) => self.notify(&job, false),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(job_id = %id, error = %e, "giving an upload back failed; its lease will expire")
+    /// Whether the commit handed the job to us (looked at a few times: a
+    /// commit that read our claim may land just after it was dropped).
+    async fn committed_to_us(&self, id: ObjectId) -> bool {
+        for _ in 0..3 {
+            match self.store.jobs.get(id).await {
+                Ok(Some(j)) if j.state == JobState::Converting => {
+                    return j.lease_holder.as_deref() == Some(self.instance.as_str());
+                }
+                Ok(Some(j)) if j.state == JobState::Uploading => {}
+                _ => return false,
             }
+            tokio::time::sleep(self.live.poll).await;
+        }
+        false
+    }
+
+    async fn drop_claim(&self, id: ObjectId) {
+        if let Err(e) = self.store.jobs.drop_live(id, &self.instance).await {
+            tracing::warn!(job_id = %id, error = %e, "dropping a live claim failed; it expires");
         }
     }
 }

@@ -242,6 +242,7 @@ pub(crate) enum FeedError {
 /// Where a video's chunks come from: the stored file, or an upload as it
 /// arrives.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per conversion, moved once
 pub(crate) enum Chunks {
     Stored(ChunkStream),
     Live(crate::live::Follow),

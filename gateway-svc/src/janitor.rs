@@ -19,7 +19,8 @@
 //!   (notify's sent-log sends at most one email), up to `MAX_REANNOUNCE`
 //!   times; then it is counted (`gave_up_notifying`) for an operator.
 //! - **abandoned uploads**: an upload whose heartbeat stopped (the gateway
-//!   died mid-upload) is removed with its chunks.
+//!   died mid-upload) is removed with its chunks; so are live claims whose
+//!   converter died (nobody renewed them for an hour).
 //! - **retention**: source videos of finished jobs (if the converter could
 //!   not delete them), MP3s past their expiry (the job goes too), and old
 //!   tombstones of deleted jobs.
@@ -124,6 +125,16 @@ impl Janitor {
         self.unannounced().await?;
         self.unnotified().await?;
         self.abandoned_uploads().await?;
+        let stale = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let purged = self
+            .jobs()
+            .purge_live(stale)
+            .await
+            .map_err(|e| e.to_string())?;
+        count(
+            "removed_stale_live_claims",
+            usize::try_from(purged).unwrap_or(0),
+        );
         self.sources().await?;
         self.expired().await?;
         self.tombstones().await

@@ -11,7 +11,11 @@
 //! - throughput: 10 parallel 60 s uploads with 2 converters until all are
 //!   emailed (notify-svc and Mailpit), and jobs per minute for 1 and 2
 //!   instances and 1, 2 and 4 jobs at a time;
-//! - the converter's RSS after 100 jobs.
+//! - the converter's RSS after 100 jobs;
+//! - live conversion: the same clips with the index in front, uploaded the
+//!   way gateway-svc stores them (at full speed and at a network-like rate),
+//!   converted after the upload and while it arrives: upload finished → MP3;
+//!   and 10 parallel uploads until all are emailed, live and not.
 //!
 //! Run:
 //!
@@ -32,7 +36,7 @@ use media_store::{
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{Mp3Ready, VideoUploaded},
+    events::v1::{Mp3Ready, UploadStarted, VideoUploaded},
 };
 use std::{
     collections::HashMap,
@@ -75,6 +79,15 @@ struct Args {
     /// Skip the converter's RSS over 100 jobs (about 7 minutes).
     #[arg(long)]
     no_hundred: bool,
+    /// Skip the live-conversion tables.
+    #[arg(long)]
+    no_live: bool,
+    /// Only the live-conversion tables (and the clips they need).
+    #[arg(long)]
+    only_live: bool,
+    /// The network-like upload rate of the live table, MiB/s.
+    #[arg(long, default_value_t = 8.0)]
+    upload_rate: f64,
     /// Where generated clips are kept.
     #[arg(long, default_value = ".stack/bench-clips")]
     clip_dir: PathBuf,
@@ -523,6 +536,8 @@ async fn main() -> anyhow::Result<()> {
     let queues = vec![
         topology.work_queue(&video_queue),
         topology.work_queue(&mp3_queue),
+        // The converters' default live queue.
+        topology.hint_queue(&format!("{video_queue}.live")),
     ];
     let publisher = Publisher::with_topology(
         amqp.clone(),
@@ -581,6 +596,13 @@ async fn main() -> anyhow::Result<()> {
         };
         env.store.ensure_indexes().await?;
         println!("\n# GridFS server: {label} ({mongodb_uri}), {cores} cores\n");
+        if args.only_live {
+            if i == 0 {
+                live(&env, &ch, &clips, &args).await?;
+            }
+            let _ = env.store.db.drop().await;
+            continue;
+        }
         let conv = env.converter(1)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         per_clip(&env, &ch, &conv, &clips, &args).await?;
@@ -597,6 +619,9 @@ async fn main() -> anyhow::Result<()> {
             drop(conv);
             if !args.no_throughput {
                 throughput(&env, &ch, &clips["60s"]).await?;
+            }
+            if !args.no_live {
+                live(&env, &ch, &clips, &args).await?;
             }
         }
         let _ = env.store.db.drop().await;
@@ -944,6 +969,347 @@ async fn throughput(env: &Env<'_>, ch: &lapin::Channel, clip: &Path) -> anyhow::
     )
     .await;
     Ok(())
+}
+
+/// A copy of `clip` with its index moved in front (`-movflags +faststart`,
+/// as web exports write it), made once: decodable as it arrives.
+fn faststart(clip: &Path) -> PathBuf {
+    let stem = clip.file_stem().unwrap().to_string_lossy();
+    let out = clip.with_file_name(format!("{stem}-faststart.mp4"));
+    if out.exists() {
+        return out;
+    }
+    let tmp = clip.with_file_name(format!("{stem}-faststart.tmp.mp4"));
+    let ok = Command::new("ffmpeg")
+        .args(["-y", "-hide_banner", "-loglevel", "error", "-i"])
+        .arg(clip)
+        .args(["-c", "copy", "-movflags", "+faststart"])
+        .arg(&tmp)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg could not move the index of {}", clip.display());
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// When each job's first `Mp3Ready` arrived (later ones, the same outcome
+/// announced again, and other jobs' are skipped).
+async fn ready_for(
+    ch: &lapin::Channel,
+    queue: &str,
+    ids: &[ObjectId],
+) -> HashMap<ObjectId, Instant> {
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            test_kit::unique_name("bench").as_str().into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut at = HashMap::new();
+    while at.len() < ids.len() {
+        let d = tokio::time::timeout(Duration::from_secs(900), consumer.next())
+            .await
+            .expect("an outcome within 15 min")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d.properties.kind().as_ref().map(|k| k.as_str()),
+            Some(Mp3Ready::TYPE),
+            "a conversion failed: {:?}",
+            String::from_utf8_lossy(&d.data)
+        );
+        let ready = <Mp3Ready as prost::Message>::decode(d.data.as_slice()).unwrap();
+        if let Ok(id) = ObjectId::parse_str(&ready.job_id)
+            && ids.contains(&id)
+        {
+            at.entry(id).or_insert_with(Instant::now);
+        }
+    }
+    ch.basic_cancel(consumer.tag(), Default::default())
+        .await
+        .unwrap();
+    at
+}
+
+/// One upload as gateway-svc handles it, timed.
+struct Upload {
+    id: ObjectId,
+    started: Instant,
+    committed: Instant,
+    /// Attempts that met SQLITE_BUSY and were started again.
+    retried: u32,
+}
+
+impl Env<'_> {
+    /// What gateway-svc does for an upload: record the job, announce it on
+    /// the live queue (if `live`), write the bytes as they arrive (`rate`
+    /// MiB/s; `None`: as fast as the server takes them), commit, publish
+    /// `VideoUploaded`. An attempt that meets SQLITE_BUSY is aborted and
+    /// started again (a client retrying an UNAVAILABLE).
+    async fn upload(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        owner_email: &str,
+        live: bool,
+        rate: Option<f64>,
+    ) -> anyhow::Result<Upload> {
+        let mut retried = 0;
+        loop {
+            match self.upload_once(name, bytes, owner_email, live, rate).await {
+                Ok((id, started, committed)) => {
+                    return Ok(Upload {
+                        id,
+                        started,
+                        committed,
+                        retried,
+                    });
+                }
+                Err(e) if retried < 10 => {
+                    retried += 1;
+                    println!("  (upload of {name} failed: {e}; again)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        owner_email: &str,
+        live: bool,
+        rate: Option<f64>,
+    ) -> anyhow::Result<(ObjectId, Instant, Instant)> {
+        let id = ObjectId::new();
+        let started = Instant::now();
+        let job = Job::uploading(
+            id,
+            "bench",
+            owner_email,
+            name,
+            "video/mp4",
+            Default::default(),
+        );
+        self.store.jobs.insert(&job).await?;
+        if live {
+            let ev = UploadStarted {
+                event_id: format!("started-{}", id.to_hex()),
+                job_id: id.to_hex(),
+                video_id: id.to_hex(),
+                occur_time: None,
+            };
+            self.publisher
+                .publish(
+                    &format!("{}.live", self.video_queue),
+                    &prost::Message::encode_to_vec(&ev),
+                    event_properties(UploadStarted::TYPE, &ev.event_id, Default::default()),
+                )
+                .await?;
+        }
+        let mut up = self
+            .store
+            .videos
+            .open_upload_stream(name)
+            .id(id.into())
+            .metadata(doc! { "owner_id": "bench" })
+            .await?;
+        let mut sent = 0usize;
+        for c in bytes.chunks(1 << 20) {
+            if let Some(r) = rate {
+                let due = started + Duration::from_secs_f64(sent as f64 / (r * 1048576.0));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            if let Err(e) = up.write_all(c).await {
+                let _ = up.abort().await;
+                let _ = self.store.jobs.discard_upload(id).await;
+                return Err(e.into());
+            }
+            sent += c.len();
+        }
+        let committed = async {
+            up.close().await?;
+            self.store
+                .jobs
+                .commit_upload(id, bytes.len() as u64)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the job was not uploading"))
+        }
+        .await;
+        if let Err(e) = committed {
+            let _ = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await;
+            let _ = self.store.jobs.discard_upload(id).await;
+            return Err(e);
+        }
+        let committed = Instant::now();
+        self.publish_to(id, owner_email).await;
+        retry_busy("recording the publish", || {
+            self.store.jobs.mark_published(id)
+        })
+        .await?;
+        Ok((id, started, committed))
+    }
+
+    async fn publish_to(&self, id: ObjectId, owner_email: &str) {
+        let ev = VideoUploaded {
+            event_id: format!("video-{}", id.to_hex()),
+            job_id: id.to_hex(),
+            video_id: id.to_hex(),
+            owner_id: "bench".into(),
+            owner_email: owner_email.into(),
+            ..Default::default()
+        };
+        self.publisher
+            .publish(
+                &self.video_queue,
+                &prost::Message::encode_to_vec(&ev),
+                event_properties(VideoUploaded::TYPE, &ev.event_id, Default::default()),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Converting after the upload vs while it arrives.
+async fn live(
+    env: &Env<'_>,
+    ch: &lapin::Channel,
+    clips: &HashMap<&str, PathBuf>,
+    args: &Args,
+) -> anyhow::Result<()> {
+    println!("\n## Live conversion: upload finished → MP3\n");
+    println!(
+        "Clips with the index in front (`-movflags +faststart`), uploaded as gateway-svc stores them; one converter (CONCURRENCY=2, LIVE_CONCURRENCY=2). after = converted after the upload (no announcement); live = announced as it begins, converted as it arrives. commit → MP3 = the upload's commit to `Mp3Ready` received; ffmpeg = plain ffmpeg on a local file.\n"
+    );
+    println!(
+        "| clip | MiB | upload rate | after: upload (s) | after: commit → MP3 (s) | live: upload (s) | live: commit → MP3 (s) | live: upload start → MP3 (s) | plain ffmpeg (s) | uploads retried (SQLITE_BUSY) |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let conv = env.converter(2)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for name in args.clips.iter().filter(|c| clips.contains_key(c.as_str())) {
+        let clip = faststart(&clips[name.as_str()]);
+        let bytes = tokio::fs::read(&clip).await?;
+        let ffmpeg = secs(plain_ffmpeg(&clip, &env.out_dir.path().join("plain.mp3")));
+        for rate in [None, Some(args.upload_rate)] {
+            let mut row = Vec::new();
+            let mut retried = 0;
+            for live in [false, true] {
+                let up = env
+                    .upload(name, &bytes, &env.owner_email, live, rate)
+                    .await?;
+                let at = ready_for(ch, &env.mp3_queue, &[up.id]).await[&up.id];
+                row.push((
+                    secs(up.committed - up.started),
+                    secs(at.saturating_duration_since(up.committed)),
+                    secs(at - up.started),
+                ));
+                retried += up.retried;
+                env.sources_gone(Duration::from_secs(300)).await?;
+            }
+            println!(
+                "| {name} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {retried} |",
+                bytes.len() as f64 / 1048576.0,
+                rate.map_or("full speed".to_owned(), |r| format!("{r} MiB/s")),
+                row[0].0,
+                row[0].1,
+                row[1].0,
+                row[1].1,
+                row[1].2,
+                ffmpeg,
+            );
+        }
+    }
+    drop(conv);
+
+    // 10 parallel uploads of the 60 s clip, 2 converters, until every user
+    // got the email: from the first byte, so the upload counts.
+    let Some(clip) = clips.get("60s") else {
+        return Ok(());
+    };
+    let bytes = tokio::fs::read(faststart(clip)).await?;
+    println!(
+        "\n10 parallel uploads of the 60 s clip (index in front, full speed), 2 converters (defaults), notify-svc → Mailpit; from the uploads' start until all 10 are emailed:\n"
+    );
+    println!("| conversion | uploads done (s) | all emailed (s) | uploads retried |");
+    println!("|---|---:|---:|---:|");
+    for live in [false, true] {
+        let (uploaded, emailed, retried) = parallel_uploads(env, &bytes, live).await?;
+        println!(
+            "| {} | {uploaded:.2} | {emailed:.2} | {retried} |",
+            if live { "live" } else { "after the upload" }
+        );
+    }
+    Ok(())
+}
+
+/// 10 uploads at once with 2 converters and notify-svc: (seconds until all
+/// are committed, until all are emailed, uploads retried).
+async fn parallel_uploads(
+    env: &Env<'_>,
+    bytes: &[u8],
+    live: bool,
+) -> anyhow::Result<(f64, f64, u32)> {
+    let owner = format!("{}@bench.test", test_kit::unique_name("owner"));
+    let notify_db = env.stack.fresh_database("benchnotify").await;
+    let notified_queue = test_kit::unique_name("notified-bench");
+    let notify = Proc::start(
+        "notify-svc",
+        &[
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("AMQP_URL", env.stack.amqp_url.clone()),
+            ("MP3_QUEUE", env.mp3_queue.clone()),
+            ("NOTIFIED_QUEUE", notified_queue.clone()),
+            ("DATABASE_URL", notify_db),
+            ("SMTP_HOST", env.stack.smtp_host.clone()),
+            ("SMTP_PORT", env.stack.smtp_port.to_string()),
+            ("SMTP_TLS", "none".into()),
+        ],
+    )?;
+    let procs: Vec<Proc> = (0..2).map(|_| env.converter(2)).collect::<Result<_, _>>()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mailpit = test_kit::mailpit::Mailpit::new(&env.stack.mailpit_api_url);
+    let t = Instant::now();
+    let names: Vec<String> = (0..10).map(|i| format!("parallel-{i}.mp4")).collect();
+    let ups = futures::future::join_all(
+        names
+            .iter()
+            .map(|name| env.upload(name, bytes, &owner, live, None)),
+    )
+    .await
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?;
+    let uploaded = secs(t.elapsed());
+    loop {
+        let n = mailpit
+            .messages_to(&owner)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if n >= 10 {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "only {n} emails");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let emailed = secs(t.elapsed());
+    env.sources_gone(Duration::from_secs(300)).await?;
+    drop((procs, notify));
+    test_kit::delete_work_queues(
+        &env.stack.amqp_url,
+        &[topology().work_queue(&notified_queue)],
+    )
+    .await;
+    Ok((uploaded, emailed, ups.iter().map(|u| u.retried).sum()))
 }
 
 /// Runs `op` again, up to ten times two seconds apart, while it fails:

@@ -10,8 +10,15 @@ use std::time::Duration;
 /// 6 s of lossless 640×360 H.264 (about 3 MB): a dozen GridFS chunks.
 const CLIP: &str = "-f lavfi -i testsrc2=duration=6:size=640x360:rate=25 -f lavfi -i sine=frequency=440:duration=6 -shortest -c:v libx264 -preset ultrafast -qp 0 -c:a aac";
 
+/// Whether a converter holds a live claim on the upload.
 async fn leased(env: &Env, id: media_store::mongodb::bson::oid::ObjectId) -> bool {
-    env.job(id).await.lease_holder.is_some()
+    env.store
+        .jobs
+        .live
+        .find_one(media_store::mongodb::bson::doc! { "_id": id })
+        .await
+        .unwrap()
+        .is_some()
 }
 
 #[tokio::test]
@@ -129,6 +136,7 @@ async fn an_upload_that_aborts_takes_its_conversion_with_it() {
     assert_eq!(env.chunk_count("mp3s").await, 0, "no partial MP3");
     assert_eq!(env.chunk_count("videos").await, 0);
     assert!(env.store.jobs.get(id).await.unwrap().is_none());
+    assert!(!leased(&env, id).await, "the claim is dropped");
     // Nothing was announced, and nothing is.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(env.drain(&env.mp3_queue).await.is_empty());

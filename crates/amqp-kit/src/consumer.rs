@@ -110,12 +110,14 @@ pub async fn run<H: Handler>(
     // Shared across reconnects: tasks of a lost channel still count.
     let slots = Arc::new(Semaphore::new(usize::from(shared.cfg.concurrency.max(1))));
     let tasks = TaskTracker::new();
+    let mut watched = vec![shared.cfg.queue.name.clone()];
+    if shared.cfg.queue.expires_after.is_none() {
+        // A hint queue has none.
+        watched.push(shared.cfg.queue.dead_letter_queue());
+    }
     let depth = tokio::spawn(crate::report_queue_depths(
         shared.cfg.url.clone(),
-        vec![
-            shared.cfg.queue.name.clone(),
-            shared.cfg.queue.dead_letter_queue(),
-        ],
+        watched,
         shutdown.clone(),
     ));
     let mut backoff = Duration::from_millis(500);

@@ -12,6 +12,8 @@
 //!   ([`jobs`]).
 //! - collection `locks`: leases that make one replica the janitor
 //!   ([`Lock`]).
+//! - collection `live_claims`: which converter converts an upload while it
+//!   arrives ([`Jobs::claim_live`]).
 
 pub mod gridfs;
 pub mod jobs;
@@ -38,6 +40,7 @@ pub const VIDEOS_BUCKET: &str = "videos";
 pub const MP3S_BUCKET: &str = "mp3s";
 pub const JOBS_COLLECTION: &str = "jobs";
 pub const LOCKS_COLLECTION: &str = "locks";
+pub const LIVE_CLAIMS_COLLECTION: &str = "live_claims";
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -100,6 +103,7 @@ impl Store {
             mp3_files: Bucket::new(&db, MP3S_BUCKET),
             jobs: Jobs {
                 coll: db.collection(JOBS_COLLECTION),
+                live: db.collection(LIVE_CLAIMS_COLLECTION),
             },
             db,
         })
