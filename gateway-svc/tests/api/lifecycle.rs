@@ -747,6 +747,23 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
         )
         .await
         .unwrap();
+    // Finished jobs whose converter could not delete their sources: deleted
+    // (in one query per collection).
+    let mut sourced = Vec::new();
+    for _ in 0..3 {
+        let mut job = job_in(&user, JobState::Done, long_ago);
+        job.announced = Some(true);
+        job.notified = Some(true);
+        app.store.jobs.insert(&job).await.unwrap();
+        put_chunks(&app, "videos", job.id, long_ago, 2).await;
+        app.store
+            .video_files
+            .files
+            .insert_one(doc! { "_id": job.id, "length": 2i64, "chunkSize": 1, "uploadDate": DateTime::from_system_time(long_ago), "filename": "v.mp4" })
+            .await
+            .unwrap();
+        sourced.push(job.id);
+    }
     // Chunks of uploads that died with the GridFS server, old and recent.
     let (old_orphan, young) = (ObjectId::new(), ObjectId::new());
     put_chunks(&app, "videos", old_orphan, long_ago, 2).await;
@@ -765,6 +782,9 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
             && state(expired.id) == Some(JobState::Deleted)
             && outcomes.len() >= 2
             && app.video_chunk_count().await == 2
+            && sourced
+                .iter()
+                .all(|id| jobs.iter().any(|j| j.id == *id && j.source_deleted))
         {
             break;
         }
@@ -775,6 +795,16 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(republished >= 1, "re-published before giving up");
+    assert_eq!(
+        app.store
+            .video_files
+            .files
+            .count_documents(doc! { "_id": { "$in": &sourced } })
+            .await
+            .unwrap(),
+        0,
+        "the sources' files documents are gone with their chunks"
+    );
     let failed = outcomes
         .iter()
         .find(|(k, _)| k == ConversionFailed::TYPE)
