@@ -430,12 +430,7 @@ impl Media {
         let Some(queue) = self.live_queue.clone() else {
             return;
         };
-        let event = UploadStarted {
-            event_id: format!("started-{}", job.id.to_hex()),
-            job_id: job.id.to_hex(),
-            video_id: job.id.to_hex(),
-            occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        };
+        let event = media_store::proto::upload_started(job.id);
         let publisher = self.publisher.clone();
         let job_id = job.id;
         tokio::spawn(

@@ -921,22 +921,7 @@ async fn throughput(env: &Env<'_>, ch: &lapin::Channel, clip: &Path) -> anyhow::
 
     // 10 parallel uploads, 2 converters (default concurrency), until every
     // user got the email.
-    let notify_db = env.stack.fresh_database("benchnotify").await;
-    // Its own receipts queue, deleted after (nobody consumes it here).
-    let notified_queue = test_kit::unique_name("notified-bench");
-    let notify = Proc::start(
-        "notify-svc",
-        &[
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("AMQP_URL", env.stack.amqp_url.clone()),
-            ("MP3_QUEUE", env.mp3_queue.clone()),
-            ("NOTIFIED_QUEUE", notified_queue.clone()),
-            ("DATABASE_URL", notify_db),
-            ("SMTP_HOST", env.stack.smtp_host.clone()),
-            ("SMTP_PORT", env.stack.smtp_port.to_string()),
-            ("SMTP_TLS", "none".into()),
-        ],
-    )?;
+    let (notify, notified_queue) = env.notify().await?;
     let procs: Vec<Proc> = (0..2).map(|_| env.converter(2)).collect::<Result<_, _>>()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mailpit = test_kit::mailpit::Mailpit::new(&env.stack.mailpit_api_url);
@@ -1102,12 +1087,7 @@ impl Env<'_> {
         );
         self.store.jobs.insert(&job).await?;
         if live {
-            let ev = UploadStarted {
-                event_id: format!("started-{}", id.to_hex()),
-                job_id: id.to_hex(),
-                video_id: id.to_hex(),
-                occur_time: None,
-            };
+            let ev = media_store::proto::upload_started(id);
             self.publisher
                 .publish(
                     &format!("{}.live", self.video_queue),
@@ -1157,6 +1137,27 @@ impl Env<'_> {
         })
         .await?;
         Ok((id, started, committed))
+    }
+
+    /// notify-svc on the mp3 queue, emailing through Mailpit, with its own
+    /// receipts queue (nobody consumes it here: delete it after).
+    async fn notify(&self) -> anyhow::Result<(Proc, String)> {
+        let notify_db = self.stack.fresh_database("benchnotify").await;
+        let notified_queue = test_kit::unique_name("notified-bench");
+        let notify = Proc::start(
+            "notify-svc",
+            &[
+                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+                ("AMQP_URL", self.stack.amqp_url.clone()),
+                ("MP3_QUEUE", self.mp3_queue.clone()),
+                ("NOTIFIED_QUEUE", notified_queue.clone()),
+                ("DATABASE_URL", notify_db),
+                ("SMTP_HOST", self.stack.smtp_host.clone()),
+                ("SMTP_PORT", self.stack.smtp_port.to_string()),
+                ("SMTP_TLS", "none".into()),
+            ],
+        )?;
+        Ok((notify, notified_queue))
     }
 
     async fn publish_to(&self, id: ObjectId, owner_email: &str) {
@@ -1260,21 +1261,7 @@ async fn parallel_uploads(
     live: bool,
 ) -> anyhow::Result<(f64, f64, u32)> {
     let owner = format!("{}@bench.test", test_kit::unique_name("owner"));
-    let notify_db = env.stack.fresh_database("benchnotify").await;
-    let notified_queue = test_kit::unique_name("notified-bench");
-    let notify = Proc::start(
-        "notify-svc",
-        &[
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("AMQP_URL", env.stack.amqp_url.clone()),
-            ("MP3_QUEUE", env.mp3_queue.clone()),
-            ("NOTIFIED_QUEUE", notified_queue.clone()),
-            ("DATABASE_URL", notify_db),
-            ("SMTP_HOST", env.stack.smtp_host.clone()),
-            ("SMTP_PORT", env.stack.smtp_port.to_string()),
-            ("SMTP_TLS", "none".into()),
-        ],
-    )?;
+    let (notify, notified_queue) = env.notify().await?;
     let procs: Vec<Proc> = (0..2).map(|_| env.converter(2)).collect::<Result<_, _>>()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mailpit = test_kit::mailpit::Mailpit::new(&env.stack.mailpit_api_url);

@@ -246,12 +246,7 @@ impl Env {
             OutputOptions::default(),
         );
         self.store.jobs.insert(&job).await.unwrap();
-        let event = UploadStarted {
-            event_id: format!("started-{}", id.to_hex()),
-            job_id: id.to_hex(),
-            video_id: id.to_hex(),
-            occur_time: None,
-        };
+        let event = media_store::proto::upload_started(id);
         self.publisher
             .publish(
                 &self.live_queue(),

@@ -125,6 +125,18 @@ pub fn job_changed(j: &Job, deleted: bool) -> mp3converter_proto::events::v1::Jo
     }
 }
 
+/// The hint that an upload has begun (see converter-svc's `live`).
+pub fn upload_started(
+    id: mongodb::bson::oid::ObjectId,
+) -> mp3converter_proto::events::v1::UploadStarted {
+    mp3converter_proto::events::v1::UploadStarted {
+        event_id: format!("started-{}", id.to_hex()),
+        job_id: id.to_hex(),
+        video_id: id.to_hex(),
+        occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+    }
+}
+
 /// The job's outcome event, done: derived from the job alone, under an id
 /// derived from it, so every announcement of it is the same event.
 pub fn mp3_ready(j: &Job) -> mp3converter_proto::events::v1::Mp3Ready {
