@@ -368,22 +368,7 @@ impl Env<'_> {
     }
 
     async fn publish(&self, id: ObjectId) {
-        let ev = VideoUploaded {
-            event_id: format!("video-{}", id.to_hex()),
-            job_id: id.to_hex(),
-            video_id: id.to_hex(),
-            owner_id: "bench".into(),
-            owner_email: self.owner_email.clone(),
-            ..Default::default()
-        };
-        self.publisher
-            .publish(
-                &self.video_queue,
-                &prost::Message::encode_to_vec(&ev),
-                event_properties(VideoUploaded::TYPE, &ev.event_id, Default::default()),
-            )
-            .await
-            .unwrap();
+        self.publish_to(id, &self.owner_email).await;
     }
 
     /// The raw driver reading a stored video through one cursor (bytes
@@ -429,6 +414,18 @@ impl Env<'_> {
 
 /// Waits for `n` Mp3Ready on the mp3 queue; returns when each arrived.
 async fn mp3_ready(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<Instant> {
+    let mut at = Vec::new();
+    consume_ready(ch, queue, |_| {
+        at.push(Instant::now());
+        at.len() < n
+    })
+    .await;
+    at
+}
+
+/// Hands each `Mp3Ready` arriving on `queue` to `more` until it says it
+/// wants no more; any other outcome fails the bench.
+async fn consume_ready(ch: &lapin::Channel, queue: &str, mut more: impl FnMut(Mp3Ready) -> bool) {
     let mut consumer = ch
         .basic_consume(
             queue.into(),
@@ -441,8 +438,7 @@ async fn mp3_ready(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<Instant> {
         )
         .await
         .unwrap();
-    let mut at = Vec::new();
-    while at.len() < n {
+    loop {
         let d = tokio::time::timeout(Duration::from_secs(900), consumer.next())
             .await
             .expect("an outcome within 15 min")
@@ -454,12 +450,13 @@ async fn mp3_ready(ch: &lapin::Channel, queue: &str, n: usize) -> Vec<Instant> {
             "a conversion failed: {:?}",
             String::from_utf8_lossy(&d.data)
         );
-        at.push(Instant::now());
+        if !more(<Mp3Ready as prost::Message>::decode(d.data.as_slice()).unwrap()) {
+            break;
+        }
     }
     ch.basic_cancel(consumer.tag(), Default::default())
         .await
         .unwrap();
-    at
 }
 
 /// Milliseconds of the converter's spans for a job, by name, plus `setup`
@@ -985,41 +982,16 @@ async fn ready_for(
     queue: &str,
     ids: &[ObjectId],
 ) -> HashMap<ObjectId, Instant> {
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            test_kit::unique_name("bench").as_str().into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
     let mut at = HashMap::new();
-    while at.len() < ids.len() {
-        let d = tokio::time::timeout(Duration::from_secs(900), consumer.next())
-            .await
-            .expect("an outcome within 15 min")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            d.properties.kind().as_ref().map(|k| k.as_str()),
-            Some(Mp3Ready::TYPE),
-            "a conversion failed: {:?}",
-            String::from_utf8_lossy(&d.data)
-        );
-        let ready = <Mp3Ready as prost::Message>::decode(d.data.as_slice()).unwrap();
+    consume_ready(ch, queue, |ready| {
         if let Ok(id) = ObjectId::parse_str(&ready.job_id)
             && ids.contains(&id)
         {
             at.entry(id).or_insert_with(Instant::now);
         }
-    }
-    ch.basic_cancel(consumer.tag(), Default::default())
-        .await
-        .unwrap();
+        at.len() < ids.len()
+    })
+    .await;
     at
 }
 
