@@ -338,19 +338,28 @@ impl Env<'_> {
         }
     }
 
+    /// A GridFS upload stream for video `id`, as the gateway opens it.
+    async fn open_upload(
+        &self,
+        id: ObjectId,
+        name: &str,
+    ) -> Result<media_store::mongodb::gridfs::GridFsUploadStream, media_store::mongodb::error::Error>
+    {
+        self.store
+            .videos
+            .open_upload_stream(name)
+            .id(id.into())
+            .metadata(doc! { "owner_id": "bench" })
+            .await
+    }
+
     /// The raw driver write of one upload (timed), with the MP4 index kept
     /// beside it as the gateway does, so the converter need not read the end
     /// of the file first.
     async fn write_video(&self, name: &str, bytes: &[u8]) -> anyhow::Result<(ObjectId, Duration)> {
         let id = ObjectId::new();
         let t = Instant::now();
-        let mut up = self
-            .store
-            .videos
-            .open_upload_stream(name)
-            .id(id.into())
-            .metadata(doc! { "owner_id": "bench" })
-            .await?;
+        let mut up = self.open_upload(id, name).await?;
         let mut scanner = media_store::mp4::Scanner::default();
         for c in bytes.chunks(1 << 20) {
             scanner.feed(c);
@@ -1068,13 +1077,7 @@ impl Env<'_> {
                 )
                 .await?;
         }
-        let mut up = self
-            .store
-            .videos
-            .open_upload_stream(name)
-            .id(id.into())
-            .metadata(doc! { "owner_id": "bench" })
-            .await?;
+        let mut up = self.open_upload(id, name).await?;
         let mut sent = 0usize;
         for c in bytes.chunks(1 << 20) {
             if let Some(r) = rate {
