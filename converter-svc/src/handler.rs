@@ -606,7 +606,13 @@ impl Converter {
                     // before handed it to us: convert it from storage now
                     // rather than leave it to its event's next look.
                     self.drop_claim(id).await;
-                    if matches!(f, Failure::Abandoned) || !self.committed_to_us(id).await {
+                    if matches!(f, Failure::Abandoned) {
+                        // Shutting down: a committed job goes back to the
+                        // queue, as any abandoned conversion does.
+                        self.release(id).await;
+                        return "gave_up";
+                    }
+                    if !self.committed_to_us(id).await {
                         return "gave_up";
                     }
                     let _ = self.process(id, abandon).await;
