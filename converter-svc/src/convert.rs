@@ -129,24 +129,7 @@ pub(crate) async fn run(
     );
     let (stream, first, plan, declared) = match source {
         Source::Stored => open_stored(ctx, job, &read_span).await?,
-        Source::Live(live) => {
-            let mut follow = crate::live::Follow::new(ctx.store, job.id, live);
-            let first = follow
-                .next_chunk()
-                .instrument(read_span.clone())
-                .await
-                .map_err(feed_failure)?
-                .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
-            let plan = input::plan_live(&first).ok_or_else(|| {
-                Failure::Transient("this container cannot be converted while it arrives".into())
-            })?;
-            (
-                input::Chunks::Live(follow),
-                first,
-                plan,
-                input::Declared::default(),
-            )
-        }
+        Source::Live(live) => open_live(ctx, job, live, &read_span).await?,
     };
     if let Some(d) = declared.audio_duration
         && d > s.max_input_duration.as_secs_f64()
@@ -294,6 +277,32 @@ pub(crate) async fn run(
             Err(Failure::Transient(e.to_string()))
         }
     }
+}
+
+/// The upload's follower, its first chunk, and how to feed it (only as it
+/// is: the rest has not arrived).
+async fn open_live(
+    ctx: &Context<'_>,
+    job: &Job,
+    live: crate::live::Settings,
+    read_span: &tracing::Span,
+) -> Result<(input::Chunks, bytes::Bytes, Plan, input::Declared), Failure> {
+    let mut follow = crate::live::Follow::new(ctx.store, job.id, live);
+    let first = follow
+        .next_chunk()
+        .instrument(read_span.clone())
+        .await
+        .map_err(feed_failure)?
+        .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
+    let plan = input::plan_live(&first).ok_or_else(|| {
+        Failure::Transient("this container cannot be converted while it arrives".into())
+    })?;
+    Ok((
+        input::Chunks::Live(follow),
+        first,
+        plan,
+        input::Declared::default(),
+    ))
 }
 
 /// The stored video's reader, its first chunk, and how to feed it.

@@ -558,20 +558,17 @@ impl Converter {
     /// Converts an upload as it arrives; the outcome, for the metric. Any
     /// failure gives the job back to the `VideoUploaded` path.
     async fn process_live(&self, id: ObjectId, abandon: CancellationToken) -> &'static str {
-        let jobs = &self.store.jobs;
-        match jobs.claim_live(id, &self.instance, self.lease_ttl).await {
-            Ok(true) => {}
+        let job = match self
+            .store
+            .jobs
+            .claim_live(id, &self.instance, self.lease_ttl)
+            .await
+        {
+            Ok(Some(job)) => job,
             // Committed already (the hint came late), gone, or claimed.
-            Ok(false) => return "missed",
+            Ok(None) => return "missed",
             Err(e) => {
                 tracing::debug!(job_id = %id, error = %e, "claiming an upload failed");
-                return "missed";
-            }
-        }
-        let job = match jobs.get(id).await {
-            Ok(Some(job)) => job,
-            _ => {
-                self.drop_claim(id).await;
                 return "missed";
             }
         };

@@ -367,17 +367,17 @@ impl Jobs {
     }
 
     /// Claims an upload still arriving, so this instance converts it as it
-    /// arrives: true if the job is uploading and nobody else holds a claim.
+    /// arrives: the job, if it is uploading and nobody else holds a claim.
     /// Writes only the claim; the commit reads it (see the module docs).
     pub async fn claim_live(
         &self,
         id: ObjectId,
         instance: &str,
         ttl: Duration,
-    ) -> Result<bool, Error> {
-        let uploading = |job: Option<Job>| job.is_some_and(|j| j.state == JobState::Uploading);
-        if !uploading(self.get(id).await?) {
-            return Ok(false);
+    ) -> Result<Option<Job>, Error> {
+        let uploading = |job: Option<Job>| job.filter(|j| j.state == JobState::Uploading);
+        if uploading(self.get(id).await?).is_none() {
+            return Ok(None);
         }
         let claim = self
             .live
@@ -387,16 +387,15 @@ impl Jobs {
             .await;
         match claim {
             Ok(_) => {}
-            Err(e) if crate::is_duplicate_key(&e) => return Ok(false),
+            Err(e) if crate::is_duplicate_key(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
         // Committed between the look and the claim: too late.
-        if uploading(self.get(id).await?) {
-            Ok(true)
-        } else {
+        let job = uploading(self.get(id).await?);
+        if job.is_none() {
             self.drop_live(id, instance).await?;
-            Ok(false)
         }
+        Ok(job)
     }
 
     /// Extends our live claim; false if it is gone.
