@@ -11,6 +11,12 @@
 //!   a scan), and a server that must sort cannot answer before it has the
 //!   whole file, which held ffmpeg back for the time of a full read. A chunk
 //!   out of order makes the reader ask again, sorted, from where it is.
+//!   The query is limited to the chunks the file has left: a server that
+//!   scans (FerretDB decodes every stored chunk it passes) stops at the file's
+//!   last chunk instead of going on to the end of the collection, and the
+//!   file being converted is usually the oldest one stored (sources are
+//!   deleted once converted), so a read costs what lies before it, not
+//!   everything queued behind it.
 //!   A cursor that dies (server restart, the idle-cursor timeout of a slow
 //!   reader) or has sat idle for long is re-opened from the next chunk
 //!   number, so nothing is re-read and no cursor is held for long.
@@ -147,6 +153,7 @@ impl Bucket {
             .find(doc! { "files_id": &file.id, "n": { "$gte": i64::from(from), "$lt": i64::from(to) } })
             .sort(doc! { "n": 1 })
             .batch_size(to - from)
+            .limit(i64::from(to - from))
             .await?
             .try_collect()
             .await?;
@@ -265,10 +272,12 @@ impl ChunkStream {
             let cursor = match self.cursor.as_mut() {
                 Some(c) => c,
                 None => {
+                    let left = self.file.chunks() - self.next_n;
                     let find = self
                         .chunks
                         .find(doc! { "files_id": &self.file.id, "n": { "$gte": i64::from(self.next_n) } })
-                        .batch_size(self.batch);
+                        .batch_size(self.batch.min(left))
+                        .limit(i64::from(left));
                     let c = if self.sorted {
                         find.sort(doc! { "n": 1 }).await
                     } else {
@@ -424,14 +433,18 @@ impl Tail {
             let cursor = match self.cursor.as_mut() {
                 Some(c) => c,
                 None => {
-                    let c = self
+                    let mut find = self
                         .chunks
                         .find(
                             doc! { "files_id": &self.id, "n": { "$gte": i64::from(self.next_n) } },
                         )
-                        .batch_size(self.batch)
-                        .await?;
-                    self.cursor.insert(c)
+                        .batch_size(self.batch);
+                    if let Some(f) = &self.file {
+                        // What is left is known: let a scanning server stop there.
+                        let left = f.chunks() - self.next_n;
+                        find = find.batch_size(self.batch.min(left)).limit(i64::from(left));
+                    }
+                    self.cursor.insert(find.await?)
                 }
             };
             match cursor.try_next().await? {
