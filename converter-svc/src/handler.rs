@@ -271,12 +271,16 @@ impl Converter {
                 loop {
                     tick.tick().await;
                     // A live conversion holds its claim until the commit and
-                    // the job's lease after it.
+                    // the job's lease after it (once the gateway is done
+                    // with the job).
                     let renewed = async {
-                        let claim = live && jobs.renew_live(id, &me, ttl).await?;
-                        Ok::<_, media_store::mongodb::error::Error>(
-                            jobs.renew(id, &me, ttl).await? || claim,
-                        )
+                        let kept = if live {
+                            let claim = jobs.renew_live(id, &me, ttl).await?;
+                            jobs.renew_published(id, &me, ttl).await? || claim
+                        } else {
+                            jobs.renew(id, &me, ttl).await?
+                        };
+                        Ok::<_, media_store::mongodb::error::Error>(kept)
                     };
                     match renewed.await {
                         Ok(true) => {}

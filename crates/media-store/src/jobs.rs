@@ -485,17 +485,45 @@ impl Jobs {
 
     /// Extends our lease; false if we lost it (expired and taken, deleted).
     pub async fn renew(&self, id: ObjectId, instance: &str, ttl: Duration) -> Result<bool, Error> {
+        self.renew_where(
+            doc! { "_id": id, "state": "converting", "lease_holder": instance },
+            ttl,
+        )
+        .await
+    }
+
+    /// [`Jobs::renew`], but only once the gateway has recorded the job's
+    /// event as sent: a job committed to a live conversion is still the
+    /// gateway's to write until then, and FerretDB applies concurrent
+    /// updates of one document non-atomically (a renewal racing
+    /// `mark_published` could undo it). The live claim covers the gap.
+    pub async fn renew_published(
+        &self,
+        id: ObjectId,
+        instance: &str,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        self.renew_where(
+            doc! { "_id": id, "state": "converting", "lease_holder": instance, "published": true },
+            ttl,
+        )
+        .await
+    }
+
+    async fn renew_where(&self, filter: Document, ttl: Duration) -> Result<bool, Error> {
         let res = self
             .coll
             .update_one(
-                doc! { "_id": id, "state": "converting", "lease_holder": instance },
+                filter,
                 doc! { "$set": { "lease_until": at(SystemTime::now() + ttl) } },
             )
             .await?;
         Ok(res.matched_count == 1)
     }
 
-    /// Records conversion progress under our lease; the job after it.
+    /// Records conversion progress under our lease; the job after it. Not
+    /// before the gateway has recorded the job's event as sent (see
+    /// [`Jobs::renew_published`]): progress is not worth racing its write.
     pub async fn progress(
         &self,
         id: ObjectId,
@@ -504,7 +532,7 @@ impl Jobs {
     ) -> Result<Option<Job>, Error> {
         self.coll
             .find_one_and_update(
-                doc! { "_id": id, "state": "converting", "lease_holder": instance },
+                doc! { "_id": id, "state": "converting", "lease_holder": instance, "published": true },
                 doc! { "$set": { "progress": percent.clamp(0.0, 100.0), "updated_at": DateTime::now() } },
             )
             .return_document(ReturnDocument::After)
