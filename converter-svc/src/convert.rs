@@ -313,17 +313,15 @@ async fn open_stored(
 ) -> Result<(input::Chunks, bytes::Bytes, Plan, input::Declared), Failure> {
     let file = ctx
         .store
-        .videos
+        .videos(job.id)
         .find_one(doc! { "_id": job.id })
         .await
         .map_err(|e| Failure::Transient(format!("finding the video: {e}")))?
         .ok_or_else(|| Failure::Permanent("the uploaded video is no longer stored".into()))?;
     let info = FileInfo::from(&file);
     read_span.record("bytes", info.length);
-    let mut stream = ctx
-        .store
-        .video_files
-        .stream(info.clone(), 0, READ_BATCH_CHUNKS);
+    let bucket = ctx.store.video_files(job.id);
+    let mut stream = bucket.stream(info.clone(), 0, READ_BATCH_CHUNKS);
     let first = stream
         .next_chunk()
         .instrument(read_span.clone())
@@ -331,7 +329,7 @@ async fn open_stored(
         .map_err(read_failure)?
         .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
     let kept = media_store::gridfs::kept_mp4_index(&file);
-    let (plan, declared) = input::plan(&ctx.store.video_files, &info, &first, kept)
+    let (plan, declared) = input::plan(bucket, &info, &first, kept)
         .instrument(tracing::info_span!("plan input", video_id = %job.id))
         .await
         .map_err(read_failure)?;

@@ -439,7 +439,8 @@ impl Converter {
             return job.clone();
         }
         let deleted = async {
-            media_store::gridfs::delete_file(&self.store.video_files, &job.id.into()).await?;
+            media_store::gridfs::delete_file(self.store.video_files(job.id), &job.id.into())
+                .await?;
             self.store.jobs.mark_source_deleted(job.id).await
         }
         .await;

@@ -59,7 +59,9 @@ pub(crate) struct Follow {
 impl Follow {
     pub(crate) fn new(store: &Store, id: ObjectId, settings: Settings) -> Self {
         Self {
-            tail: store.video_files.tail(id, media_store::READ_BATCH_CHUNKS),
+            tail: store
+                .video_files(id)
+                .tail(id, media_store::READ_BATCH_CHUNKS),
             jobs: store.jobs.clone(),
             id,
             settings,

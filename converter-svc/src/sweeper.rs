@@ -52,7 +52,7 @@ pub(crate) async fn run(store: Store, mut rx: mpsc::Receiver<ObjectId>) {
 #[tracing::instrument(skip_all, fields(sources = ids.len()))]
 async fn sweep(store: &Store, ids: &[ObjectId]) {
     let deleted = async {
-        media_store::gridfs::delete_files(&store.video_files, ids).await?;
+        store.delete_videos(ids).await?;
         store.jobs.mark_sources_deleted(ids).await
     }
     .await;

@@ -127,18 +127,18 @@ async fn a_person_converts_videos_in_the_web_app() {
     .await
     .unwrap();
     test_kit::wait_until("no orphan chunk", Duration::from_secs(15), || async {
-        let ids: Vec<Bson> = store
-            .video_files
-            .chunks
-            .distinct("files_id", doc! {})
-            .await
-            .ok()?;
-        let files: Vec<Document> =
-            futures::TryStreamExt::try_collect(store.video_files.files.find(doc! {}).await.ok()?)
-                .await
-                .ok()?;
-        let known: Vec<&Bson> = files.iter().filter_map(|f| f.get("_id")).collect();
-        ids.iter().all(|id| known.contains(&id)).then_some(())
+        for bucket in store.video_buckets() {
+            let ids: Vec<Bson> = bucket.chunks.distinct("files_id", doc! {}).await.ok()?;
+            let files: Vec<Document> =
+                futures::TryStreamExt::try_collect(bucket.files.find(doc! {}).await.ok()?)
+                    .await
+                    .ok()?;
+            let known: Vec<&Bson> = files.iter().filter_map(|f| f.get("_id")).collect();
+            if !ids.iter().all(|id| known.contains(&id)) {
+                return None;
+            }
+        }
+        Some(())
     })
     .await;
     mesh.stop().await;

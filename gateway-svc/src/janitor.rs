@@ -331,7 +331,8 @@ impl Janitor {
             return job.clone();
         }
         let res = async {
-            gridfs::delete_file(&self.media.store.video_files, &job.id.into()).await?;
+            let store = &self.media.store;
+            gridfs::delete_file(store.video_files(job.id), &job.id.into()).await?;
             self.jobs().mark_source_deleted(job.id).await
         }
         .await;
@@ -350,7 +351,7 @@ impl Janitor {
             .await?;
         let mut n = 0;
         for job in jobs {
-            gridfs::delete_file(&self.media.store.video_files, &job.id.into())
+            gridfs::delete_file(self.media.store.video_files(job.id), &job.id.into())
                 .await
                 .map_err(|e| e.to_string())?;
             self.jobs()
@@ -374,10 +375,12 @@ impl Janitor {
                 "updated_at": { "$lte": ago(Duration::from_secs(120)) },
             })
             .await?;
-        // One delete query per collection for all of them: on a server that
+        // One delete query per bucket and collection for all of them: on a server that
         // scans to delete (FerretDB), one pass instead of one per source.
         let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
-        gridfs::delete_files(&self.media.store.video_files, &ids)
+        self.media
+            .store
+            .delete_videos(&ids)
             .await
             .map_err(|e| format!("deleting sources: {e}"))?;
         self.jobs()
@@ -441,10 +444,11 @@ impl Janitor {
     pub(crate) async fn orphans(&self) -> Result<(), String> {
         let store = &self.media.store;
         let age = self.settings.orphan_age;
-        for (bucket, action) in [
-            (&store.video_files, "removed_orphan_video_chunks"),
-            (&store.mp3_files, "removed_orphan_mp3_chunks"),
-        ] {
+        let buckets = store
+            .video_buckets()
+            .map(|b| (b, "removed_orphan_video_chunks"))
+            .chain([(&store.mp3_files, "removed_orphan_mp3_chunks")]);
+        for (bucket, action) in buckets {
             let ids = gridfs::orphans(bucket, age)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -457,8 +461,10 @@ impl Janitor {
             }
             count(action, ids.len());
         }
-        self.unowned_files(&store.video_files, "_id", "removed_unowned_videos")
-            .await?;
+        for bucket in store.video_buckets() {
+            self.unowned_files(bucket, "_id", "removed_unowned_videos")
+                .await?;
+        }
         self.unowned_files(
             &store.mp3_files,
             "metadata.video_id",

@@ -282,7 +282,7 @@ impl Media {
     ) -> Result<u64, Status> {
         let mut upload = self
             .store
-            .videos
+            .videos(id)
             .open_upload_stream(filename)
             .id(id.into())
             .metadata(doc! { "owner_id": &caller.user_id, "content_type": content_type })
@@ -308,14 +308,14 @@ impl Media {
         if let Err(e) = upload.close().await {
             // The files document may not be there: remove the chunks
             // ourselves (abort() refuses a closed stream).
-            let _ = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await;
+            let _ = media_store::gridfs::delete_file(self.store.video_files(id), &id.into()).await;
             return Err(io_store_error("finishing a GridFS upload", &e));
         }
         // An MP4 whose index came last: keep the index beside the video, so
         // the converter need not read it back from the end of the file.
         if let Some(index) = scanner.finish()
             && let Err(e) =
-                media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index).await
+                media_store::gridfs::keep_mp4_index(self.store.video_files(id), id, &index).await
         {
             tracing::warn!(error = %e, video_id = %id, "keeping the MP4 index failed; the converter will read it");
         }
@@ -414,7 +414,8 @@ impl Media {
     /// Removes an upload that will not become a job (its video, if any, and
     /// its record); the janitor catches what this cannot.
     async fn discard(&self, id: ObjectId) {
-        if let Err(e) = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await
+        if let Err(e) =
+            media_store::gridfs::delete_file(self.store.video_files(id), &id.into()).await
         {
             tracing::warn!(error = %e, video_id = %id, "deleting a discarded video failed; the janitor will");
         }

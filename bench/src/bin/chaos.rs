@@ -580,7 +580,7 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
 
     let orphan_chunks = {
         let mut n = 0;
-        for bucket in [&store.video_files, &store.mp3_files] {
+        for bucket in store.video_buckets().chain([&store.mp3_files]) {
             let ids: Vec<Bson> = bucket.chunks.distinct("files_id", doc! {}).await.unwrap();
             for id in ids {
                 if bucket
@@ -600,12 +600,10 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
         }
         n
     };
-    let sources_left = store
-        .video_files
-        .files
-        .count_documents(doc! {})
-        .await
-        .unwrap();
+    let mut sources_left = 0;
+    for bucket in store.video_buckets() {
+        sources_left += bucket.files.count_documents(doc! {}).await.unwrap();
+    }
     let (work, queues) = {
         let m = mesh.lock().await;
         (

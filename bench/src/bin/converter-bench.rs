@@ -32,7 +32,7 @@ use clap::Parser;
 use futures::{AsyncWriteExt, StreamExt, TryStreamExt};
 use media_store::{
     Job, JobState, Store,
-    mongodb::bson::{Document, doc, oid::ObjectId},
+    mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
     EventType,
@@ -85,6 +85,10 @@ struct Args {
     /// Only the live-conversion tables (and the clips they need).
     #[arg(long)]
     only_live: bool,
+    /// Only the 10 parallel uploads (after the upload, and live unless
+    /// `--no-live`).
+    #[arg(long)]
+    only_parallel: bool,
     /// The network-like upload rate of the live table, MiB/s.
     #[arg(long, default_value_t = 8.0)]
     upload_rate: f64,
@@ -327,9 +331,15 @@ impl Env<'_> {
     /// caught up); how long that took.
     async fn sources_gone(&self, timeout: Duration) -> anyhow::Result<Duration> {
         let t = Instant::now();
-        let files = self.store.db.collection::<Document>("videos.files");
         loop {
-            let left = files.count_documents(doc! {}).await.unwrap_or(u64::MAX);
+            let mut left = 0;
+            for bucket in self.store.video_buckets() {
+                left += bucket
+                    .files
+                    .count_documents(doc! {})
+                    .await
+                    .unwrap_or(u64::MAX / 32);
+            }
             if left == 0 {
                 return Ok(t.elapsed());
             }
@@ -346,7 +356,7 @@ impl Env<'_> {
     ) -> Result<media_store::mongodb::gridfs::GridFsUploadStream, media_store::mongodb::error::Error>
     {
         self.store
-            .videos
+            .videos(id)
             .open_upload_stream(name)
             .id(id.into())
             .metadata(doc! { "owner_id": "bench" })
@@ -371,7 +381,7 @@ impl Env<'_> {
         up.close().await?;
         let wrote = t.elapsed();
         if let Some(index) = scanner.finish() {
-            media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index).await?;
+            media_store::gridfs::keep_mp4_index(self.store.video_files(id), id, &index).await?;
         }
         Ok((id, wrote))
     }
@@ -386,8 +396,8 @@ impl Env<'_> {
         let t = Instant::now();
         let mut cursor = self
             .store
-            .db
-            .collection::<Document>("videos.chunks")
+            .video_files(id)
+            .chunks
             // As the service asks: no sort (see media_store::gridfs).
             .find(doc! { "files_id": id, "n": { "$gte": 0 } })
             .batch_size(8)
@@ -602,9 +612,12 @@ async fn main() -> anyhow::Result<()> {
         };
         env.store.ensure_indexes().await?;
         println!("\n# GridFS server: {label} ({mongodb_uri}), {cores} cores\n");
-        if args.only_live {
+        if args.only_live || args.only_parallel {
             if i == 0 {
-                live(&env, &ch, &clips, &args).await?;
+                if args.only_live {
+                    live(&env, &ch, &clips, &args).await?;
+                }
+                parallel(&env, &clips, !args.no_live).await?;
             }
             let _ = env.store.db.drop().await;
             continue;
@@ -629,6 +642,7 @@ async fn main() -> anyhow::Result<()> {
             if !args.no_live {
                 live(&env, &ch, &clips, &args).await?;
             }
+            parallel(&env, &clips, !args.no_live).await?;
         }
         let _ = env.store.db.drop().await;
     }
@@ -794,10 +808,13 @@ async fn stored(
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     for i in 0..n {
+        // Spread over the buckets as uploads are.
+        let id = ObjectId::new();
         let mut up = env
             .store
-            .videos
+            .videos(id)
             .open_upload_stream(format!("filler-{i}"))
+            .id(id.into())
             .await?;
         for c in junk.chunks(1 << 20) {
             up.write_all(c).await?;
@@ -822,12 +839,13 @@ async fn stored(
         );
     }
     // The filler goes, so what follows is measured on an empty bucket.
-    for c in ["videos.chunks", "videos.files"] {
-        let coll = env.store.db.collection::<Document>(c);
-        retry_busy(&format!("emptying {c}"), || async {
-            coll.delete_many(doc! {}).await
-        })
-        .await?;
+    for bucket in env.store.video_buckets() {
+        for coll in [&bucket.chunks, &bucket.files] {
+            retry_busy(&format!("emptying {}", coll.name()), || async {
+                coll.delete_many(doc! {}).await
+            })
+            .await?;
+        }
     }
     Ok(())
 }
@@ -1101,7 +1119,7 @@ impl Env<'_> {
         }
         .await;
         if let Err(e) = committed {
-            let _ = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await;
+            let _ = media_store::gridfs::delete_file(self.store.video_files(id), &id.into()).await;
             let _ = self.store.jobs.discard_upload(id).await;
             return Err(e);
         }
@@ -1206,9 +1224,13 @@ async fn live(
         }
     }
     drop(conv);
+    Ok(())
+}
 
-    // 10 parallel uploads of the 60 s clip, 2 converters, until every user
-    // got the email: from the first byte, so the upload counts.
+/// 10 parallel uploads of the 60 s clip, 2 converters, until every user got
+/// the email: from the first byte, so the upload counts. Converted after the
+/// upload, and also live if `live`.
+async fn parallel(env: &Env<'_>, clips: &HashMap<&str, PathBuf>, live: bool) -> anyhow::Result<()> {
     let Some(clip) = clips.get("60s") else {
         return Ok(());
     };
@@ -1218,7 +1240,8 @@ async fn live(
     );
     println!("| conversion | uploads done (s) | all emailed (s) | uploads retried |");
     println!("|---|---:|---:|---:|");
-    for live in [false, true] {
+    let modes: &[bool] = if live { &[false, true] } else { &[false] };
+    for &live in modes {
         let (uploaded, emailed, retried) = parallel_uploads(env, &bytes, live).await?;
         println!(
             "| {} | {uploaded:.2} | {emailed:.2} | {retried} |",

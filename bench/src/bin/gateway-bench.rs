@@ -115,7 +115,12 @@ async fn main() -> anyhow::Result<()> {
 
         // The limit: the driver writing to GridFS, 1 MiB at a time.
         let t = Instant::now();
-        let mut up = store.videos.open_upload_stream("raw.bin").await?;
+        let id = media_store::mongodb::bson::oid::ObjectId::new();
+        let mut up = store
+            .videos(id)
+            .open_upload_stream("raw.bin")
+            .id(id.into())
+            .await?;
         let mut s = std::pin::pin!(chunks(size, block.clone()));
         while let Some(c) = s.next().await {
             up.write_all(&c).await?;
@@ -302,10 +307,9 @@ async fn list_jobs_rate(port: u16, token: &str) -> anyhow::Result<(f64, bench::S
 
 /// Removes every stored video and job between runs (disk space).
 async fn clean(store: &Store) -> anyhow::Result<()> {
-    use futures::TryStreamExt;
-    let files: Vec<_> = store.videos.find(doc! {}).await?.try_collect().await?;
-    for f in files {
-        store.videos.delete(f.id).await?;
+    for bucket in store.video_buckets() {
+        bucket.files.delete_many(doc! {}).await?;
+        bucket.chunks.delete_many(doc! {}).await?;
     }
     store.jobs.coll.delete_many(doc! {}).await?;
     Ok(())

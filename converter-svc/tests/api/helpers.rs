@@ -167,7 +167,7 @@ impl Env {
         let id = ObjectId::new();
         let mut up = self
             .store
-            .videos
+            .videos(id)
             .open_upload_stream(&filename)
             .id(id.into())
             .metadata(doc! { "owner_id": "user-1" })
@@ -181,7 +181,7 @@ impl Env {
             let mut scanner = media_store::mp4::Scanner::default();
             scanner.feed(&bytes);
             if let Some(index) = scanner.finish() {
-                media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index)
+                media_store::gridfs::keep_mp4_index(self.store.video_files(id), id, &index)
                     .await
                     .unwrap();
             }
@@ -257,7 +257,7 @@ impl Env {
             .unwrap();
         let stream = self
             .store
-            .videos
+            .videos(id)
             .open_upload_stream(filename)
             .id(id.into())
             .metadata(doc! { "owner_id": "user-1" })
@@ -410,7 +410,7 @@ impl Env {
     /// Whether the video of a job is still stored.
     pub async fn video_stored(&self, id: ObjectId) -> bool {
         self.store
-            .videos
+            .videos(id)
             .find_one(doc! { "_id": id })
             .await
             .unwrap()
@@ -425,6 +425,15 @@ impl Env {
             .count_documents(doc! {})
             .await
             .unwrap()
+    }
+
+    /// Chunks in every video bucket.
+    pub async fn video_chunk_count(&self) -> u64 {
+        let mut n = 0;
+        for bucket in self.store.video_buckets() {
+            n += bucket.chunks.count_documents(doc! {}).await.unwrap();
+        }
+        n
     }
 
     pub async fn cleanup(self) {

@@ -134,7 +134,7 @@ async fn an_upload_that_aborts_takes_its_conversion_with_it() {
     .await;
     assert_eq!(env.mp3_count(None).await, 0);
     assert_eq!(env.chunk_count("mp3s").await, 0, "no partial MP3");
-    assert_eq!(env.chunk_count("videos").await, 0);
+    assert_eq!(env.video_chunk_count().await, 0);
     assert!(env.store.jobs.get(id).await.unwrap().is_none());
     assert!(!leased(&env, id).await, "the claim is dropped");
     // Nothing was announced, and nothing is.

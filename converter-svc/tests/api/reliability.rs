@@ -66,14 +66,11 @@ async fn two_instances_convert_each_of_twenty_jobs_exactly_once() {
         Some(())
     })
     .await;
-    let chunks = env
-        .store
-        .db
-        .collection::<media_store::mongodb::bson::Document>("videos.chunks")
-        .count_documents(media_store::mongodb::bson::doc! {})
-        .await
-        .unwrap();
-    assert_eq!(chunks, 0, "chunks of deleted sources left");
+    assert_eq!(
+        env.video_chunk_count().await,
+        0,
+        "chunks of deleted sources left"
+    );
     a.stop().await;
     b.stop().await;
     env.cleanup().await;

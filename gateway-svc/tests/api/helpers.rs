@@ -232,21 +232,19 @@ impl TestApp {
     }
 
     pub async fn video_count(&self) -> u64 {
-        self.store
-            .db
-            .collection::<media_store::mongodb::bson::Document>("videos.files")
-            .count_documents(doc! {})
-            .await
-            .unwrap()
+        let mut n = 0;
+        for bucket in self.store.video_buckets() {
+            n += bucket.files.count_documents(doc! {}).await.unwrap();
+        }
+        n
     }
 
     pub async fn video_chunk_count(&self) -> u64 {
-        self.store
-            .db
-            .collection::<media_store::mongodb::bson::Document>("videos.chunks")
-            .count_documents(doc! {})
-            .await
-            .unwrap()
+        let mut n = 0;
+        for bucket in self.store.video_buckets() {
+            n += bucket.chunks.count_documents(doc! {}).await.unwrap();
+        }
+        n
     }
 
     pub async fn job_count(&self) -> u64 {
@@ -278,12 +276,12 @@ impl TestApp {
         let id = ObjectId::parse_str(id).unwrap();
         let file = self
             .store
-            .videos
+            .videos(id)
             .find_one(doc! { "_id": id })
             .await
             .unwrap()
             .unwrap();
-        let mut reader = self.store.video_files.stream((&file).into(), 0, 16);
+        let mut reader = self.store.video_files(id).stream((&file).into(), 0, 16);
         let mut out = Vec::new();
         while let Some(chunk) = reader.next_chunk().await.unwrap() {
             out.extend_from_slice(&chunk);

@@ -553,7 +553,12 @@ async fn a_gateway_stopped_mid_upload_leaves_nothing_behind() {
     // SIGTERM, with the client still sending: after the grace period the
     // upload is aborted and cleaned up before the process exits.
     let (store, stack, topology) = app.shutdown().await;
-    for c in ["videos.chunks", "videos.files", "jobs"] {
+    let mut collections: Vec<String> = store
+        .video_buckets()
+        .flat_map(|b| [format!("{}.chunks", b.name), format!("{}.files", b.name)])
+        .collect();
+    collections.push("jobs".into());
+    for c in &collections {
         let n = store
             .db
             .collection::<Document>(c)
@@ -577,7 +582,10 @@ async fn the_gridfs_and_job_indexes_exist() {
         let coll = app.store.db.collection::<Document>(c);
         async move { coll.list_index_names().await.unwrap() }
     };
-    for bucket in ["videos", "mp3s"] {
+    let mut buckets: Vec<String> = app.store.video_buckets().map(|b| b.name.clone()).collect();
+    assert_eq!(buckets.len(), media_store::VIDEO_STRIPES);
+    buckets.push("mp3s".into());
+    for bucket in &buckets {
         assert!(
             names(&format!("{bucket}.chunks"))
                 .await
@@ -618,22 +626,23 @@ async fn chunks_stored_in_any_order_are_read_back_in_order() {
         vec![3, 0, 1, 5, 2, 4],
         vec![5, 4, 3, 2, 1, 0],
     ] {
-        let mut w = media_store::ChunkWriter::new(&app.store.video_files);
+        let bucket = app.store.video_buckets().next().unwrap();
+        let mut w = media_store::ChunkWriter::new(bucket);
         for n in order {
             w.put(n, pieces[n as usize]).await.unwrap();
         }
         w.finish(data.len() as u64, "ordered.bin", doc! {})
             .await
             .unwrap();
-        let file = app
-            .store
-            .videos
+        let file = bucket
+            .files
+            .clone_with_type::<media_store::mongodb::gridfs::FilesCollectionDocument>()
             .find_one(doc! { "_id": w.id() })
             .await
             .unwrap()
             .unwrap();
         for batch in [1, 2, 8] {
-            let mut reader = app.store.video_files.stream((&file).into(), 0, batch);
+            let mut reader = bucket.stream((&file).into(), 0, batch);
             let mut back = Vec::new();
             while let Some(c) = reader.next_chunk().await.unwrap() {
                 back.extend_from_slice(&c);
@@ -644,6 +653,66 @@ async fn chunks_stored_in_any_order_are_read_back_in_order() {
     }
     app.stop().await;
     auth.stop().await;
+}
+
+/// A read asks for no more chunks than the file has left, so a server that
+/// scans (FerretDB) stops at the file's last chunk instead of decoding every
+/// chunk stored after it; what is read is still the file, whole.
+#[tokio::test]
+async fn a_read_asks_for_no_more_chunks_than_the_file_has_left() {
+    use media_store::mongodb::{
+        Client,
+        event::{EventHandler, command::CommandEvent},
+        options::ClientOptions,
+    };
+    use std::sync::{Arc, Mutex};
+
+    let stack = test_kit::Stack::from_env();
+    let finds = Arc::new(Mutex::new(Vec::<Document>::new()));
+    let mut options = ClientOptions::parse(&stack.mongodb_uri).await.unwrap();
+    let seen = finds.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |ev| {
+        if let CommandEvent::Started(s) = ev
+            && s.command_name == "find"
+            && s.command.get_str("find") == Ok("reads.chunks")
+        {
+            seen.lock().unwrap().push(s.command);
+        }
+    }));
+    let db = Client::with_options(options)
+        .unwrap()
+        .database(&test_kit::unique_name("reads").replace('-', "_"));
+    let bucket = media_store::Bucket::new(&db, "reads");
+    let chunk = media_store::gridfs::CHUNK_SIZE as usize;
+    let mut stored = Vec::new();
+    // The file read, then another stored after it.
+    for len in [chunk * 6 + 100, chunk * 3] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+        let mut w = media_store::ChunkWriter::new(&bucket);
+        for (n, piece) in data.chunks(chunk).enumerate() {
+            w.put(n as u32, piece).await.unwrap();
+        }
+        w.finish(len as u64, "read.bin", doc! {}).await.unwrap();
+        stored.push((w.id(), data));
+    }
+    let (id, data) = &stored[0];
+    let file = bucket
+        .files
+        .clone_with_type::<media_store::mongodb::gridfs::FilesCollectionDocument>()
+        .find_one(doc! { "_id": id })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut reader = bucket.stream((&file).into(), 2, 4);
+    let mut back = Vec::new();
+    while let Some(c) = reader.next_chunk().await.unwrap() {
+        back.extend_from_slice(&c);
+    }
+    assert!(back == data[chunk * 2..], "read back differs");
+    let finds = finds.lock().unwrap().clone();
+    assert_eq!(finds.len(), 1, "one query for the file: {finds:?}");
+    assert_eq!(finds[0].get_i64("limit"), Ok(5), "{:?}", finds[0]);
+    let _ = db.drop().await;
 }
 
 /// A job document as another service (or an earlier crash) left it.
@@ -664,7 +733,8 @@ fn job_in(user: &User, state: JobState, updated: SystemTime) -> Job {
     j
 }
 
-async fn put_chunks(app: &TestApp, bucket: &str, files_id: ObjectId, written: SystemTime, n: u32) {
+/// Chunks of video `files_id`, in its bucket.
+async fn put_chunks(app: &TestApp, files_id: ObjectId, written: SystemTime, n: u32) {
     let secs = u32::try_from(
         written
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -677,8 +747,8 @@ async fn put_chunks(app: &TestApp, bucket: &str, files_id: ObjectId, written: Sy
         let mut id = ObjectId::new().bytes();
         id[..4].copy_from_slice(&secs.to_be_bytes());
         app.store
-            .db
-            .collection::<Document>(&format!("{bucket}.chunks"))
+            .video_files(files_id)
+            .chunks
             .insert_one(doc! {
                 "_id": ObjectId::from_bytes(id),
                 "files_id": files_id,
@@ -731,7 +801,7 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
     // An upload whose gateway died: removed with its chunks.
     let abandoned = job_in(&user, JobState::Uploading, long_ago);
     app.store.jobs.insert(&abandoned).await.unwrap();
-    put_chunks(&app, "videos", abandoned.id, long_ago, 3).await;
+    put_chunks(&app, abandoned.id, long_ago, 3).await;
     // An MP3 past its retention: removed with its job.
     let mut expired = job_in(&user, JobState::Done, long_ago);
     expired.expires_at = Some(DateTime::from_system_time(long_ago));
@@ -755,9 +825,9 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
         job.announced = Some(true);
         job.notified = Some(true);
         app.store.jobs.insert(&job).await.unwrap();
-        put_chunks(&app, "videos", job.id, long_ago, 2).await;
+        put_chunks(&app, job.id, long_ago, 2).await;
         app.store
-            .video_files
+            .video_files(job.id)
             .files
             .insert_one(doc! { "_id": job.id, "length": 2i64, "chunkSize": 1, "uploadDate": DateTime::from_system_time(long_ago), "filename": "v.mp4" })
             .await
@@ -766,8 +836,8 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
     }
     // Chunks of uploads that died with the GridFS server, old and recent.
     let (old_orphan, young) = (ObjectId::new(), ObjectId::new());
-    put_chunks(&app, "videos", old_orphan, long_ago, 2).await;
-    put_chunks(&app, "videos", young, SystemTime::now(), 2).await;
+    put_chunks(&app, old_orphan, long_ago, 2).await;
+    put_chunks(&app, young, SystemTime::now(), 2).await;
 
     let mut outcomes: Vec<(String, Vec<u8>)> = Vec::new();
     let mut republished = 0;
@@ -795,16 +865,17 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(republished >= 1, "re-published before giving up");
-    assert_eq!(
-        app.store
-            .video_files
-            .files
-            .count_documents(doc! { "_id": { "$in": &sourced } })
-            .await
-            .unwrap(),
-        0,
-        "the sources' files documents are gone with their chunks"
-    );
+    for id in &sourced {
+        assert!(
+            app.store
+                .videos(*id)
+                .find_one(doc! { "_id": id })
+                .await
+                .unwrap()
+                .is_none(),
+            "the sources' files documents are gone with their chunks"
+        );
+    }
     let failed = outcomes
         .iter()
         .find(|(k, _)| k == ConversionFailed::TYPE)
@@ -841,7 +912,12 @@ async fn the_janitor_ends_every_job_and_removes_what_is_not_wanted() {
         "the expired MP3 is gone"
     );
     let left: Vec<Document> = futures::TryStreamExt::try_collect(
-        app.store.video_files.chunks.find(doc! {}).await.unwrap(),
+        app.store
+            .video_files(young)
+            .chunks
+            .find(doc! {})
+            .await
+            .unwrap(),
     )
     .await
     .unwrap();
