@@ -257,33 +257,59 @@ impl Chunks {
     }
 }
 
+/// Chunks read ahead of the writer (about 4 MiB, two cursor batches).
+///
+/// Why: a cursor asks for its next batch only once the last one is used up,
+/// and a pipe holds 64 KiB, so reading and writing in turn left ffmpeg
+/// waiting while the server produced each batch, and the server idle while
+/// ffmpeg decoded it: a conversion took about the read plus ffmpeg, not the
+/// longer of the two.
+const READ_AHEAD: usize = 16;
+
 /// Writes the video (from `first`, then the rest of `stream`) to `out`,
-/// moving the MP4 index if asked. ffmpeg closing the pipe early (it had all
-/// it needed, e.g. for a trimmed MP3) ends the feed without an error.
-/// Returns the bytes read from GridFS.
+/// moving the MP4 index if asked, reading up to [`READ_AHEAD`] chunks ahead
+/// of the writer. ffmpeg closing the pipe early (it had all it needed, e.g.
+/// for a trimmed MP3) ends the feed without an error. Returns the bytes
+/// read from GridFS.
 pub(crate) async fn feed<W: tokio::io::AsyncWrite + Unpin>(
     mut stream: Chunks,
     first: Bytes,
     moved: Option<&Moved>,
     out: &mut W,
 ) -> Result<u64, FeedError> {
-    let mut pos = 0u64;
-    let mut inserted = moved.is_none();
-    let mut chunk = Some(first);
-    while let Some(data) = chunk {
-        let end = pos + data.len() as u64;
-        let written = match moved {
-            None => out.write_all(&data).await,
-            Some(m) => write_rearranged(out, &data, pos, m, &mut inserted).await,
-        };
-        match written {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(end),
-            Err(e) => return Err(FeedError::Write(e)),
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+    let read = async move {
+        while let Some(chunk) = stream.next_chunk().await? {
+            if tx.send(chunk).await.is_err() {
+                break; // the writer is done: ffmpeg had enough
+            }
         }
-        pos = end;
-        chunk = stream.next_chunk().await?;
-    }
+        Ok::<(), FeedError>(())
+    };
+    // Owns the receiver, so a writer that ends early stops the reader; a
+    // reader that fails ends both before the pipe is closed as if complete.
+    let sink = &mut *out;
+    let write = async move {
+        let mut pos = 0u64;
+        let mut inserted = moved.is_none();
+        let mut chunk = Some(first);
+        while let Some(data) = chunk {
+            let end = pos + data.len() as u64;
+            let written = match moved {
+                None => sink.write_all(&data).await,
+                Some(m) => write_rearranged(sink, &data, pos, m, &mut inserted).await,
+            };
+            match written {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(end),
+                Err(e) => return Err(FeedError::Write(e)),
+            }
+            pos = end;
+            chunk = rx.recv().await;
+        }
+        Ok(pos)
+    };
+    let ((), pos) = tokio::try_join!(read, write)?;
     match out.shutdown().await {
         Ok(()) => Ok(pos),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(pos),

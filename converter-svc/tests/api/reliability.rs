@@ -5,8 +5,10 @@ use crate::helpers::*;
 use std::{collections::HashMap, time::Duration};
 
 const SHORT: &str = "-f lavfi -i testsrc=duration=2:size=64x48:rate=5 -f lavfi -i sine=frequency=440:duration=2 -shortest -c:v mpeg4 -c:a aac";
-/// Long enough that ffmpeg is still running when we interfere.
-const LONG: &str = "-f lavfi -i testsrc=duration=900:size=32x24:rate=1 -f lavfi -i sine=frequency=440:duration=900 -shortest -c:v mpeg4 -c:a pcm_s16le";
+/// Long enough that ffmpeg is still running when we interfere: 40 minutes
+/// of sound in 30 MB, about 6 s of ffmpeg's work (the read no longer holds
+/// ffmpeg back, so size alone would not do).
+const LONG: &str = "-f lavfi -i testsrc=duration=2400:size=32x24:rate=1 -f lavfi -i sine=frequency=440:duration=2400 -shortest -c:v mpeg4 -c:a flac";
 
 #[tokio::test]
 async fn a_redelivered_job_is_announced_again_not_converted_again() {
