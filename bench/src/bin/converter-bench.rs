@@ -971,6 +971,8 @@ async fn throughput(env: &Env<'_>, ch: &lapin::Channel, clip: &Path) -> anyhow::
         "\n10 parallel 60 s jobs, 2 converters × 2 jobs at a time, notify-svc → Mailpit: all 10 emailed in {:.2} s",
         secs(t.elapsed())
     );
+    // Their sweepers may still be deleting the last sources.
+    env.sources_gone(Duration::from_secs(300)).await?;
     drop((procs, notify));
     test_kit::delete_work_queues(
         &env.stack.amqp_url,
