@@ -943,43 +943,21 @@ async fn throughput(env: &Env<'_>, ch: &lapin::Channel, clip: &Path) -> anyhow::
         );
     }
 
-    // 10 parallel uploads, 2 converters (default concurrency), until every
+    // 10 parallel jobs, 2 converters (default concurrency), until every
     // user got the email.
-    let (notify, notified_queue) = env.notify().await?;
-    let procs: Vec<Proc> = (0..2).map(|_| env.converter(2)).collect::<Result<_, _>>()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mailpit = test_kit::mailpit::Mailpit::new(&env.stack.mailpit_api_url);
+    let mesh = env.mesh().await?;
     let mut ids = Vec::new();
     for _ in 0..10 {
         ids.push(env.store(clip).await.0);
     }
     let t = Instant::now();
     futures::future::join_all(ids.iter().map(|id| env.publish(*id))).await;
-    loop {
-        let n = mailpit
-            .messages_to(&env.owner_email)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if n >= 10 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(600), "only {n} emails");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.emails(&env.owner_email, 10).await?;
     println!(
         "\n10 parallel 60 s jobs, 2 converters × 2 jobs at a time, notify-svc → Mailpit: all 10 emailed in {:.2} s",
         secs(t.elapsed())
     );
-    // Their sweepers may still be deleting the last sources.
-    env.sources_gone(Duration::from_secs(300)).await?;
-    drop((procs, notify));
-    test_kit::delete_work_queues(
-        &env.stack.amqp_url,
-        &[topology().work_queue(&notified_queue)],
-    )
-    .await;
-    Ok(())
+    env.stop(mesh).await
 }
 
 /// A copy of `clip` with its index moved in front (`-movflags +faststart`,
@@ -1261,10 +1239,7 @@ async fn parallel_uploads(
     live: bool,
 ) -> anyhow::Result<(f64, f64, u32)> {
     let owner = format!("{}@bench.test", test_kit::unique_name("owner"));
-    let (notify, notified_queue) = env.notify().await?;
-    let procs: Vec<Proc> = (0..2).map(|_| env.converter(2)).collect::<Result<_, _>>()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mailpit = test_kit::mailpit::Mailpit::new(&env.stack.mailpit_api_url);
+    let mesh = env.mesh().await?;
     let t = Instant::now();
     let names: Vec<String> = (0..10).map(|i| format!("parallel-{i}.mp4")).collect();
     let ups = futures::future::join_all(
@@ -1276,27 +1251,65 @@ async fn parallel_uploads(
     .into_iter()
     .collect::<anyhow::Result<Vec<_>>>()?;
     let uploaded = secs(t.elapsed());
-    loop {
-        let n = mailpit
-            .messages_to(&owner)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if n >= 10 {
-            break;
-        }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "only {n} emails");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    env.emails(&owner, 10).await?;
     let emailed = secs(t.elapsed());
-    env.sources_gone(Duration::from_secs(300)).await?;
-    drop((procs, notify));
-    test_kit::delete_work_queues(
-        &env.stack.amqp_url,
-        &[topology().work_queue(&notified_queue)],
-    )
-    .await;
+    env.stop(mesh).await?;
     Ok((uploaded, emailed, ups.iter().map(|u| u.retried).sum()))
+}
+
+/// Two converters (default concurrency) and notify-svc, as deployed.
+struct Mesh {
+    converters: Vec<Proc>,
+    notify: Proc,
+    notified_queue: String,
+}
+
+impl Env<'_> {
+    async fn mesh(&self) -> anyhow::Result<Mesh> {
+        let (notify, notified_queue) = self.notify().await?;
+        let converters = (0..2)
+            .map(|_| self.converter(2))
+            .collect::<Result<_, _>>()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(Mesh {
+            converters,
+            notify,
+            notified_queue,
+        })
+    }
+
+    /// Waits until `owner` has `n` emails in Mailpit.
+    async fn emails(&self, owner: &str, n: usize) -> anyhow::Result<()> {
+        let mailpit = test_kit::mailpit::Mailpit::new(&self.stack.mailpit_api_url);
+        let t = Instant::now();
+        loop {
+            let got = mailpit
+                .messages_to(owner)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if got >= n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(600),
+                "only {got} of {n} emails"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the mesh once its sweepers have deleted every source.
+    async fn stop(&self, mesh: Mesh) -> anyhow::Result<()> {
+        self.sources_gone(Duration::from_secs(300)).await?;
+        drop((mesh.converters, mesh.notify));
+        test_kit::delete_work_queues(
+            &self.stack.amqp_url,
+            &[topology().work_queue(&mesh.notified_queue)],
+        )
+        .await;
+        Ok(())
+    }
 }
 
 /// Runs `op` again, up to ten times two seconds apart, while it fails:

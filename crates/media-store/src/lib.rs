@@ -27,10 +27,9 @@ pub use gridfs::{Bucket, ChunkStream, ChunkWriter, FileInfo, ReadError, Tail, Ta
 pub use jobs::{Claim, Deleted, FailureKind, Finish, Job, JobState, Jobs, Mp3Facts};
 pub use options::OutputOptions;
 
-use mongodb::bson::oid::ObjectId;
 use mongodb::{
     Client, Collection, Database, IndexModel,
-    bson::{DateTime, Document, doc},
+    bson::{DateTime, Document, doc, oid::ObjectId},
     gridfs::GridFsBucket,
     options::{ClientOptions, GridFsBucketOptions, IndexOptions},
 };
