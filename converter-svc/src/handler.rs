@@ -5,9 +5,11 @@
 //!
 //! Redeliveries meet the job's state machine ([`media_store::jobs`]): a job
 //! another converter holds under a live lease is deferred until the lease
-//! can have run out (never counted as a failure), a finished job is
-//! announced again under the same event id (consumers dedupe), and only the
-//! lease holder, or anyone once no live lease exists, may finish a job.
+//! can have run out (never counted as a failure), a finished job whose
+//! outcome is not yet confirmed published is announced (under its one event
+//! id: consumers dedupe) and one whose outcome is confirmed is left alone,
+//! and only the lease holder, or anyone once no live lease exists, may
+//! finish a job.
 
 use crate::{
     convert::{Converted, Failure},
@@ -393,10 +395,16 @@ impl Converter {
         Outcome::Ack
     }
 
-    /// A finished job met again (a redelivery, a re-publish by the janitor):
-    /// say its outcome again, under the same event id.
+    /// A finished job met again (a redelivery, the job's own event after a
+    /// live conversion): its outcome goes out if it was never confirmed
+    /// published. Once confirmed it is not sent again: the broker holds it,
+    /// and the janitor announces it again if no receipt comes back.
     async fn repeat_outcome(&self, job: &Job) -> Outcome {
         let job = self.delete_source(job).await;
+        if job.announced == Some(true) {
+            tracing::debug!(job_id = %job.id, "finished and announced already; nothing to do");
+            return Outcome::Ack;
+        }
         match self.announce(&job).await {
             Ok(()) => Outcome::Ack,
             Err(e) => Outcome::Retry(e),

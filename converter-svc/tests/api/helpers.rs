@@ -2,7 +2,7 @@ use amqp_kit::{Publisher, event_properties, lapin};
 use clap::Parser;
 use converter_svc::{app::App, config::Cli};
 use futures::AsyncWriteExt;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use media_store::{
     Job, JobState, OutputOptions, Store,
     mongodb::bson::{doc, oid::ObjectId},
@@ -352,6 +352,48 @@ impl Env {
             });
         }
         out
+    }
+
+    /// Waits until every `VideoUploaded` has been handled: the video queue
+    /// and its retry queues (where deferred events wait) have held nothing
+    /// ready for a second. A delivery in hand is settled within
+    /// milliseconds, and anything it defers shows up in a retry queue.
+    pub async fn video_events_settled(&self, timeout: Duration) {
+        let conn = amqp_kit::connect(&Secret::new(self.stack.amqp_url.clone()), "settled")
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = topology().work_queue(&self.video_queue);
+        let names: Vec<String> = std::iter::once(q.name.clone())
+            .chain((1..=q.retry_delays.len() as u32).filter_map(|n| q.retry_queue(n)))
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut quiet_since = tokio::time::Instant::now();
+        loop {
+            let mut waiting = 0;
+            for name in &names {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                waiting += ch
+                    .queue_declare(name.as_str().into(), passive, Default::default())
+                    .await
+                    .unwrap()
+                    .message_count();
+            }
+            let now = tokio::time::Instant::now();
+            if waiting > 0 {
+                quiet_since = now;
+            } else if now - quiet_since >= Duration::from_secs(1) {
+                return;
+            }
+            assert!(
+                now < deadline,
+                "{waiting} video events still waiting after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until `n` events are in the mp3 queue, and takes them.

@@ -2,6 +2,7 @@
 //! instances, a converter killed mid-conversion, shutdown, poison messages.
 
 use crate::helpers::*;
+use media_store::mongodb::bson::doc;
 use std::{collections::HashMap, time::Duration};
 
 const SHORT: &str = "-f lavfi -i testsrc=duration=2:size=64x48:rate=5 -f lavfi -i sine=frequency=440:duration=2 -shortest -c:v mpeg4 -c:a aac";
@@ -11,7 +12,7 @@ const SHORT: &str = "-f lavfi -i testsrc=duration=2:size=64x48:rate=5 -f lavfi -
 const LONG: &str = "-f lavfi -i testsrc=duration=2400:size=32x24:rate=1 -f lavfi -i sine=frequency=440:duration=2400 -shortest -c:v mpeg4 -c:a flac";
 
 #[tokio::test]
-async fn a_redelivered_job_is_announced_again_not_converted_again() {
+async fn a_redelivered_job_is_not_converted_again_and_announced_only_if_it_never_was() {
     let env = Env::new().await;
     let clip = env.clip("short.mkv", SHORT);
     let conv = env.start().await;
@@ -20,8 +21,23 @@ async fn a_redelivered_job_is_announced_again_not_converted_again() {
     let Outcome::Ready(first) = &first[0] else {
         panic!("{first:?}")
     };
+    assert_eq!(env.job(id).await.announced, Some(true));
 
-    // The same event again, as RabbitMQ may redeliver it.
+    // The same event again, as RabbitMQ may redeliver it: the outcome is
+    // confirmed published already, so nothing more goes out.
+    env.publish_uploaded(id, "short.mkv", 1).await;
+    env.video_events_settled(Duration::from_secs(30)).await;
+    let again = env.drain(&env.mp3_queue).await;
+    assert!(again.is_empty(), "announced twice: {again:?}");
+
+    // A converter that died between the publish and recording it: the
+    // redelivery announces it, under the same event id (one email).
+    env.store
+        .jobs
+        .coll
+        .update_one(doc! { "_id": id }, doc! { "$set": { "announced": false } })
+        .await
+        .unwrap();
     env.publish_uploaded(id, "short.mkv", 1).await;
     let again = env.events(1, Duration::from_secs(60)).await;
     let Outcome::Ready(again) = &again[0] else {
@@ -29,6 +45,7 @@ async fn a_redelivered_job_is_announced_again_not_converted_again() {
     };
     assert_eq!(again.mp3_id, first.mp3_id);
     assert_eq!(again.event_id, first.event_id, "same event id: one email");
+    assert_eq!(env.job(id).await.announced, Some(true));
     assert_eq!(env.mp3_count(Some(id)).await, 1);
     conv.stop().await;
     env.cleanup().await;
