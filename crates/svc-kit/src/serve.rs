@@ -3,7 +3,8 @@
 //! exposes neither a header-read timeout nor a connection limit.
 //!
 //! - HTTP/1: request headers must arrive within `HEADER_READ_TIMEOUT`
-//!   (slowloris), and bodies never pause longer than `BODY_IDLE_TIMEOUT`.
+//!   (slowloris; the first request of a connection is answered 408), and
+//!   bodies never pause longer than `BODY_IDLE_TIMEOUT`.
 //! - HTTP/2: at most `MAX_STREAMS_PER_CONNECTION` streams per connection.
 //! - At most `MAX_CONNECTIONS` connections; one more is answered 503 and
 //!   closed.
@@ -17,7 +18,14 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{io::AsyncWriteExt, net::TcpListener};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpListener,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -35,7 +43,7 @@ pub async fn http(
     token: CancellationToken,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let handshake_timeout = limits.header_read_timeout;
+    let header_timeout = limits.header_read_timeout;
     let conns = ConnLimit::new(limits.max_connections, name);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -43,7 +51,7 @@ pub async fn http(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
-        .max_buf_size(64 << 10);
+        .max_buf_size(MAX_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -74,38 +82,26 @@ pub async fn http(
             continue;
         };
         let router = router.clone();
-        let svc =
-            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-        let Some(acceptor) = acceptor.clone() else {
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
-                drop(permit);
-            });
-            continue;
-        };
-        // The handshake runs in the connection's own task: a slow client
-        // holds up no one else.
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        // The handshake and the first request's head are read in the
+        // connection's own task: a slow client holds up no one else.
+        let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                };
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            let served = match acceptor {
+                None => {
+                    serve_connection(&builder, stream, router, peer, watcher, header_timeout).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            serve_connection(&builder, s, router, peer, watcher, header_timeout)
+                                .await
+                        }
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                        Err(_) => Err("TLS handshake timed out".to_owned()),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
             drop(permit);
@@ -114,6 +110,128 @@ pub async fn http(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The most a request head may take (hyper's read buffer): more is 431.
+const MAX_HEAD: usize = 64 << 10;
+
+/// Serves one connection (after its TLS handshake, if any): the first
+/// request's head must arrive within `header_timeout`, or the client gets a
+/// 408 and the connection is closed. Later heads on a kept-alive connection
+/// are bounded by hyper's own timeout, which only closes (an idle
+/// connection is not owed an answer).
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    mut stream: S,
+    router: Router,
+    peer: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_timeout: Duration,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(head) = tokio::time::timeout(header_timeout, read_head(&mut stream)).await else {
+        request_timeout(stream, header_timeout).await;
+        return Ok(());
+    };
+    let stream = Rewind {
+        prefix: head.map_err(|e| e.to_string())?,
+        inner: stream,
+    };
+    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .into_owned();
+    watcher.watch(conn).await.map_err(|e| e.to_string())
+}
+
+/// Reads until the end of the first request's head (its blank line; the
+/// HTTP/2 preface has one too), the end of the stream, or [`MAX_HEAD`]
+/// bytes; what was read, for hyper to parse.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<bytes::Bytes> {
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    loop {
+        let scanned = buf.len().saturating_sub(3);
+        if stream.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+        if buf[scanned..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The answer to a client that did not send its request in time.
+async fn request_timeout<S: AsyncWrite + Unpin>(mut stream: S, waited: Duration) {
+    let body = format!(
+        r#"{{"code":"deadline_exceeded","message":"the request headers did not arrive within {} s"}}"#,
+        waited.as_secs_f64()
+    );
+    let answer = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Rewind<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The answer to one connection too many: 503 with `Retry-After`, then

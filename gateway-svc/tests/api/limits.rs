@@ -65,9 +65,33 @@ async fn slow_headers_and_silent_bodies_are_cut_off() {
             }
         }
     });
-    let (_, took) = read_until_closed(&mut r, Duration::from_secs(10)).await;
+    let (answer, took) = read_until_closed(&mut r, Duration::from_secs(10)).await;
     assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"deadline_exceeded\""),
+        "{answer}"
+    );
     trickle.abort();
+
+    // A client that connects and says nothing: the same answer.
+    let mut s = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    let (answer, took) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A head that arrives in pieces, in time, is served as usual.
+    let mut s = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    for piece in [
+        "GET /healthz HT",
+        "TP/1.1\r\nHost: x\r\n",
+        "Connection: close\r\n\r\n",
+    ] {
+        s.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (answer, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // A body that stops: 408, and nothing kept.
     let mut s = tokio::net::TcpStream::connect(app.http).await.unwrap();
