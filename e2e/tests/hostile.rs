@@ -14,73 +14,7 @@ use mp3converter_proto::{
         upload_request::Payload,
     },
 };
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
-
-/// A `curl` that records its arguments (NUL-separated, one file per run)
-/// and prints a token.
-const FAKE_CURL: &str = r#"#!/bin/sh
-n=0
-while [ -e "$CURL_LOG/$n" ]; do n=$((n + 1)); done
-for a in "$@"; do printf '%s\0' "$a"; done > "$CURL_LOG/$n"
-printf fake-token
-"#;
-
-/// Runs the email's two command lines with `sh -c` in an empty directory;
-/// returns whether anything but the stand-in ran (a file INJECTED appeared)
-/// and each curl run's arguments.
-fn run_commands(text: &str) -> (bool, Vec<Vec<String>>) {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("TOKEN=$(curl") || l.starts_with("curl --output"))
-        .collect();
-    assert_eq!(lines.len(), 2, "the email's commands:\n{text}");
-    let dir = tempfile::tempdir().unwrap();
-    let (bin, log, work) = (
-        dir.path().join("bin"),
-        dir.path().join("log"),
-        dir.path().join("work"),
-    );
-    for d in [&bin, &log, &work] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let curl = bin.join("curl");
-    std::fs::write(&curl, FAKE_CURL).unwrap();
-    std::fs::set_permissions(&curl, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(lines.join("\n"))
-        .current_dir(&work)
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("CURL_LOG", &log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs = (0..)
-        .map(|i| log.join(i.to_string()))
-        .take_while(|f| f.exists())
-        .map(|f| {
-            std::fs::read(f)
-                .unwrap()
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8(a.to_vec()).unwrap())
-                .collect()
-        })
-        .collect();
-    (injected(&work), runs)
-}
-
-fn injected(work: &Path) -> bool {
-    work.join("INJECTED").exists()
-}
+use test_kit::shell::{email_commands, run_with_fake_curl};
 
 /// What a user sees of the job and the email for a video named `name`.
 async fn check(mesh: &Mesh, rest: &Rest, token: &str, email: &str, job_id: &str, name: &str) {
@@ -108,8 +42,12 @@ async fn check_stored(
 
     let msg = mesh.email(email).await;
     assert!(!msg.contains('\u{202E}'), "{msg}");
-    let (ran, runs) = run_commands(&msg);
-    assert!(!ran, "{name:?}: the emailed command ran the name:\n{msg}");
+    let ran = run_with_fake_curl(&email_commands(&msg));
+    assert!(
+        !ran.injected(),
+        "{name:?}: the emailed command ran the name:\n{msg}"
+    );
+    let runs = &ran.curl_runs;
     assert_eq!(runs.len(), 2, "{runs:?}");
     let output = &runs[1][1];
     assert_eq!(runs[1][0], "--output");

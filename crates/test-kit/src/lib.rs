@@ -1,7 +1,7 @@
 //! Test-only helpers (a dev-dependency of every service): the local stack's
 //! connection settings, unique names so tests never share state, fresh
-//! PostgreSQL databases, waiting for a condition, reading Mailpit, and an
-//! OTLP trace receiver.
+//! PostgreSQL databases, waiting for a condition, reading Mailpit, an OTLP
+//! trace receiver, and a shell sandbox for the commands emails show.
 //!
 //! Settings come from the same variables `scripts/stack env` prints, with the
 //! stack's fixed ports as defaults, so `cargo test` works with or without
@@ -14,6 +14,7 @@ pub mod otlp;
 pub mod pg;
 pub mod prom;
 pub mod proxy;
+pub mod shell;
 
 use std::{future::Future, sync::Once, time::Duration};
 

@@ -4,8 +4,11 @@
 
 use crate::helpers::*;
 use mp3converter_proto::events::v1::FailureKind;
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
-use test_kit::mailpit::Message;
+use std::time::Duration;
+use test_kit::{
+    mailpit::Message,
+    shell::{email_commands, run_with_fake_curl},
+};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -22,85 +25,6 @@ const HOSTILE: &[(&str, &str)] = &[
     ),
     ("clip\u{202E}3pm.exe.mp3", "clip_3pm.exe.mp3"),
 ];
-
-/// A `curl` that records its arguments instead (one file per run, NUL
-/// between them) and prints a token.
-const FAKE_CURL: &str = r#"#!/bin/sh
-n=0
-while [ -e "$CURL_LOG/$n" ]; do n=$((n + 1)); done
-for a in "$@"; do printf '%s\0' "$a"; done > "$CURL_LOG/$n"
-printf fake-token
-"#;
-
-/// Runs `script` with `sh -c` in an empty directory where `curl` is the fake
-/// one; returns the directory and the arguments of each curl run.
-fn run_in_sandbox(script: &str) -> (tempfile::TempDir, Vec<Vec<String>>) {
-    let dir = tempfile::tempdir().unwrap();
-    let (bin, log, work) = (
-        dir.path().join("bin"),
-        dir.path().join("log"),
-        dir.path().join("work"),
-    );
-    for d in [&bin, &log, &work] {
-        std::fs::create_dir(d).unwrap();
-    }
-    let curl = bin.join("curl");
-    std::fs::write(&curl, FAKE_CURL).unwrap();
-    std::fs::set_permissions(&curl, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(&work)
-        .env("PATH", path)
-        .env("CURL_LOG", &log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs = (0..)
-        .map(|i| log.join(i.to_string()))
-        .take_while(|f| f.exists())
-        .map(|f| {
-            let raw = std::fs::read(f).unwrap();
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8(a.to_vec()).unwrap())
-                .collect()
-        })
-        .collect();
-    (dir, runs)
-}
-
-fn injected(dir: &Path) -> bool {
-    dir.join("work/INJECTED").exists()
-}
-
-/// The two command lines of the email's text part.
-fn commands(text: &str) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("TOKEN=$(curl") || l.starts_with("curl --output"))
-        .collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    lines.join("\n")
-}
-
-#[test]
-fn the_sandbox_sees_an_injection() {
-    // The command as emails used to have it runs the file name.
-    let (dir, runs) = run_in_sandbox(r#"curl --output "$(touch INJECTED).mp3" -X GET "x""#);
-    assert!(injected(dir.path()));
-    assert_eq!(runs[0][..2], ["--output", ".mp3"]);
-}
 
 async fn email_to(env: &Env, owner: &str) -> Message {
     let mails = env.emails(owner, 1, T).await;
@@ -130,8 +54,9 @@ async fn hostile_file_names_stay_text_in_the_ready_email() {
             assert!(msg.text.contains(name), "{}", msg.text);
         }
 
-        let (dir, runs) = run_in_sandbox(&commands(&msg.text));
-        assert!(!injected(dir.path()), "{name:?} ran: {}", msg.text);
+        let ran = run_with_fake_curl(&email_commands(&msg.text));
+        let runs = &ran.curl_runs[..];
+        assert!(!ran.injected(), "{name:?} ran: {}", msg.text);
         let url = format!("{BASE_URL}/download?fid={}", ev.mp3_id);
         assert_eq!(
             runs,
@@ -172,8 +97,9 @@ async fn an_owner_address_with_shell_characters_is_quoted() {
     let ev = Env::ready(&owner);
     env.publish(&ev, &ev.event_id).await;
     let msg = email_to(&env, &owner).await;
-    let (dir, runs) = run_in_sandbox(&commands(&msg.text));
-    assert!(!injected(dir.path()));
+    let ran = run_with_fake_curl(&email_commands(&msg.text));
+    let runs = &ran.curl_runs[..];
+    assert!(!ran.injected());
     assert_eq!(runs[0][3..], ["-u".to_owned(), owner]);
     n.stop().await;
     env.cleanup().await;
