@@ -1,15 +1,15 @@
 //! gRPC serving helpers shared by the services.
 
+use crate::accept::{H2_PREFACE_LEN, Rewind};
 use crate::limits::{
     Admitted, BodyIdleTimeoutLayer, ConnLimit, InFlightLimitLayer, ListenerArgs, Protocol,
     UnaryDeadlineLayer,
 };
 use crate::tls::MeshTls;
-use futures::StreamExt;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{service::Routes, transport::server::TcpIncoming};
+use tonic::service::Routes;
 
 /// Adds server reflection in both versions: grpcurl >= 1.8.8 asks for
 /// `grpc.reflection.v1`, while grpcurl 1.8.6 (the one on PyPI), Postman and
@@ -74,28 +74,33 @@ pub async fn serve_with(
         .add_routes(routes);
     if let Some(tls) = tls {
         let config = tls.server_config(&[b"h2"])?;
-        let incoming = crate::tls::incoming(listener, config, tls.clone(), conns, token.clone());
+        let incoming = crate::tls::incoming(
+            listener,
+            config,
+            tls.clone(),
+            conns,
+            limits.header_read_timeout,
+            token.clone(),
+        );
         return Ok(router
             .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
             .await?);
     }
-    // Our own listener, so the builder's tcp_nodelay does not apply: set it
-    // per accepted socket, or Nagle + delayed ACKs add ~40 ms to small
-    // responses.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
-        .filter_map(move |conn| {
-            let admitted = match conn {
-                // One connection too many: closed at once (the client sees
-                // UNAVAILABLE and retries elsewhere).
-                Ok(tcp) => conns
-                    .try_admit()
-                    .map(|permit| Ok(Admitted::new(tcp, permit))),
-                Err(e) => Some(Err(e)),
-            };
-            std::future::ready(admitted)
-        });
+    // Our own accept loop (see `accept`): the builder's tcp_nodelay does not
+    // apply, so it sets it per socket, or Nagle + delayed ACKs add ~40 ms to
+    // small responses.
+    let first_bytes = limits.header_read_timeout;
+    let incoming = crate::accept::incoming(
+        listener,
+        conns,
+        token.clone(),
+        move |mut tcp, _peer, permit| async move {
+            let preface = crate::accept::first_bytes(&mut tcp, H2_PREFACE_LEN, first_bytes)
+                .await?
+                .ok()?;
+            Some(Admitted::new(Rewind::new(preface, tcp), permit))
+        },
+    );
     Ok(router
         .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
         .await?)

@@ -20,6 +20,7 @@
 //! - [`error`]: the one mapping between gRPC codes and HTTP statuses, and the
 //!   JSON error body.
 
+pub mod accept;
 pub mod admin;
 pub mod config;
 pub mod error;

@@ -11,6 +11,7 @@
 //! - The peer's address is in each request's extensions
 //!   (`axum::extract::ConnectInfo<SocketAddr>`).
 
+use crate::accept::{Rewind, header_timeout as header_timeout_counted, read_ahead};
 use crate::limits::{ConnLimit, ListenerArgs};
 use axum::{Router, extract::ConnectInfo};
 use hyper_util::{
@@ -18,12 +19,8 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpListener,
 };
 use tokio_util::sync::CancellationToken;
@@ -132,13 +129,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(head) = tokio::time::timeout(header_timeout, read_head(&mut stream)).await else {
+        header_timeout_counted();
         request_timeout(stream, header_timeout).await;
         return Ok(());
     };
-    let stream = Rewind {
-        prefix: head.map_err(|e| e.to_string())?,
-        inner: stream,
-    };
+    let stream = Rewind::new(head.map_err(|e| e.to_string())?, stream);
     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(req.map(axum::body::Body::new))
@@ -153,17 +148,12 @@ where
 /// HTTP/2 preface has one too), the end of the stream, or [`MAX_HEAD`]
 /// bytes; what was read, for hyper to parse.
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<bytes::Bytes> {
-    let mut buf = bytes::BytesMut::with_capacity(4096);
-    loop {
-        let scanned = buf.len().saturating_sub(3);
-        if stream.read_buf(&mut buf).await? == 0 {
-            break;
-        }
-        if buf[scanned..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD {
-            break;
-        }
-    }
-    Ok(buf.freeze())
+    read_ahead(stream, MAX_HEAD, |buf, new| {
+        buf[new.saturating_sub(3)..]
+            .windows(4)
+            .any(|w| w == b"\r\n\r\n")
+    })
+    .await
 }
 
 /// The answer to a client that did not send its request in time.
@@ -181,57 +171,6 @@ async fn request_timeout<S: AsyncWrite + Unpin>(mut stream: S, waited: Duration)
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-/// A stream whose first bytes were already read: they are read again first.
-struct Rewind<S> {
-    prefix: bytes::Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// The answer to one connection too many: 503 with `Retry-After`, then

@@ -548,7 +548,7 @@ impl ServerCertVerifier for Current {
 /// address reaches handlers as usual); its identity was checked before it
 /// was handed over.
 pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    inner: crate::accept::Rewind<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
     info: tonic::transport::server::TcpConnectInfo,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -603,73 +603,61 @@ impl tonic::transport::server::Connected for TlsConn {
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections on `listener` until `token`, completing each TLS
-/// handshake in a task of its own (a slow client cannot hold the others
-/// up), checking the client's identity, and yields the connections that
-/// pass. Refusals are counted in `mp3converter_tls_refused_total{reason}`.
+/// Accepts connections on `listener` until `token` (see [`crate::accept`]),
+/// completing each TLS handshake, checking the client's identity, and
+/// reading its HTTP/2 preface within `first_bytes`; yields the connections
+/// that pass. Refusals are counted in `mp3converter_tls_refused_total{reason}`.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     config: Arc<ServerConfig>,
     tls: MeshTls,
     conns: crate::limits::ConnLimit,
+    first_bytes: Duration,
     token: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                () = token.cancelled() => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
+    crate::accept::incoming(listener, conns, token, move |tcp, peer, permit| {
+        let (acceptor, tls) = (acceptor.clone(), tls.clone());
+        async move {
+            let local = tcp.local_addr().ok();
+            let refused = |reason: &'static str| {
+                metrics::counter!("mp3converter_tls_refused_total", "reason" => reason)
+                    .increment(1);
+            };
+            let mut stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        refused("handshake");
+                        tracing::info!(%peer, error = %e, "TLS handshake refused");
+                        return None;
                     }
+                    Err(_) => {
+                        refused("handshake_timeout");
+                        return None;
+                    }
+                };
+            let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
+            let Some(identity) = tls.authorize(certs) else {
+                refused("identity");
+                tracing::warn!(%peer, "a client whose certificate names no allowed identity was refused");
+                return None;
+            };
+            tracing::debug!(%peer, %identity, "TLS client accepted");
+            let preface =
+                crate::accept::first_bytes(&mut stream, crate::accept::H2_PREFACE_LEN, first_bytes)
+                    .await?
+                    .ok()?;
+            Some(TlsConn {
+                inner: crate::accept::Rewind::new(preface, stream),
+                info: tonic::transport::server::TcpConnectInfo {
+                    local_addr: local,
+                    remote_addr: Some(peer),
                 },
-            };
-            let Some(permit) = conns.try_admit() else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tls, tx) = (acceptor.clone(), tls.clone(), tx.clone());
-            tokio::spawn(async move {
-                let local = tcp.local_addr().ok();
-                let refused = |reason: &'static str| {
-                    metrics::counter!("mp3converter_tls_refused_total", "reason" => reason)
-                        .increment(1);
-                };
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            refused("handshake");
-                            tracing::info!(%peer, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => return refused("handshake_timeout"),
-                    };
-                let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
-                let Some(identity) = tls.authorize(certs) else {
-                    refused("identity");
-                    tracing::warn!(%peer, "a client whose certificate names no allowed identity was refused");
-                    return;
-                };
-                tracing::debug!(%peer, %identity, "TLS client accepted");
-                let conn = TlsConn {
-                    inner: stream,
-                    info: tonic::transport::server::TcpConnectInfo {
-                        local_addr: local,
-                        remote_addr: Some(peer),
-                    },
-                    _permit: permit,
-                };
-                let _ = tx.send(Ok(conn)).await;
-            });
+                _permit: permit,
+            })
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    })
 }
 
 /// Connects gRPC channels over mutual TLS (for `Endpoint::connect_with_connector_lazy`):

@@ -448,3 +448,32 @@ async fn a_download_nobody_reads_is_dropped() {
     app.stop().await;
     auth.stop().await;
 }
+
+#[tokio::test]
+async fn grpc_connections_that_say_nothing_do_not_keep_their_slot() {
+    let auth = Auth::start().await;
+    let app = spawn_app_with(
+        &auth,
+        &["--header-read-timeout", "1s", "--max-connections", "2"],
+    )
+    .await;
+    let user = app.user().await;
+    // Two sockets that never send the HTTP/2 preface, or only part of it,
+    // take both slots for a while, then are closed.
+    let mut silent = tokio::net::TcpStream::connect(app.grpc).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(app.grpc).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for s in [&mut silent, &mut partial] {
+        let (answer, took) = read_until_closed(s, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(4), "closed after {took:?}");
+        assert!(answer.is_empty(), "{answer:?}");
+    }
+    // The slots are free again: a real client is served.
+    let mut media = app.media().await;
+    media
+        .list_jobs(authed(&user, ListJobsRequest::default()))
+        .await
+        .unwrap();
+    app.stop().await;
+    auth.stop().await;
+}
