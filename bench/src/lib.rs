@@ -111,6 +111,25 @@ impl Proc {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
     }
 
+    /// CPU time the process itself has used (user + system), in seconds;
+    /// not its children's (ffmpeg's). /proc counts it in USER_HZ ticks,
+    /// 100 a second on Linux.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // After the command name (which may hold spaces), utime and stime
+        // are the 12th and 13th fields.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        match (tick(11), tick(12)) {
+            (Some(u), Some(s)) => (u + s) / 100.0,
+            _ => f64::NAN,
+        }
+    }
+
     /// Peak resident memory since the last reset, in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         let status =

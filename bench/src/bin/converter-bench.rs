@@ -723,12 +723,13 @@ async fn per_clip(
     args: &Args,
 ) -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
-    let mut per_clip_rss: Vec<(String, f64)> = Vec::new();
+    let mut per_clip_rss: Vec<(String, f64, f64)> = Vec::new();
     for _ in 0..args.rounds {
         for name in &args.clips {
             conv.reset_peak();
+            let cpu = conv.cpu_seconds();
             let (mut row, job) = env.one(ch, &clips[name.as_str()], name).await;
-            per_clip_rss.push((name.clone(), conv.peak_rss_mib()));
+            per_clip_rss.push((name.clone(), conv.peak_rss_mib(), conv.cpu_seconds() - cpu));
             row.phases = phases(env.receiver, job).await;
             rows.push(row);
         }
@@ -786,9 +787,11 @@ async fn per_clip(
             r.ours * 1000.0 - p("ffmpeg to_mp3"),
         );
     }
-    println!("\nConverter peak RSS (VmHWM, without ffmpeg's own) per clip:");
-    for (c, rss) in &per_clip_rss {
-        println!("- {c}: {rss:.1} MiB");
+    println!(
+        "\nThe converter process itself, per clip (without ffmpeg's own): peak RSS (VmHWM) and CPU time (user + system) over the conversion:"
+    );
+    for (c, rss, cpu) in &per_clip_rss {
+        println!("- {c}: {rss:.1} MiB, {cpu:.2} CPU-s");
     }
     Ok(())
 }
