@@ -83,14 +83,14 @@ pub async fn first_bytes<S: AsyncRead + Unpin>(
     match tokio::time::timeout(timeout, read).await {
         Ok(r) => Some(r),
         Err(_) => {
-            header_timeout();
+            count_header_timeout();
             None
         }
     }
 }
 
 /// Counts a client that did not send its request (or preface) in time.
-pub(crate) fn header_timeout() {
+pub(crate) fn count_header_timeout() {
     metrics::counter!("mp3converter_requests_refused_total", "reason" => "header_timeout")
         .increment(1);
 }

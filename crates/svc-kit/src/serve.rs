@@ -11,7 +11,7 @@
 //! - The peer's address is in each request's extensions
 //!   (`axum::extract::ConnectInfo<SocketAddr>`).
 
-use crate::accept::{Rewind, header_timeout as header_timeout_counted, read_ahead};
+use crate::accept::{Rewind, count_header_timeout, read_ahead};
 use crate::limits::{ConnLimit, ListenerArgs};
 use axum::{Router, extract::ConnectInfo};
 use hyper_util::{
@@ -129,7 +129,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(head) = tokio::time::timeout(header_timeout, read_head(&mut stream)).await else {
-        header_timeout_counted();
+        count_header_timeout();
         request_timeout(stream, header_timeout).await;
         return Ok(());
     };
