@@ -38,6 +38,9 @@ use std::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// What a user is told when every try failed for a reason of ours.
+const RETRIES_EXHAUSTED: &str = "we could not convert it after several tries because of a problem on our side; please upload it again later";
+
 #[derive(Debug, Clone)]
 pub(crate) struct Converter {
     pub(crate) store: Store,
@@ -127,14 +130,15 @@ impl Handler for Converter {
         };
         metrics::counter!("mp3converter_conversions_total", "outcome" => "retries_exhausted")
             .increment(1);
-        let reason =
-            format!("the conversion kept failing ({reason}); please upload it again later");
+        // The last error is ours to read, not the user's (paths, driver
+        // messages): the user hears what happened in their words.
+        tracing::warn!(job_id = %id, last_error = %reason, "the conversion kept failing; failing the job");
         // No lease of ours: this finishes the job only if nobody holds a live
         // lease on it (a converter still at work will finish it itself).
         self.fail(
             id,
             None,
-            &reason,
+            RETRIES_EXHAUSTED,
             media_store::FailureKind::RetriesExhausted,
         )
         .await

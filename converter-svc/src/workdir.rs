@@ -4,6 +4,12 @@
 //! a process that died (SIGKILL, OOM, a node crash) and is removed. Several
 //! converters may share one `WORK_DIR` (local development); in Kubernetes it
 //! is an emptyDir per pod.
+//!
+//! A directory appears under its `converter-` name only with its lock already
+//! held: it is made and locked under a staging name no converter judges, then
+//! renamed into place (one atomic step). Made and locked in place, another
+//! converter starting at that instant could take the not-yet-held lock, judge
+//! the directory dead and remove it under its owner.
 
 use std::{
     fs::{self, File},
@@ -11,6 +17,7 @@ use std::{
 };
 
 const PREFIX: &str = "converter-";
+const STAGING: &str = ".staging-converter-";
 const LOCK: &str = ".lock";
 
 #[derive(Debug)]
@@ -27,12 +34,24 @@ impl WorkDir {
     pub(crate) fn create(root: &Path, instance: &str) -> std::io::Result<(Self, usize)> {
         fs::create_dir_all(root)?;
         let removed = remove_stale(root);
+        let staging = root.join(format!("{STAGING}{instance}"));
         let path = root.join(format!("{PREFIX}{instance}"));
-        fs::create_dir_all(&path)?;
-        let lock = File::create(path.join(LOCK))?;
-        lock.try_lock()
-            .map_err(|e| std::io::Error::other(format!("locking {}: {e}", path.display())))?;
-        Ok((Self { path, _lock: lock }, removed))
+        fs::create_dir(&staging)?;
+        let locked = File::create(staging.join(LOCK)).and_then(|lock| {
+            lock.try_lock().map_err(|e| {
+                std::io::Error::other(format!("locking {}: {e}", staging.display()))
+            })?;
+            // The lock is on the open file, so it moves with the directory.
+            fs::rename(&staging, &path)?;
+            Ok(lock)
+        });
+        match locked {
+            Ok(lock) => Ok((Self { path, _lock: lock }, removed)),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                Err(e)
+            }
+        }
     }
 
     /// A fresh directory for one job, removed when dropped.
@@ -57,19 +76,25 @@ fn remove_stale(root: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let path = entry.path();
-        let ours = path
+        let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(PREFIX));
-        if !ours || !path.is_dir() {
+            .unwrap_or_default();
+        let staging = name.starts_with(STAGING);
+        if !(name.starts_with(PREFIX) || staging) || !path.is_dir() {
             continue;
         }
-        // A directory without a lock file is being created right now by a
-        // starting converter, or is debris; only a lock we can take proves
-        // its owner is gone.
+        // A staging directory may belong to a converter starting right
+        // now: not even its lock is touched (taking it, however briefly,
+        // would fail that start) until it is too old to be one.
+        if staging && !older_than(&path, STAGING_GRACE) {
+            continue;
+        }
         let alive = match File::open(path.join(LOCK)) {
             Ok(f) => f.try_lock().is_err(),
-            Err(_) => true,
+            // In place, a directory always has its lock (see the module
+            // docs): without one it is debris.
+            Err(_) => false,
         };
         if !alive && fs::remove_dir_all(&path).is_ok() {
             tracing::info!(dir = %path.display(), "removed the work directory of a converter that died");
@@ -77,6 +102,17 @@ fn remove_stale(root: &Path) -> usize {
         }
     }
     removed
+}
+
+/// How long a staging directory may lack its lock before it is debris.
+const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn older_than(path: &Path, age: std::time::Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|e| e > age)
 }
 
 #[cfg(test)]
@@ -110,5 +146,47 @@ mod tests {
         let path = live.path.clone();
         drop(live);
         assert!(!path.exists(), "removed on a clean exit");
+    }
+
+    /// Converters starting at the same instant on one `WORK_DIR`, while
+    /// others work in it, never remove a live one's directory.
+    #[test]
+    fn converters_starting_together_keep_each_others_directories() {
+        use std::sync::{Arc, Barrier};
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().to_owned();
+        // Converters that keep running, each with a job under way.
+        let mut running: Vec<(WorkDir, tempfile::TempDir)> = Vec::new();
+        for round in 0..100 {
+            let barrier = Arc::new(Barrier::new(16));
+            let starting: Vec<_> = (0..16)
+                .map(|i| {
+                    let (root, barrier) = (root.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        WorkDir::create(&root, &format!("r{round}-{i}")).map(|(w, _)| w)
+                    })
+                })
+                .collect();
+            for t in starting {
+                let w = t.join().unwrap().expect("a converter starts");
+                let job = w.job("42").expect("a converter's own directory is there");
+                running.push((w, job));
+            }
+            for (w, job) in &running {
+                assert!(
+                    w.path.exists(),
+                    "round {round}: {} was removed",
+                    w.path.display()
+                );
+                assert!(
+                    job.path().exists(),
+                    "round {round}: a job's directory was removed"
+                );
+            }
+            // Some stop (cleanly) as others start.
+            let stop = running.len().saturating_sub(16);
+            running.drain(..stop);
+        }
     }
 }
