@@ -131,10 +131,8 @@ pub(crate) async fn run(
         Source::Stored => open_stored(ctx, job, &read_span).await?,
         Source::Live(live) => open_live(ctx, job, live, &read_span).await?,
     };
-    if let Some(d) = declared.audio_duration
-        && d > s.max_input_duration.as_secs_f64()
-    {
-        return Err(too_long(d, s.max_input_duration));
+    if let Some(d) = declared.audio_duration {
+        check_length(s, job, d)?;
     }
 
     let input_path = dir.path().join("input");
@@ -344,6 +342,28 @@ fn too_long(d: f64, max: Duration) -> Failure {
     ))
 }
 
+/// Once the source's length is known: the trims must fall inside it, and
+/// what is converted (the trimmed part, not the whole file) must be within
+/// the limit.
+fn check_length(s: &Settings, job: &Job, source: f64) -> Result<(), Failure> {
+    if let Some(why) = job.options.trims_outside(source) {
+        return Err(Failure::Permanent(why));
+    }
+    let kept = job.options.expected_duration(source);
+    if kept > s.max_input_duration.as_secs_f64() {
+        return Err(if kept < source {
+            Failure::Permanent(format!(
+                "the part to convert is {} long; the longest accepted is {}",
+                seconds(Duration::from_secs_f64(kept)),
+                seconds(s.max_input_duration)
+            ))
+        } else {
+            too_long(source, s.max_input_duration)
+        });
+    }
+    Ok(())
+}
+
 /// What ffmpeg said about the input and the output.
 #[derive(Debug, Default)]
 struct Facts {
@@ -391,9 +411,7 @@ async fn watch(
                 }
                 Some(Event::Duration(d)) => {
                     facts.container_duration = Some(d);
-                    if declared.unwrap_or(d) > max_input {
-                        return Err(too_long(declared.unwrap_or(d), s.max_input_duration));
-                    }
+                    check_length(s, job, declared.unwrap_or(d))?;
                 }
                 Some(Event::Progress(t)) => {
                     facts.out_time = Some(t);
@@ -503,6 +521,13 @@ fn judge(
         }
     }
     if got <= 0.0 {
+        // A source that declares no length shows a trim past its end only
+        // here: nothing came out.
+        if let Some(start) = job.options.trim_start {
+            return Err(Failure::Permanent(format!(
+                "nothing is left after the trim start of {start} s: the video is shorter than that"
+            )));
+        }
         return Err(Failure::Permanent(
             "the file holds no audio that could be decoded".into(),
         ));

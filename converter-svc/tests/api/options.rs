@@ -135,18 +135,47 @@ async fn inputs_over_the_duration_limit_and_outputs_over_the_size_limit_fail_cle
     let clip = env.clip("ten.mkv", STEREO);
     let short = env.start_with(&["--max-input-duration", "5s"]).await;
     let too_long = env.submit(&clip).await;
-    let events = env.events(1, Duration::from_secs(60)).await;
-    let Outcome::Failed(f) = &events[0] else {
-        panic!("{events:?}")
+    // What counts is the part converted: 3 s of the 10 s are within 5 s.
+    let trim = |start, end| {
+        RawOptions {
+            trim_start: start,
+            trim_end: end,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
     };
-    assert_eq!(f.job_id, too_long.to_hex());
+    let trimmed = env.submit_with(&clip, trim(None, Some(3.0))).await;
+    // A trim past the end is refused for what it is (not "no audio").
+    let past_end = env
+        .submit_with(&clip, trim(Some(100.0), Some(1000.0)))
+        .await;
+    let events = env.events(3, Duration::from_secs(60)).await;
+    let failed = |id: media_store::mongodb::bson::oid::ObjectId| {
+        events
+            .iter()
+            .find_map(|e| match e {
+                Outcome::Failed(f) if f.job_id == id.to_hex() => Some(f.reason.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{id} did not fail: {events:?}"))
+    };
+    let reason = failed(too_long);
+    assert!(reason.contains("longest accepted is 0m05s"), "{reason}");
+    let reason = failed(past_end);
     assert!(
-        f.reason.contains("longest accepted is 0m05s"),
-        "{}",
-        f.reason
+        reason.contains("the trim starts at 100 s, but the video lasts only 10.0 s"),
+        "{reason}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Outcome::Ready(d) if d.job_id == trimmed.to_hex())),
+        "{events:?}"
     );
     short.stop().await;
 
+    let chunks_before = env.chunk_count("mp3s").await;
     let small = env.start_with(&["--max-output-size", "20KiB"]).await;
     let too_big = env.submit(&clip).await;
     let events = env.events(1, Duration::from_secs(60)).await;
@@ -155,10 +184,10 @@ async fn inputs_over_the_duration_limit_and_outputs_over_the_size_limit_fail_cle
     };
     assert_eq!(f.job_id, too_big.to_hex());
     assert!(f.reason.contains("larger than the limit"), "{}", f.reason);
-    assert_eq!(env.mp3_count(None).await, 0);
+    assert_eq!(env.mp3_count(Some(too_big)).await, 0);
     assert_eq!(
         env.chunk_count("mp3s").await,
-        0,
+        chunks_before,
         "no chunk of a refused MP3 kept"
     );
     small.stop().await;

@@ -152,12 +152,12 @@ impl RawOptions {
         let trim_start = seconds("trim_start", self.trim_start)?.filter(|s| *s > 0.0);
         let trim_end = seconds("trim_end", self.trim_end)?;
         if let Some(end) = trim_end
-            && end <= trim_start.unwrap_or(0.0)
+            && end < trim_start.unwrap_or(0.0) + MIN_TRIMMED
         {
             return Err(invalid(
                 "trim_end",
                 format!(
-                    "must be after trim_start ({} s), got {end}",
+                    "must be at least {MIN_TRIMMED} s after trim_start ({} s), got {end}",
                     trim_start.unwrap_or(0.0)
                 ),
             ));
@@ -175,7 +175,30 @@ impl RawOptions {
 /// Longest trim point accepted (a day): beyond any input we convert.
 const MAX_SECONDS: f64 = 86_400.0;
 
+/// Shortest part of a video a trim may keep, in seconds.
+pub const MIN_TRIMMED: f64 = 1.0;
+
 impl OutputOptions {
+    /// Why the trims cannot apply to a source of `source` seconds, in the
+    /// user's words; `None` if they can (or there are none).
+    pub fn trims_outside(&self, source: f64) -> Option<String> {
+        let start = self.trim_start.unwrap_or(0.0);
+        if start >= source {
+            return Some(format!(
+                "the trim starts at {start} s, but the video lasts only {source:.1} s"
+            ));
+        }
+        let kept = self.expected_duration(source);
+        (self.trim_end.is_some() || self.trim_start.is_some())
+            .then_some(())
+            .filter(|()| kept < MIN_TRIMMED)
+            .map(|()| {
+                format!(
+                    "the trim keeps only {kept:.1} s of a {source:.1} s video; at least {MIN_TRIMMED} s is needed"
+                )
+            })
+    }
+
     /// How long the MP3 should last for an input of `source` seconds.
     pub fn expected_duration(&self, source: f64) -> f64 {
         let start = self.trim_start.unwrap_or(0.0).min(source);
@@ -287,5 +310,29 @@ mod tests {
             "end past the source"
         );
         assert!((OutputOptions::default().expected_duration(7.0) - 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn trims_are_checked_against_the_source_and_a_least_length() {
+        let trim = |start, end| RawOptions {
+            trim_start: start,
+            trim_end: end,
+            ..Default::default()
+        };
+        // The probe's `trim_end_seconds: 5e-324`.
+        assert_eq!(
+            trim(None, Some(5e-324)).validate().unwrap_err().field,
+            "trim_end"
+        );
+        let o = trim(Some(100.0), Some(1000.0)).validate().unwrap();
+        let why = o.trims_outside(3.0).unwrap();
+        assert!(
+            why.contains("starts at 100 s") && why.contains("3.0 s"),
+            "{why}"
+        );
+        let o = trim(Some(2.5), None).validate().unwrap();
+        assert!(o.trims_outside(3.0).unwrap().contains("only 0.5 s"));
+        assert_eq!(o.trims_outside(10.0), None);
+        assert_eq!(OutputOptions::default().trims_outside(0.2), None);
     }
 }
