@@ -49,8 +49,8 @@ async fn check_stored(
     );
     let runs = &ran.curl_runs;
     assert_eq!(runs.len(), 2, "{runs:?}");
-    let output = &runs[1][1];
-    assert_eq!(runs[1][0], "--output");
+    let output = &runs[1][2];
+    assert_eq!(runs[1][..2], ["--fail", "--output"]);
     assert!(
         output.ends_with(".mp3")
             && output

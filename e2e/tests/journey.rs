@@ -44,11 +44,39 @@ async fn the_tutorial_journey_over_rest() {
         "{text}"
     );
 
-    // curl --output out.mp3 -X GET -H 'Authorization: Bearer TOKEN' "http://HOST/download?fid=ID"
-    let res = rest.get(&token, &format!("/download?fid={fid}")).await;
-    let out = mesh.dir.path().join("out.mp3");
-    std::fs::write(&out, res.bytes().await.unwrap()).unwrap();
-    let (format, duration) = ffprobe(&out);
+    // The email's own two commands, run by a shell with the real curl
+    // (curl would ask for the password at a terminal; here it is given).
+    let commands = test_kit::shell::email_commands(&text);
+    let quoted = |p: &str| format!("-u '{email}':'{p}'");
+    let with = |p: &str| commands.replace(&format!("-u '{email}'"), &quoted(p));
+    let (out, dir) = tokio::task::spawn_blocking({
+        let script = with("not the password");
+        move || test_kit::shell::run_real(&script)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "a wrong password must fail the commands"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "and save nothing (no error saved as the MP3)"
+    );
+    let (out, dir) = tokio::task::spawn_blocking({
+        let script = with(&password);
+        move || test_kit::shell::run_real(&script)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mp3 = dir.path().join("test.mp3");
+    let (format, duration) = ffprobe(&mp3);
     assert_eq!(format, "mp3");
     assert!((duration - 4.0).abs() < 0.2, "{duration}");
 

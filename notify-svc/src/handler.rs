@@ -83,6 +83,13 @@ impl Notifier {
     }
 }
 
+/// Where to send: an address of the grammar auth-svc enforces at CreateUser
+/// (accounts made before it may not be).
+fn mailbox(to: &str) -> Option<Mailbox> {
+    svc_kit::email::check(to).ok()?;
+    to.parse().ok()
+}
+
 impl Handler for Notifier {
     async fn handle(&self, delivery: &Delivery, _abandon: CancellationToken) -> Outcome {
         let event = match decode(delivery) {
@@ -103,7 +110,7 @@ impl Handler for Notifier {
         if event_id.is_empty() {
             return Outcome::DeadLetter("event without an id".into());
         }
-        let Ok(mailbox) = to.parse::<Mailbox>() else {
+        let Some(mailbox) = mailbox(&to) else {
             tracing::warn!(%event_id, "the owner's email address is invalid; nothing to send");
             metrics::counter!("mp3converter_emails_total", "kind" => kind, "outcome" => "invalid_address").increment(1);
             return self.settled(&event, &event_id, "invalid_address").await;
@@ -151,5 +158,31 @@ impl Handler for Notifier {
         tracing::error!(%reason, message_id = ?delivery.properties.message_id(), "giving up on an email");
         metrics::counter!("mp3converter_emails_total", "kind" => "any", "outcome" => "dead_lettered").increment(1);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every address the shared grammar takes, lettre can send to.
+    #[test]
+    fn the_grammar_is_one_lettre_can_mail() {
+        for a in [
+            "alice@example.com",
+            "o'brien@example.com",
+            "first.last+tag@sub.example.co.uk",
+            "a!#$%&'*+-/=?^_`{|}~@example.com",
+            "1234@xn--bcher-kva.de",
+        ] {
+            assert!(mailbox(a).is_some(), "{a:?}");
+        }
+        for a in [
+            "x'$(id)'@example.com",
+            "probe-\"q\"@example.com",
+            "a@localhost",
+        ] {
+            assert!(mailbox(a).is_none(), "{a:?}");
+        }
     }
 }

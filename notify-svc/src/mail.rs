@@ -270,12 +270,12 @@ mod tests {
     #[test]
     fn the_ready_email_quotes_what_goes_into_commands() {
         let m = mailer().ready_email(&ready("$(touch X).mp3")).unwrap();
-        let curl = r#"curl --output '_touch_X_.mp3' -X GET -H "Authorization: Bearer $TOKEN" "http://mp3converter.test:8080/download?fid=65f1c0ffee""#;
+        let curl = r#"curl --fail --output '_touch_X_.mp3' -X GET -H "Authorization: Bearer $TOKEN" "http://mp3converter.test:8080/download?fid=65f1c0ffee""#;
         assert!(m.text.contains(curl), "{}", m.text);
         // In HTML, the template's own quotes stay; the values' are escaped.
         let in_html = |s: &str| s.replace('\'', "&#39;");
         assert!(m.html.contains(&in_html(curl)), "{}", m.html);
-        let login = r#"TOKEN=$(curl -X POST "http://mp3converter.test:8080/login" -u 'o'\''brien@example.com')"#;
+        let login = r#"TOKEN=$(curl --fail -X POST "http://mp3converter.test:8080/login" -u 'o'\''brien@example.com') &&"#;
         assert!(m.text.contains(login), "{}", m.text);
         assert!(m.html.contains(&in_html(login)), "{}", m.html);
         // The name, for humans, as it is (HTML-escaped in HTML).

@@ -113,10 +113,24 @@ async fn bad_input_is_invalid_argument_with_a_clear_message() {
 async fn sql_metacharacters_are_only_data() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
-    let tricky = "robert');drop_table_users;--@example.com";
+    // Quotes, `=` and `--` are letters of an email address (RFC 5322 atext).
+    let tricky = "robert'or'1'='1'--drop-table-users@example.com";
     app.create_user(Some(&admin), tricky, "little bobby tables", false)
         .await
         .unwrap();
+    // Parentheses and `;` are not: such an address is refused as data.
+    let res = app
+        .create_user(
+            Some(&admin),
+            "robert');drop_table_users;--@example.com",
+            "little bobby tables",
+            false,
+        )
+        .await;
+    assert!(
+        matches!(&res, Err(s) if s.code() == Code::InvalidArgument),
+        "{res:?}"
+    );
     assert!(app.login(tricky, "little bobby tables").await.is_ok());
     for email in [
         "' or '1'='1@example.com",

@@ -17,12 +17,14 @@
 //! - [`tls`]: mutual TLS for the gRPC hops, reloaded from disk.
 //! - [`runtime`]: how a service's `main` starts (allocator tuned, Tokio
 //!   runtime).
+//! - [`email`]: the one grammar of an email address.
 //! - [`error`]: the one mapping between gRPC codes and HTTP statuses, and the
 //!   JSON error body.
 
 pub mod accept;
 pub mod admin;
 pub mod config;
+pub mod email;
 pub mod error;
 pub mod grpc;
 pub mod health;

@@ -35,7 +35,7 @@ pub fn email_commands(text: &str) -> String {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("TOKEN=$(curl") || l.starts_with("curl --output"))
+        .filter(|l| l.starts_with("TOKEN=$(curl") || l.starts_with("curl --fail --output"))
         .collect();
     assert_eq!(lines.len(), 2, "the email's commands:\n{text}");
     lines.join("\n")
@@ -87,6 +87,20 @@ pub fn run_with_fake_curl(script: &str) -> Ran {
         })
         .collect();
     Ran { dir, curl_runs }
+}
+
+/// Runs `script` with `sh -c` in a new empty directory with the real tools
+/// (`curl` itself): what it printed and how it ended, and the directory.
+pub fn run_real(script: &str) -> (std::process::Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (out, dir)
 }
 
 #[cfg(test)]

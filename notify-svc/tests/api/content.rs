@@ -62,6 +62,7 @@ async fn hostile_file_names_stay_text_in_the_ready_email() {
             runs,
             [
                 vec![
+                    "--fail",
                     "-X",
                     "POST",
                     format!("{BASE_URL}/login").as_str(),
@@ -69,6 +70,7 @@ async fn hostile_file_names_stay_text_in_the_ready_email() {
                     owner.as_str()
                 ],
                 vec![
+                    "--fail",
                     "--output",
                     safe,
                     "-X",
@@ -100,7 +102,7 @@ async fn an_owner_address_with_shell_characters_is_quoted() {
     let ran = run_with_fake_curl(&email_commands(&msg.text));
     let runs = &ran.curl_runs[..];
     assert!(!ran.injected());
-    assert_eq!(runs[0][3..], ["-u".to_owned(), owner]);
+    assert_eq!(runs[0][4..], ["-u".to_owned(), owner]);
     n.stop().await;
     env.cleanup().await;
 }

@@ -22,7 +22,7 @@ async fn mp3_ready_sends_one_email_with_the_id_and_the_download_command() {
     let url = format!("http://mp3converter.test:8080/download?fid={}", ev.mp3_id);
     assert!(
         msg.text.contains(&format!(
-            "curl --output 'holiday.mp3' -X GET -H \"Authorization: Bearer $TOKEN\" \"{url}\""
+            "curl --fail --output 'holiday.mp3' -X GET -H \"Authorization: Bearer $TOKEN\" \"{url}\""
         )),
         "{}",
         msg.text
