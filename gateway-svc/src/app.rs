@@ -157,6 +157,14 @@ impl App {
             max_watchers_per_user: config.max_watchers_per_user,
             uploads: TaskTracker::new(),
             abort_uploads: CancellationToken::new(),
+            validator: validator.clone(),
+            // A token revoked elsewhere stops working within the cache's
+            // lifetime; a stream's check follows the same clock.
+            stream_recheck: if config.auth_cache_ttl.is_zero() {
+                Duration::from_secs(5)
+            } else {
+                config.auth_cache_ttl
+            },
         };
         // Health and reflection stay outside the auth layer: probes and
         // grpcurl `list` carry no token.

@@ -28,6 +28,25 @@ pub struct Caller {
     pub user_id: String,
     pub email: String,
     pub admin: bool,
+    /// When the token stops being valid.
+    pub expires: SystemTime,
+}
+
+/// The caller's bearer token, kept beside the [`Caller`] for streams that
+/// must check it again while they last (WatchJobs). Never printed.
+#[derive(Clone)]
+pub struct Bearer(Arc<str>);
+
+impl Bearer {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer([redacted])")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,7 +66,6 @@ pub enum AuthFailure {
 #[derive(Clone)]
 struct Entry {
     caller: Caller,
-    expires: SystemTime,
 }
 
 /// Entries live at most the configured TTL and never past the token's `exp`.
@@ -63,6 +81,7 @@ impl Expiry<[u8; 32], Entry> for UntilExpiry {
         _now: Instant,
     ) -> Option<Duration> {
         let left = value
+            .caller
             .expires
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
@@ -127,12 +146,25 @@ impl Validator {
     }
 
     pub async fn validate(&self, token: &str) -> Result<Caller, AuthFailure> {
+        self.validate_with(token, true).await
+    }
+
+    /// [`Validator::validate`] asking auth-svc whatever the cache holds (the
+    /// answer still refreshes it): for streams that outlive many requests.
+    pub async fn revalidate(&self, token: &str) -> Result<Caller, AuthFailure> {
+        self.validate_with(token, false).await
+    }
+
+    async fn validate_with(&self, token: &str, cached: bool) -> Result<Caller, AuthFailure> {
         let span = tracing::info_span!(
             "auth.check_token",
             cache.hit = tracing::field::Empty,
             result = tracing::field::Empty,
         );
-        let res = self.check(token, &span).instrument(span.clone()).await;
+        let res = self
+            .check(token, cached, &span)
+            .instrument(span.clone())
+            .await;
         span.record(
             "result",
             match &res {
@@ -145,11 +177,16 @@ impl Validator {
         res
     }
 
-    async fn check(&self, token: &str, span: &tracing::Span) -> Result<Caller, AuthFailure> {
+    async fn check(
+        &self,
+        token: &str,
+        cached: bool,
+        span: &tracing::Span,
+    ) -> Result<Caller, AuthFailure> {
         let key = Self::key(token);
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.cache.as_ref().filter(|_| cached) {
             if let Some(entry) = cache.get(&key).await
-                && entry.expires > SystemTime::now()
+                && entry.caller.expires > SystemTime::now()
             {
                 metrics::counter!("mp3converter_gateway_auth_cache_lookups_total", "result" => "hit")
                     .increment(1);
@@ -184,15 +221,16 @@ impl Validator {
         };
         metrics::counter!("mp3converter_gateway_auth_validations_total", "result" => "valid")
             .increment(1);
-        let caller = Caller {
-            user_id: res.user_id,
-            email: res.email,
-            admin: res.admin,
-        };
         let expires = res
             .expire_time
             .and_then(|t| SystemTime::try_from(t).ok())
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        let caller = Caller {
+            user_id: res.user_id,
+            email: res.email,
+            admin: res.admin,
+            expires,
+        };
         if let Some(cache) = &self.cache
             && expires > SystemTime::now()
         {
@@ -201,7 +239,6 @@ impl Validator {
                     key,
                     Entry {
                         caller: caller.clone(),
-                        expires,
                     },
                 )
                 .await;
@@ -282,6 +319,7 @@ where
             match validator.validate(&token).await {
                 Ok(caller) => {
                     req.extensions_mut().insert(Arc::new(caller));
+                    req.extensions_mut().insert(Bearer(token.into()));
                     inner.call(req).await
                 }
                 Err(failure) => Ok(reject.reject(&failure)),

@@ -111,6 +111,12 @@ pub struct Config {
     #[arg(long, env = "MAX_STORED_PER_USER", value_parser = parse_size, default_value = "10GiB")]
     pub max_stored_per_user: u64,
 
+    /// Longest part of a video converted (after trimming), as `/limits`
+    /// tells clients; converter-svc enforces its own `MAX_INPUT_DURATION`,
+    /// so set both from one value.
+    #[arg(long, env = "MAX_INPUT_DURATION", value_parser = parse_duration, default_value = "4h")]
+    pub max_input_duration: Duration,
+
     /// Live watchers (WatchJobs, /jobs/events) per user on one replica.
     #[arg(long, env = "MAX_WATCHERS_PER_USER", default_value_t = 8)]
     pub max_watchers_per_user: usize,

@@ -8,7 +8,7 @@
 //! and cleans up.
 
 use crate::{
-    auth::Caller,
+    auth::{Bearer, Caller, Validator, failure_status},
     error::{io_store_error, store_error},
     quota::Quotas,
     watch::{Hub, Update},
@@ -60,6 +60,45 @@ pub(crate) struct Media {
     pub(crate) uploads: TaskTracker,
     /// Cancelled when shutdown gives up on the uploads still running.
     pub(crate) abort_uploads: CancellationToken,
+    /// Checks the tokens of long streams again.
+    pub(crate) validator: Validator,
+    /// How often a stream's token is checked again.
+    pub(crate) stream_recheck: Duration,
+}
+
+/// A long stream's token, checked with auth-svc again every `every` (and its
+/// expiry kept), so a logout, a disabled account or an expired token ends the
+/// stream as it would end any request.
+struct StillSignedIn {
+    validator: Validator,
+    bearer: Option<Bearer>,
+    expires: std::time::SystemTime,
+    every: Duration,
+}
+
+impl StillSignedIn {
+    /// Resolves with the status to end the stream with, once the caller is no
+    /// longer signed in.
+    async fn lapses(&mut self) -> Status {
+        loop {
+            let left = self
+                .expires
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            if left < self.every {
+                tokio::time::sleep(left).await;
+                return Status::unauthenticated("the token has expired");
+            }
+            tokio::time::sleep(self.every).await;
+            let Some(bearer) = &self.bearer else {
+                return Status::unauthenticated("not authenticated");
+            };
+            match self.validator.revalidate(bearer.expose()).await {
+                Ok(caller) => self.expires = caller.expires,
+                Err(failure) => return failure_status(&failure),
+            }
+        }
+    }
 }
 
 fn caller<T>(req: &Request<T>) -> Result<Arc<Caller>, Status> {
@@ -74,6 +113,29 @@ fn caller<T>(req: &Request<T>) -> Result<Arc<Caller>, Status> {
 fn parse_id(field: &str, raw: &str) -> Result<ObjectId, Status> {
     ObjectId::parse_str(raw.trim())
         .map_err(|_| svc_kit::error::invalid_argument(field, "is not a valid id"))
+}
+
+/// Longest file name accepted, in bytes (a file system's limit is 255).
+pub(crate) const MAX_FILE_NAME: usize = 1024;
+/// Longest content type accepted, in bytes.
+const MAX_CONTENT_TYPE: usize = 255;
+
+/// An upload's file name and content type are refused, not cut, when they are
+/// longer than any real one: they go into the job and every message about it.
+pub(crate) fn check_names(filename: &str, content_type: &str) -> Result<(), Status> {
+    if filename.len() > MAX_FILE_NAME {
+        return Err(svc_kit::error::invalid_argument(
+            "filename",
+            format!("is longer than {MAX_FILE_NAME} bytes"),
+        ));
+    }
+    if content_type.len() > MAX_CONTENT_TYPE {
+        return Err(svc_kit::error::invalid_argument(
+            "content_type",
+            format!("is longer than {MAX_CONTENT_TYPE} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// A display name: no paths, no control or bidirectional-override
@@ -100,6 +162,10 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+fn too_big_chunk() -> Status {
+    Status::invalid_argument(format!("upload chunks must be at most {MAX_CHUNK} bytes"))
+}
+
 fn too_large(limit: u64) -> Status {
     Status::resource_exhausted(format!(
         "the file is larger than the limit of {} ({limit} bytes)",
@@ -123,6 +189,16 @@ pub(crate) fn human_bytes(n: u64) -> String {
 }
 
 impl Media {
+    /// What keeps a stream's caller signed in while it lasts.
+    fn stream_auth<T>(&self, req: &Request<T>, caller: &Caller) -> StillSignedIn {
+        StillSignedIn {
+            validator: self.validator.clone(),
+            bearer: req.extensions().get::<Bearer>().cloned(),
+            expires: caller.expires,
+            every: self.stream_recheck,
+        }
+    }
+
     /// Tells live watchers, on every replica, about a job.
     pub(crate) fn notify(&self, job: &Job, deleted: bool) {
         let change = media_store::proto::job_changed(job, deleted);
@@ -158,6 +234,7 @@ impl Media {
             }
             None => return Err(Status::aborted("the upload ended before its metadata")),
         };
+        check_names(&meta.filename, &meta.content_type)?;
         let options = media_store::proto::parse_options(meta.options.as_ref())
             .map_err(|e| svc_kit::error::invalid_argument(e.field, e.why))?;
         if let Some(declared) = meta.declared_size_bytes
@@ -340,6 +417,10 @@ impl Media {
                         "the upload ended without a commit message; it was truncated and discarded",
                     ));
                 }
+                Some(Err(s)) if s.code() == tonic::Code::OutOfRange => {
+                    // tonic refused a message over the decoding limit.
+                    return Err(too_big_chunk());
+                }
                 Some(Err(s)) => {
                     // A stream that went silent keeps its code (the client
                     // stalled); anything else broke the stream.
@@ -357,10 +438,7 @@ impl Media {
             match msg.payload {
                 Some(Payload::Chunk(chunk)) => {
                     if chunk.len() > MAX_CHUNK {
-                        return Err(Status::invalid_argument(format!(
-                            "chunks must be at most {MAX_CHUNK} bytes, got {}",
-                            chunk.len()
-                        )));
+                        return Err(too_big_chunk());
                     }
                     total += chunk.len() as u64;
                     if total > self.max_upload {
@@ -703,6 +781,7 @@ impl MediaService for Media {
         };
         let (tx, rx) = mpsc::channel::<Result<WatchJobsResponse, Status>>(16);
         let only_hex = only.map(|i| i.to_hex());
+        let mut still = self.stream_auth(&req, &caller);
         tokio::spawn(async move {
             use watch_jobs_response::Event;
             let send = |e| tx.send(Ok(WatchJobsResponse { event: Some(e) }));
@@ -717,7 +796,17 @@ impl MediaService for Media {
                 }
             }
             loop {
-                let ev = match sub.rx.recv().await {
+                let update = tokio::select! {
+                    // The watcher went away: free its slot now, not at the
+                    // next change.
+                    () = tx.closed() => return,
+                    ended = still.lapses() => {
+                        let _ = tx.try_send(Err(ended));
+                        return;
+                    }
+                    u = sub.rx.recv() => u,
+                };
+                let ev = match update {
                     Ok(Update::Changed(c)) => {
                         let Some(job) = c.job.clone() else { continue };
                         if only_hex.as_ref().is_some_and(|id| *id != job.job_id) {

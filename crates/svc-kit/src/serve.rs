@@ -10,6 +10,11 @@
 //!   closed.
 //! - The peer's address is in each request's extensions
 //!   (`axum::extract::ConnectInfo<SocketAddr>`).
+//! - A connection closed while the client still sends (an answer given
+//!   before the body was read: 413, a refused upload) lingers: what still
+//!   comes is read and dropped for a moment ([`linger`]), so the close does
+//!   not reset the connection and destroy the answer before the client
+//!   reads it.
 
 use crate::accept::{Rewind, count_header_timeout, read_ahead};
 use crate::limits::{ConnLimit, ListenerArgs};
@@ -20,7 +25,7 @@ use hyper_util::{
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpListener,
 };
 use tokio_util::sync::CancellationToken;
@@ -133,7 +138,8 @@ where
         request_timeout(stream, header_timeout).await;
         return Ok(());
     };
-    let stream = Rewind::new(head.map_err(|e| e.to_string())?, stream);
+    let (back, returned) = tokio::sync::oneshot::channel();
+    let stream = Returned::new(Rewind::new(head.map_err(|e| e.to_string())?, stream), back);
     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(req.map(axum::body::Body::new))
@@ -141,7 +147,117 @@ where
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .into_owned();
-    watcher.watch(conn).await.map_err(|e| e.to_string())
+    let served = watcher.watch(conn).await.map_err(|e| e.to_string());
+    // hyper has answered and shut its side down; the socket is ours again.
+    if let Ok(stream) = returned.await {
+        linger(stream).await;
+    }
+    served
+}
+
+/// How long a closing connection waits for more of what the client sends.
+const LINGER_IDLE: Duration = Duration::from_millis(500);
+/// How long a closing connection may keep reading in all.
+const LINGER_MAX: Duration = Duration::from_secs(3);
+
+/// Reads and drops what the client still sends, until it stops (or closes)
+/// or [`LINGER_MAX`], before the socket is closed: closing a socket with
+/// unread data makes the kernel reset the connection, and a client still
+/// sending its body would lose the answer that was already on its way.
+async fn linger<S: AsyncRead + Unpin>(mut stream: S) {
+    let mut sink = vec![0u8; 16 << 10];
+    let _ = tokio::time::timeout(LINGER_MAX, async {
+        while let Ok(Ok(n)) = tokio::time::timeout(LINGER_IDLE, stream.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// An I/O stream handed back through a channel when the one using it drops
+/// it (hyper's connection owns it until then).
+struct Returned<S> {
+    inner: Option<S>,
+    back: Option<tokio::sync::oneshot::Sender<S>>,
+}
+
+impl<S> Returned<S> {
+    fn new(inner: S, back: tokio::sync::oneshot::Sender<S>) -> Self {
+        Self {
+            inner: Some(inner),
+            back: Some(back),
+        }
+    }
+
+    fn io(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut S>
+    where
+        S: Unpin,
+    {
+        std::pin::Pin::new(
+            self.get_mut()
+                .inner
+                .as_mut()
+                .expect("present until dropped"),
+        )
+    }
+}
+
+impl<S> Drop for Returned<S> {
+    fn drop(&mut self) {
+        if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take()) {
+            let _ = back.send(inner);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Returned<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Returned<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(AsyncWrite::is_write_vectored)
+    }
 }
 
 /// Reads until the end of the first request's head (its blank line; the

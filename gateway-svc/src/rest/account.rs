@@ -49,12 +49,8 @@ pub(super) async fn change_password(
     headers: HeaderMap,
     body: Result<Json<NewPassword>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<TokenJson>, ApiError> {
-    let Json(body) = body.map_err(|e| {
-        ApiError::bad_request(format!(
-            "expected JSON {{\"current_password\", \"new_password\"}} ({})",
-            e.body_text()
-        ))
-    })?;
+    let Json(body) =
+        body.map_err(|e| json_rejection("{\"current_password\", \"new_password\"}", &e))?;
     // Whose tokens to forget afterwards: all of them stop validating.
     let user = match bearer(&headers) {
         Some(token) => edge.validator.validate(token).await.ok().map(|c| c.user_id),
@@ -98,9 +94,7 @@ async fn set_disabled(
     body: Result<Json<Whom>, axum::extract::rejection::JsonRejection>,
     disabled: bool,
 ) -> Result<Json<UserJson>, ApiError> {
-    let Json(whom) = body.map_err(|e| {
-        ApiError::bad_request(format!("expected JSON {{\"email\"}} ({})", e.body_text()))
-    })?;
+    let Json(whom) = body.map_err(|e| json_rejection("{\"email\"}", &e))?;
     let user = edge
         .auth
         .clone()
@@ -139,4 +133,19 @@ pub(super) async fn enable_user(
     body: Result<Json<Whom>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<UserJson>, ApiError> {
     set_disabled(edge, headers, body, false).await
+}
+
+/// A JSON body the extractor refused: too large is 413, the wrong media type
+/// 415, anything else 400; each says what was expected.
+fn json_rejection(expected: &str, e: &axum::extract::rejection::JsonRejection) -> ApiError {
+    let message = format!("expected JSON {expected} ({})", e.body_text());
+    match e.status() {
+        http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(tonic::Code::ResourceExhausted, message).with_status(e.status())
+        }
+        http::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::bad_request(message).with_status(e.status())
+        }
+        _ => ApiError::bad_request(message),
+    }
 }

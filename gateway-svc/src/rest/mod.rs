@@ -17,6 +17,7 @@
 //! multipart, a bad query, a method not allowed), is JSON `{code, message}`.
 
 mod account;
+mod form;
 mod jobs;
 mod upload;
 pub(crate) mod web;
@@ -29,7 +30,7 @@ use crate::{
 use axum::{
     Json, Router,
     body::Body,
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State},
+    extract::{ConnectInfo, FromRequestParts, State},
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -61,7 +62,22 @@ pub(crate) struct Edge {
 pub(crate) struct Limits {
     pub(crate) max_upload_bytes: u64,
     pub(crate) max_uploads_at_once: u64,
+    pub(crate) max_waiting_jobs: u64,
     pub(crate) max_stored_bytes: u64,
+    pub(crate) max_watchers: usize,
+    pub(crate) max_duration_seconds: u64,
+}
+
+impl Limits {
+    /// The bounds of an upload's multipart body: the file, plus a little for
+    /// the framing and option fields.
+    pub(crate) fn form_bounds(&self) -> form::Bounds {
+        form::Bounds {
+            preamble: 4 << 10,
+            part_headers: 8 << 10,
+            body: self.max_upload_bytes.saturating_add(1 << 20),
+        }
+    }
 }
 
 impl From<&Config> for Limits {
@@ -69,7 +85,10 @@ impl From<&Config> for Limits {
         Self {
             max_upload_bytes: c.max_upload_size,
             max_uploads_at_once: c.max_uploads_per_user,
+            max_waiting_jobs: c.max_waiting_jobs_per_user,
             max_stored_bytes: c.max_stored_per_user,
+            max_watchers: c.max_watchers_per_user,
+            max_duration_seconds: c.max_input_duration.as_secs(),
         }
     }
 }
@@ -93,15 +112,8 @@ impl Reject<Body> for JsonReject {
 
 pub(crate) fn router(edge: Edge) -> Router {
     let validator = edge.validator.clone();
-    // Multipart framing adds a little to the file; anything beyond this is
-    // refused by the body limit before the gRPC side sees it.
-    let body_limit =
-        usize::try_from(edge.limits.max_upload_bytes.saturating_add(1 << 20)).unwrap_or(usize::MAX);
     let protected = Router::new()
-        .route(
-            "/upload",
-            post(upload::upload).layer(axum::extract::DefaultBodyLimit::max(body_limit)),
-        )
+        .route("/upload", post(upload::upload))
         .route("/download", get(jobs::download))
         .route("/jobs", get(jobs::list))
         .route("/jobs/events", get(jobs::events))
@@ -113,10 +125,15 @@ pub(crate) fn router(edge: Edge) -> Router {
         .route("/limits", get(limits))
         .route("/login", post(login))
         // auth-svc checks the token of these itself.
-        .route("/logout", post(account::logout))
-        .route("/password", post(account::change_password))
-        .route("/admin/users/disable", post(account::disable_user))
-        .route("/admin/users/enable", post(account::enable_user))
+        .merge(
+            Router::new()
+                .route("/logout", post(account::logout))
+                .route("/password", post(account::change_password))
+                .route("/admin/users/disable", post(account::disable_user))
+                .route("/admin/users/enable", post(account::enable_user))
+                // Their bodies are a few small JSON fields.
+                .layer(axum::extract::DefaultBodyLimit::max(16 << 10)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(protected)
@@ -139,12 +156,19 @@ async fn readyz(State(edge): State<Edge>) -> impl IntoResponse {
 }
 
 async fn limits(State(edge): State<Edge>) -> Json<serde_json::Value> {
+    use media_store::options::MIN_TRIMMED;
     use media_store::options::{BITRATE_KBPS, QUALITY};
+    let l = &edge.limits;
     Json(serde_json::json!({
-        "max_upload_bytes": edge.limits.max_upload_bytes,
-        "max_uploads_at_once": edge.limits.max_uploads_at_once,
-        "max_stored_bytes": edge.limits.max_stored_bytes,
+        "max_upload_bytes": l.max_upload_bytes,
+        "max_uploads_at_once": l.max_uploads_at_once,
+        "max_waiting_jobs": l.max_waiting_jobs,
+        "max_stored_bytes": l.max_stored_bytes,
+        "max_watchers": l.max_watchers,
+        // Of the part converted (after trimming), not of the whole file.
+        "max_duration_seconds": l.max_duration_seconds,
         "options": {
+            "min_trimmed_seconds": MIN_TRIMMED,
             "bitrate_kbps": { "min": BITRATE_KBPS.start(), "max": BITRATE_KBPS.end() },
             "quality": { "min": QUALITY.start(), "max": QUALITY.end() },
             "channels": ["source", "mono", "stereo"],
@@ -176,26 +200,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| Self(q.0))
             .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
-    }
-}
-
-/// `Multipart` whose rejection (not a multipart body) is our JSON error.
-#[derive(Debug)]
-pub(crate) struct ApiMultipart(pub(crate) axum::extract::Multipart);
-
-impl<S: Send + Sync> FromRequest<S> for ApiMultipart {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Multipart::from_request(req, state)
-            .await
-            .map(Self)
-            .map_err(|e| {
-                ApiError::bad_request(format!(
-                    "expected a multipart/form-data body with a `file` part ({})",
-                    e.body_text()
-                ))
-            })
     }
 }
 

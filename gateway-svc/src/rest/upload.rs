@@ -9,10 +9,11 @@
 //! after the file, a broken connection, a body over the limit) drops the
 //! stream without a commit, and the gRPC side discards the partial upload.
 
-use super::{ApiMultipart, Edge, forward, jobs::JobJson};
+use super::{Edge, form, forward, jobs::JobJson};
 use crate::{error::ApiError, media::MAX_CHUNK};
 use axum::{
     Json,
+    body::Body,
     extract::State,
     http::{HeaderMap, StatusCode},
 };
@@ -24,6 +25,10 @@ use tonic::Code;
 use tracing::Instrument;
 
 const ONE_FILE: &str = "exactly 1 file required";
+
+/// The part that carries the file when it has no file name (`curl -F file=@x`
+/// always sends one).
+const FILE_FIELD: &str = "file";
 
 /// Longest value of an option field; anything longer is not an option.
 const MAX_FIELD: usize = 64;
@@ -69,8 +74,9 @@ fn set_option(raw: &mut RawOptions, name: &str, value: &str) -> Result<(), ApiEr
 pub(super) async fn upload(
     State(edge): State<Edge>,
     headers: HeaderMap,
-    ApiMultipart(mut multipart): ApiMultipart,
+    body: Body,
 ) -> Result<Json<JobJson>, ApiError> {
+    let mut multipart = form::open(&headers, body, edge.limits.form_bounds())?;
     let (tx, rx) = mpsc::channel::<UploadRequest>(8);
     let req = forward(&headers, ReceiverStream::new(rx));
     let client = edge.media.clone();
@@ -91,30 +97,40 @@ pub(super) async fn upload(
         let mut total: u64 = 0;
         let mut req = Some(req);
         while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
-            let Some(file_name) = field.file_name().map(str::to_owned) else {
-                // An option field: before the file, and short.
-                let name = field.name().unwrap_or_default().to_owned();
-                if files > 0 {
-                    return Err(ApiError::bad_request(format!(
-                        "form field `{name}` must come before the file"
-                    )));
-                }
-                let mut value = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                    value.extend_from_slice(&chunk);
-                    if value.len() > MAX_FIELD {
+            let name = field.name().unwrap_or_default().to_owned();
+            // The file is the part with a file name, or the one named `file`.
+            let file_name = match field.file_name() {
+                Some(f) => f.to_owned(),
+                None if name == FILE_FIELD => String::new(),
+                None => {
+                    // An option field: before the file, and short.
+                    if files > 0 {
                         return Err(ApiError::bad_request(format!(
-                            "form field `{name}` is too long"
+                            "form field `{name}` must come before the file"
                         )));
                     }
+                    let mut value = Vec::new();
+                    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                        value.extend_from_slice(&chunk);
+                        if value.len() > MAX_FIELD {
+                            return Err(ApiError::bad_request(format!(
+                                "form field `{name}` is too long (at most {MAX_FIELD} bytes)"
+                            )));
+                        }
+                    }
+                    set_option(&mut options, &name, &String::from_utf8_lossy(&value))?;
+                    continue;
                 }
-                set_option(&mut options, &name, &String::from_utf8_lossy(&value))?;
-                continue;
             };
             files += 1;
             if files > 1 {
                 return Err(ApiError::bad_request(ONE_FILE));
             }
+            let content_type = field
+                .content_type()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            crate::media::check_names(&file_name, &content_type)?;
             let options = options.clone().validate().map_err(invalid)?;
             if let Some(req) = req.take() {
                 let mut client = client.clone();
@@ -124,7 +140,7 @@ pub(super) async fn upload(
             }
             let meta = UploadMetadata {
                 filename: file_name,
-                content_type: field.content_type().unwrap_or_default().to_owned(),
+                content_type,
                 declared_size_bytes: None,
                 options: Some(media_store::proto::options(&options)),
             };
@@ -178,7 +194,7 @@ pub(super) async fn upload(
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+fn multipart_error(e: multer::Error) -> ApiError {
     // A client that stopped sending (slowloris, a stalled upload).
     if svc_kit::limits::BodyIdle::in_chain(&e) {
         return ApiError::new(
@@ -187,13 +203,10 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
         )
         .with_status(StatusCode::REQUEST_TIMEOUT);
     }
-    let status = e.status();
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        Code::ResourceExhausted
-    } else {
-        Code::InvalidArgument
-    };
-    ApiError::new(code, format!("bad upload body: {}", e.body_text())).with_status(status)
+    if let Some(bound) = form::FormError::in_chain(&e) {
+        return form::error(bound);
+    }
+    ApiError::bad_request(format!("bad upload body: {e}"))
 }
 
 #[cfg(test)]

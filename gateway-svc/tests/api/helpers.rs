@@ -8,7 +8,10 @@ use media_store::{
     mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
-    auth::v1::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
+    auth::v1::{
+        CreateUserRequest, LoginRequest, SetUserDisabledRequest,
+        auth_service_client::AuthServiceClient, set_user_disabled_request,
+    },
     media::v1::media_service_client::MediaServiceClient,
 };
 use std::{net::SocketAddr, time::Duration};
@@ -27,8 +30,13 @@ pub struct Auth {
 
 impl Auth {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// auth-svc with extra flags (e.g. `--token-ttl`).
+    pub async fn start_with(extra: &[&str]) -> Self {
         let db = test_kit::Stack::from_env().fresh_database("gwauth").await;
-        let cli = auth_svc::config::Cli::try_parse_from([
+        let base = [
             "auth-svc",
             "--grpc-addr",
             "127.0.0.1:0",
@@ -47,8 +55,8 @@ impl Auth {
             "1024",
             "--argon2-iterations",
             "1",
-        ])
-        .unwrap();
+        ];
+        let cli = auth_svc::config::Cli::try_parse_from(base.iter().chain(extra)).unwrap();
         let app = auth_svc::app::App::build(cli.config).await.unwrap();
         let addr = app.grpc_addr();
         let token = CancellationToken::new();
@@ -185,10 +193,9 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Creates a user through auth-svc and logs them in.
-    pub async fn user(&self) -> User {
-        let mut auth = self.auth_client().await;
-        let admin = auth
+    async fn admin_token(&self) -> String {
+        self.auth_client()
+            .await
             .login(LoginRequest {
                 email: ADMIN.0.into(),
                 password: ADMIN.1.into(),
@@ -196,7 +203,30 @@ impl TestApp {
             .await
             .unwrap()
             .into_inner()
-            .token;
+            .token
+    }
+
+    /// Disables a user straight through auth-svc, as an admin (no gateway
+    /// replica hears of it).
+    pub async fn disable_user(&self, email: &str) {
+        let mut req = Request::new(SetUserDisabledRequest {
+            user: Some(set_user_disabled_request::User::Email(email.to_owned())),
+            disabled: true,
+        });
+        let admin = self.admin_token().await;
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        self.auth_client()
+            .await
+            .set_user_disabled(req)
+            .await
+            .unwrap();
+    }
+
+    /// Creates a user through auth-svc and logs them in.
+    pub async fn user(&self) -> User {
+        let mut auth = self.auth_client().await;
+        let admin = self.admin_token().await;
         let email = format!("{}@example.com", test_kit::unique_name("u"));
         let password = "user password 1".to_owned();
         let mut req = Request::new(CreateUserRequest {

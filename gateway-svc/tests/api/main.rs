@@ -9,5 +9,6 @@ mod auth;
 mod jobs;
 mod lifecycle;
 mod limits;
+mod probes;
 mod revocation;
 mod transfer;
