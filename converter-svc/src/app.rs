@@ -8,7 +8,7 @@ use amqp_kit::{
     broadcast::Broadcaster,
     consumer::{self, ConsumerConfig},
 };
-use media_store::Store;
+use media_store::{Jobs, Store};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use svc_kit::health::Health;
 use tokio::net::TcpListener;
@@ -19,6 +19,8 @@ pub struct App {
     admin_listener: TcpListener,
     health: Health,
     store: Store,
+    jobs: Jobs,
+    publisher: Publisher,
     converter: Converter,
     sweeps: tokio::sync::mpsc::Receiver<media_store::mongodb::bson::oid::ObjectId>,
 }
@@ -46,6 +48,16 @@ impl App {
             uuid::Uuid::new_v4().simple()
         );
         store.ensure_indexes().await?;
+        let jobs = Jobs::connect(
+            &config.jobs_db,
+            "converter-svc",
+            media_store::Routes {
+                video_queue: config.video_queue.clone(),
+                mp3_queue: config.mp3_queue.clone(),
+                delete_sources: config.delete_source,
+            },
+        )
+        .await?;
         let work_root = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         let (work, stale) = WorkDir::create(&work_root, &instance)?;
         if stale > 0 {
@@ -60,15 +72,14 @@ impl App {
         let (sweeper, sweeps) = Sweeper::new();
         let converter = Converter {
             store: store.clone(),
+            jobs: jobs.clone(),
             instance,
             lease_ttl: config.lease_ttl,
-            publisher,
             job_events: Broadcaster::start(
                 config.amqp_url.clone(),
                 "converter-svc-events",
                 config.job_events_exchange.clone(),
             ),
-            mp3_queue: config.mp3_queue.clone(),
             settings: Settings {
                 job_timeout: config.job_timeout,
                 max_input_duration: config.max_input_duration,
@@ -88,7 +99,7 @@ impl App {
                 commit_wait: Duration::from_secs(15),
             },
         };
-        let (health, _grpc_health) = Health::new(&["rabbitmq", "mongodb"]).await;
+        let (health, _grpc_health) = Health::new(&["rabbitmq", "mongodb", "postgresql"]).await;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
         tracing::info!(admin = %admin_listener.local_addr()?, "converter-svc listening");
         Ok(Self {
@@ -96,6 +107,8 @@ impl App {
             admin_listener,
             health,
             store,
+            jobs,
+            publisher,
             converter,
             sweeps,
         })
@@ -115,8 +128,12 @@ impl App {
             svc_kit::admin::router(self.health.clone()),
             token.clone(),
         ));
+        let relay = tokio::spawn(
+            media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).run(token.clone()),
+        );
         let probe = tokio::spawn(probe(
             self.store.clone(),
+            self.jobs.clone(),
             self.health.clone(),
             self.config.health_interval,
             token.clone(),
@@ -129,7 +146,11 @@ impl App {
             concurrency: self.config.concurrency,
             grace: self.config.shutdown_grace,
         };
-        let sweeper = tokio::spawn(crate::sweeper::run(self.store.clone(), self.sweeps));
+        let sweeper = tokio::spawn(crate::sweeper::run(
+            self.store.clone(),
+            self.jobs.clone(),
+            self.sweeps,
+        ));
         self.health.drain_on(token.clone());
         let live = (self.config.live_concurrency > 0).then(|| {
             let cfg = ConsumerConfig {
@@ -160,6 +181,14 @@ impl App {
         {
             tracing::info!("sources still queued for deletion are left to the janitor");
         }
+        // The outcomes of the last conversions go out before we stop (any
+        // relay would send them later anyway).
+        let _ = relay.await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).drain(),
+        )
+        .await;
         probe.abort();
         admin.abort();
         tracing::info!("converter-svc stopped");
@@ -167,12 +196,27 @@ impl App {
     }
 }
 
-async fn probe(store: Store, health: Health, interval: Duration, token: CancellationToken) {
+async fn probe(
+    store: Store,
+    jobs: Jobs,
+    health: Health,
+    interval: Duration,
+    token: CancellationToken,
+) {
     svc_kit::health::every(interval, token, || async {
-        let store = store.clone();
-        let ok = svc_kit::health::within(Duration::from_secs(1), async move { store.ping().await })
-            .await;
-        health.set("mongodb", ok).await;
+        let limit = Duration::from_secs(1);
+        let (mongo, pg) = tokio::join!(
+            svc_kit::health::within(limit, {
+                let store = store.clone();
+                async move { store.ping().await }
+            }),
+            svc_kit::health::within(limit, {
+                let jobs = jobs.clone();
+                async move { jobs.ping().await }
+            }),
+        );
+        health.set("mongodb", mongo).await;
+        health.set("postgresql", pg).await;
     })
     .await;
 }

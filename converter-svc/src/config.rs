@@ -71,9 +71,13 @@ pub struct Config {
     #[arg(long, env = "CONCURRENCY", default_value_t = 2)]
     pub concurrency: u16,
 
-    /// MongoDB URL (GridFS and jobs).
+    /// MongoDB URL (GridFS: videos and MP3s).
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Secret,
+
+    /// The jobs (PostgreSQL).
+    #[command(flatten)]
+    pub jobs_db: media_store::DatabaseArgs,
 
     /// MongoDB database.
     #[arg(long, env = "MONGODB_DATABASE", default_value = "mp3converter")]

@@ -59,10 +59,13 @@ pub(crate) struct Converted {
     pub(crate) id: media_store::mongodb::bson::oid::ObjectId,
     pub(crate) size_bytes: u64,
     pub(crate) duration_seconds: f64,
+    /// What the user should know (see `media_store::Job::notes`).
+    pub(crate) notes: Vec<String>,
 }
 
 pub(crate) struct Context<'a> {
     pub(crate) store: &'a Store,
+    pub(crate) jobs: &'a media_store::Jobs,
     pub(crate) work: &'a WorkDir,
     pub(crate) settings: &'a Settings,
     /// Called with the percentage done, at most once per interval.
@@ -252,6 +255,7 @@ pub(crate) async fn run(
             id: sink.id(),
             size_bytes: size,
             duration_seconds: duration,
+            notes: Vec::new(),
         }),
         Err(SinkError::Store(e)) if media_store::is_duplicate_key(&e) => {
             // Another converter stored this video's MP3 first (one per video):
@@ -285,7 +289,7 @@ async fn open_live(
     live: crate::live::Settings,
     read_span: &tracing::Span,
 ) -> Result<(input::Chunks, bytes::Bytes, Plan, input::Declared), Failure> {
-    let mut follow = crate::live::Follow::new(ctx.store, job.id, live);
+    let mut follow = crate::live::Follow::new(ctx.store, ctx.jobs, job.id, live);
     let first = follow
         .next_chunk()
         .instrument(read_span.clone())
@@ -311,14 +315,14 @@ async fn open_stored(
 ) -> Result<(input::Chunks, bytes::Bytes, Plan, input::Declared), Failure> {
     let file = ctx
         .store
-        .videos(job.id)
+        .videos
         .find_one(doc! { "_id": job.id })
         .await
         .map_err(|e| Failure::Transient(format!("finding the video: {e}")))?
         .ok_or_else(|| Failure::Permanent("the uploaded video is no longer stored".into()))?;
     let info = FileInfo::from(&file);
     read_span.record("bytes", info.length);
-    let bucket = ctx.store.video_files(job.id);
+    let bucket = &ctx.store.video_files;
     let mut stream = bucket.stream(info.clone(), 0, READ_BATCH_CHUNKS);
     let first = stream
         .next_chunk()

@@ -1,34 +1,31 @@
-//! One `VideoUploaded`, start to finish. The MP3 is stored, the job marked
-//! done and `Mp3Ready` confirmed by the broker before the delivery is acked;
-//! every step can be repeated after a crash without a second conversion, and
-//! every accepted upload ends in exactly one outcome: done or failed.
+//! One `VideoUploaded`, start to finish. The MP3 is stored and the job
+//! marked done, its `Mp3Ready` in the outbox in the same transaction, before
+//! the delivery is acked; every step can be repeated after a crash without a
+//! second conversion, and every accepted upload ends in exactly one outcome:
+//! done or failed.
 //!
 //! Redeliveries meet the job's state machine ([`media_store::jobs`]): a job
 //! another converter holds under a live lease is deferred until the lease
-//! can have run out (never counted as a failure), a finished job whose
-//! outcome is not yet confirmed published is announced (under its one event
-//! id: consumers dedupe) and one whose outcome is confirmed is left alone,
-//! and only the lease holder, or anyone once no live lease exists, may
-//! finish a job.
+//! can have run out (never counted as a failure), a finished job is left
+//! alone (its outcome went out with the transition), and only the lease
+//! holder, or anyone once no live lease exists, may finish a job.
 
 use crate::{
     convert::{Converted, Failure},
     workdir::WorkDir,
 };
 use amqp_kit::{
-    Publisher,
     broadcast::Broadcaster,
     consumer::{Handler, Outcome},
-    event_properties,
     lapin::message::Delivery,
 };
 use media_store::{
-    Claim, Finish, Job, JobState, Mp3Facts, Store,
+    Claim, Finish, Job, JobState, Jobs, Mp3Facts, Store,
     mongodb::{bson::oid::ObjectId, gridfs::FilesCollectionDocument},
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{ConversionFailed, JobChanged, Mp3Ready, UploadStarted, VideoUploaded},
+    events::v1::{JobChanged, UploadStarted, VideoUploaded},
 };
 use std::{
     collections::HashSet,
@@ -43,13 +40,14 @@ const RETRIES_EXHAUSTED: &str = "we could not convert it after several tries bec
 
 #[derive(Debug, Clone)]
 pub(crate) struct Converter {
+    /// The bytes (GridFS).
     pub(crate) store: Store,
+    /// The jobs (PostgreSQL).
+    pub(crate) jobs: Jobs,
     /// This process, as lease holder.
     pub(crate) instance: String,
     pub(crate) lease_ttl: Duration,
-    pub(crate) publisher: Publisher,
     pub(crate) job_events: Broadcaster,
-    pub(crate) mp3_queue: String,
     pub(crate) settings: crate::convert::Settings,
     pub(crate) work: Arc<WorkDir>,
     /// How long MP3s are kept; `None`: forever.
@@ -104,7 +102,7 @@ impl Drop for Active {
     }
 }
 
-fn transient(what: &str) -> impl FnOnce(media_store::mongodb::error::Error) -> String + '_ {
+fn transient<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
@@ -147,12 +145,7 @@ impl Handler for Converter {
 
 impl Converter {
     async fn process(&self, id: ObjectId, abandon: CancellationToken) -> Outcome {
-        let claim = match self
-            .store
-            .jobs
-            .claim(id, &self.instance, self.lease_ttl)
-            .await
-        {
+        let claim = match self.jobs.claim(id, &self.instance, self.lease_ttl).await {
             Ok(c) => c,
             Err(e) => return Outcome::Retry(transient("claiming the job")(e)),
         };
@@ -169,7 +162,12 @@ impl Converter {
                 tracing::info!(job_id = %id, "the job is gone; dropping the event");
                 return Outcome::Ack;
             }
-            Claim::Finished(job) => return self.repeat_outcome(&job).await,
+            Claim::Finished(job) => {
+                // Its outcome went out with the transition; only the source
+                // may still be ours to delete (a crash before it was).
+                self.delete_source(&job).await;
+                return Outcome::Ack;
+            }
         };
         self.notify(&job, false);
         let started = std::time::Instant::now();
@@ -266,7 +264,7 @@ impl Converter {
         let live = matches!(source, crate::convert::Source::Live(_));
         let renewer = {
             let (jobs, lost, me, ttl) = (
-                self.store.jobs.clone(),
+                self.jobs.clone(),
                 lost.clone(),
                 self.instance.clone(),
                 self.lease_ttl,
@@ -277,16 +275,12 @@ impl Converter {
                 loop {
                     tick.tick().await;
                     // A live conversion holds its claim until the commit and
-                    // the job's lease after it (once the gateway is done
-                    // with the job).
+                    // the job's lease after it.
                     let renewed = async {
-                        let kept = if live {
-                            let claim = jobs.renew_live(id, &me, ttl).await?;
-                            jobs.renew_published(id, &me, ttl).await? || claim
-                        } else {
-                            jobs.renew(id, &me, ttl).await?
-                        };
-                        Ok::<_, media_store::mongodb::error::Error>(kept)
+                        if live && jobs.renew_live(id, &me, ttl).await? {
+                            return Ok(true);
+                        }
+                        jobs.renew(id, &me, ttl).await
                     };
                     match renewed.await {
                         Ok(true) => {}
@@ -312,9 +306,7 @@ impl Converter {
                     let Some(percent) = *latest.borrow_and_update() else {
                         continue;
                     };
-                    if let Ok(Some(job)) =
-                        this.store.jobs.progress(id, &this.instance, percent).await
-                    {
+                    if let Ok(Some(job)) = this.jobs.progress(id, &this.instance, percent).await {
                         this.notify(&job, false);
                     }
                 }
@@ -326,6 +318,7 @@ impl Converter {
             };
             let ctx = crate::convert::Context {
                 store: &self.store,
+                jobs: &self.jobs,
                 work: &self.work,
                 settings: &self.settings,
                 progress: &report,
@@ -352,13 +345,9 @@ impl Converter {
             size_bytes: mp3.size_bytes,
             duration_seconds: mp3.duration_seconds,
             expires_at: self.retention.map(|r| SystemTime::now() + r),
+            notes: mp3.notes.clone(),
         };
-        let done = match self
-            .store
-            .jobs
-            .finish_done(id, Some(&self.instance), facts)
-            .await
-        {
+        let done = match self.jobs.finish_done(id, Some(&self.instance), facts).await {
             Ok(Finish::Moved(j) | Finish::AlreadyThere(j)) => j,
             Ok(Finish::Refused(now)) => {
                 // Deleted (or failed) while we converted: the MP3 must not
@@ -386,37 +375,16 @@ impl Converter {
         metrics::counter!("mp3converter_conversions_total", "outcome" => "done").increment(1);
         tracing::info!(job_id = %id, seconds = mp3.duration_seconds, bytes = mp3.size_bytes, "converted");
         self.notify(&done, false);
-        // The user hears first; deleting the source (retention) follows, off
-        // this slot and batched with others (see `sweeper`). The ready email
-        // says nothing about the source, and a redelivery (announce failed)
-        // deletes it in `repeat_outcome`.
-        if let Err(e) = self.announce(&done).await {
-            return Outcome::Retry(e);
-        }
+        // Deleting the source (retention) follows, off this slot and batched
+        // with others (see `sweeper`); what it misses, the janitor deletes.
         if self.delete_source && !done.source_deleted {
             self.sweeper.delete(done.id);
         }
         Outcome::Ack
     }
 
-    /// A finished job met again (a redelivery, the job's own event after a
-    /// live conversion): its outcome goes out if it was never confirmed
-    /// published. Once confirmed it is not sent again: the broker holds it,
-    /// and the janitor announces it again if no receipt comes back.
-    async fn repeat_outcome(&self, job: &Job) -> Outcome {
-        let job = self.delete_source(job).await;
-        if job.announced == Some(true) {
-            tracing::debug!(job_id = %job.id, "finished and announced already; nothing to do");
-            return Outcome::Ack;
-        }
-        match self.announce(&job).await {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::Retry(e),
-        }
-    }
-
-    /// Fails the job (if `lease` may: see [`media_store::Jobs::finish_failed`])
-    /// and tells the user once.
+    /// Fails the job (if `lease` may: see [`media_store::Jobs::finish_failed`]);
+    /// its outcome goes out with the transition.
     async fn fail(
         &self,
         id: ObjectId,
@@ -425,7 +393,6 @@ impl Converter {
         kind: media_store::FailureKind,
     ) -> Result<(), String> {
         let job = match self
-            .store
             .jobs
             .finish_failed(id, lease, reason, kind)
             .await
@@ -440,82 +407,39 @@ impl Converter {
             // stands, and nothing is said here.
             Finish::Refused(_) => return Ok(()),
         };
-        let job = self.delete_source(&job).await;
-        self.announce(&job).await
+        self.delete_source(&job).await;
+        Ok(())
     }
 
-    /// Deletes the uploaded video if the policy says so; the job as it is
-    /// after.
-    async fn delete_source(&self, job: &Job) -> Job {
+    /// Deletes the uploaded video of a finished job if the policy says so
+    /// (what fails here, the janitor deletes later).
+    async fn delete_source(&self, job: &Job) {
         if !self.delete_source || job.source_deleted {
-            return job.clone();
+            return;
         }
         let deleted = async {
-            media_store::gridfs::delete_file(self.store.video_files(job.id), &job.id.into())
-                .await?;
-            self.store.jobs.mark_source_deleted(job.id).await
+            media_store::gridfs::delete_file(&self.store.video_files, &job.id.into())
+                .await
+                .map_err(|e| e.to_string())?;
+            self.jobs
+                .mark_sources_deleted(&[job.id])
+                .await
+                .map_err(|e| e.to_string())
         }
         .await;
-        match deleted {
-            Ok(()) => Job {
-                source_deleted: true,
-                ..job.clone()
-            },
-            Err(e) => {
-                // The janitor deletes it later; the email must not say so.
-                tracing::warn!(job_id = %job.id, error = %e, "deleting the source video failed");
-                job.clone()
-            }
+        if let Err(e) = deleted {
+            tracing::warn!(job_id = %job.id, error = %e, "deleting the source video failed; the janitor will");
         }
     }
 
     async fn release(&self, id: ObjectId) {
-        match self.store.jobs.release(id, &self.instance).await {
+        match self.jobs.release(id, &self.instance).await {
             Ok(Some(job)) => self.notify(&job, false),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(job_id = %id, error = %e, "releasing the job failed; its lease will expire")
             }
         }
-    }
-
-    /// Publishes the job's outcome (confirmed), then records that it was.
-    async fn announce(&self, job: &Job) -> Result<(), String> {
-        let (kind, event_id, payload) = match job.state {
-            JobState::Done => {
-                let e = media_store::proto::mp3_ready(job);
-                (
-                    Mp3Ready::TYPE,
-                    e.event_id.clone(),
-                    prost::Message::encode_to_vec(&e),
-                )
-            }
-            _ => {
-                let e = media_store::proto::conversion_failed(job);
-                (
-                    ConversionFailed::TYPE,
-                    e.event_id.clone(),
-                    prost::Message::encode_to_vec(&e),
-                )
-            }
-        };
-        self.publish(kind, &event_id, &payload).await?;
-        if let Err(e) = self.store.jobs.mark_announced(job.id).await {
-            // The janitor announces it again; the event id makes it one email.
-            tracing::warn!(job_id = %job.id, error = %e, "recording the announcement failed");
-        }
-        Ok(())
-    }
-
-    async fn publish(&self, kind: &str, event_id: &str, payload: &[u8]) -> Result<(), String> {
-        self.publisher
-            .publish(
-                &self.mp3_queue,
-                payload,
-                event_properties(kind, event_id, Default::default()),
-            )
-            .await
-            .map_err(|e| format!("publishing {kind}: {e}"))
     }
 
     /// Tells live watchers (WatchJobs, the web app) about the job.
@@ -563,7 +487,7 @@ impl Handler for Live {
 
 /// What became of a job once ffmpeg was done with its upload.
 enum Committed {
-    /// Ours, converting, its `VideoUploaded` confirmed.
+    /// Ours, converting (accepted: its `VideoUploaded` is in the outbox).
     Yes(Box<Job>),
     /// Discarded, deleted or failed meanwhile.
     Gone,
@@ -576,7 +500,6 @@ impl Converter {
     /// failure gives the job back to the `VideoUploaded` path.
     async fn process_live(&self, id: ObjectId, abandon: CancellationToken) -> &'static str {
         let job = match self
-            .store
             .jobs
             .claim_live(id, &self.instance, self.lease_ttl)
             .await
@@ -641,7 +564,7 @@ impl Converter {
     }
 
     /// The MP3 of a live conversion is stored: once the gateway has committed
-    /// the upload to us and confirmed its event, the job is done.
+    /// the upload to us, the job is done.
     async fn finish_live(
         &self,
         id: ObjectId,
@@ -676,20 +599,17 @@ impl Converter {
         }
     }
 
-    /// Waits for the gateway to commit the upload to us and confirm its
-    /// event (so the job is accepted before it can be done). Only reads the
-    /// job: until then the gateway writes it.
+    /// Waits for the gateway to commit the upload to us (so the job is
+    /// accepted before it can be done).
     async fn committed(&self, id: ObjectId) -> Committed {
         let until = tokio::time::Instant::now() + self.live.commit_wait;
         loop {
-            match self.store.jobs.get(id).await {
+            match self.jobs.get(id).await {
                 Ok(Some(j))
                     if j.state == JobState::Converting
                         && j.lease_holder.as_deref() == Some(self.instance.as_str()) =>
                 {
-                    if j.published {
-                        return Committed::Yes(Box::new(j));
-                    }
+                    return Committed::Yes(Box::new(j));
                 }
                 Ok(Some(j)) if j.state == JobState::Uploading => {}
                 // Discarded (its event could not go out), deleted, or failed:
@@ -706,7 +626,6 @@ impl Converter {
                 return Committed::NotYet;
             }
             if let Err(e) = self
-                .store
                 .jobs
                 .renew_live(id, &self.instance, self.lease_ttl)
                 .await
@@ -721,7 +640,7 @@ impl Converter {
     /// commit that read our claim may land just after it was dropped).
     async fn committed_to_us(&self, id: ObjectId) -> bool {
         for _ in 0..3 {
-            match self.store.jobs.get(id).await {
+            match self.jobs.get(id).await {
                 Ok(Some(j)) if j.state == JobState::Converting => {
                     return j.lease_holder.as_deref() == Some(self.instance.as_str());
                 }
@@ -734,7 +653,7 @@ impl Converter {
     }
 
     async fn drop_claim(&self, id: ObjectId) {
-        if let Err(e) = self.store.jobs.drop_live(id, &self.instance).await {
+        if let Err(e) = self.jobs.drop_live(id, &self.instance).await {
             tracing::warn!(job_id = %id, error = %e, "dropping a live claim failed; it expires");
         }
     }
@@ -743,6 +662,7 @@ impl Converter {
 impl Converted {
     pub(crate) fn adopted(file: &FilesCollectionDocument) -> Self {
         Self {
+            notes: Vec::new(),
             id: file.id.as_object_id().unwrap_or_default(),
             size_bytes: file.length,
             duration_seconds: file

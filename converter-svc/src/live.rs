@@ -57,12 +57,10 @@ pub(crate) struct Follow {
 }
 
 impl Follow {
-    pub(crate) fn new(store: &Store, id: ObjectId, settings: Settings) -> Self {
+    pub(crate) fn new(store: &Store, jobs: &Jobs, id: ObjectId, settings: Settings) -> Self {
         Self {
-            tail: store
-                .video_files(id)
-                .tail(id, media_store::READ_BATCH_CHUNKS),
-            jobs: store.jobs.clone(),
+            tail: store.video_files.tail(id, media_store::READ_BATCH_CHUNKS),
+            jobs: jobs.clone(),
             id,
             settings,
             last_chunk: Instant::now(),
@@ -100,7 +98,10 @@ impl Follow {
 /// An upload that failed or was abandoned loses its job (the gateway's
 /// `discard`, the janitor): stop reading.
 async fn still_uploading(jobs: &Jobs, id: ObjectId) -> Result<(), FeedError> {
-    let job = jobs.get(id).await.map_err(|e| FeedError::Read(e.into()))?;
+    let job = jobs
+        .get(id)
+        .await
+        .map_err(|e| FeedError::Upload(format!("looking at the upload's job: {e}")))?;
     match job {
         Some(j) if matches!(j.state, JobState::Uploading | JobState::Converting) => Ok(()),
         _ => Err(FeedError::Upload("the upload was abandoned".into())),

@@ -1,16 +1,13 @@
 //! Deletes the sources of converted videos off the job's path, many at once.
 //!
-//! Once the MP3 is stored and `Mp3Ready` is confirmed, the source is only
+//! Once the job is done (its `Mp3Ready` in the outbox), the source is only
 //! retention's business: deleting it is not part of the conversion, so the
-//! delivery is acked and the slot freed without waiting for it. On a server
-//! that scans to delete (FerretDB: one pass over every stored chunk per
-//! delete), a delete per job held the slot for that scan and N jobs cost N
-//! scans; here the ids that queue up while one delete runs go together in the
-//! next one. Whatever is not deleted here (a crash, a full queue, an error),
+//! delivery is acked and the slot freed without waiting for it, and the ids
+//! that queue up while one delete runs go together in the next one. Whatever is not deleted here (a crash, a full queue, an error),
 //! the gateway's janitor deletes later: it looks for finished jobs whose
 //! source is still stored.
 
-use media_store::{Store, mongodb::bson::oid::ObjectId};
+use media_store::{Jobs, Store, mongodb::bson::oid::ObjectId};
 use tokio::sync::mpsc;
 
 /// Sources waiting to be deleted; beyond that they are left to the janitor.
@@ -41,19 +38,21 @@ impl Sweeper {
 
 /// Deletes queued sources until every [`Sweeper`] is dropped and the queue
 /// is empty (so a graceful stop deletes what was queued).
-pub(crate) async fn run(store: Store, mut rx: mpsc::Receiver<ObjectId>) {
+pub(crate) async fn run(store: Store, jobs: Jobs, mut rx: mpsc::Receiver<ObjectId>) {
     let mut ids = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut ids, BATCH).await > 0 {
-        sweep(&store, &ids).await;
+        sweep(&store, &jobs, &ids).await;
         ids.clear();
     }
 }
 
 #[tracing::instrument(skip_all, fields(sources = ids.len()))]
-async fn sweep(store: &Store, ids: &[ObjectId]) {
+async fn sweep(store: &Store, jobs: &Jobs, ids: &[ObjectId]) {
     let deleted = async {
-        store.delete_videos(ids).await?;
-        store.jobs.mark_sources_deleted(ids).await
+        store.delete_videos(ids).await.map_err(|e| e.to_string())?;
+        jobs.mark_sources_deleted(ids)
+            .await
+            .map_err(|e| e.to_string())
     }
     .await;
     match deleted {

@@ -348,8 +348,10 @@ pub struct Mesh {
     pub mongo_db: String,
     /// Set when every hop is TLS ([`Mesh::start_tls`]).
     pub tls: Option<TlsStack>,
-    /// The PostgreSQL databases of auth-svc and notify-svc.
-    pub pg_databases: [String; 2],
+    /// The URL of the media database (the jobs).
+    pub media_db: String,
+    /// The PostgreSQL databases of auth-svc, notify-svc and the jobs.
+    pub pg_databases: [String; 3],
 }
 
 impl std::fmt::Debug for Mesh {
@@ -465,6 +467,9 @@ impl Mesh {
 
         let scheme = if tls.is_some() { "https" } else { "http" };
         let auth_url = format!("{scheme}://{auth_addr}");
+        let media_db = stack.fresh_database("e2emedia").await;
+        let media_db_name = db_name(&media_db);
+        let media_db = db_url(media_db);
         let gateway = gateway_svc::app::App::build(
             gateway_svc::config::Config::try_parse_from(with_more(
                 &[
@@ -481,6 +486,8 @@ impl Mesh {
                     &stack.mongodb_uri,
                     "--mongodb-database",
                     &mongo_db,
+                    "--database-url",
+                    &media_db,
                     "--amqp-url",
                     &stack.amqp_url,
                     "--video-queue",
@@ -519,6 +526,8 @@ impl Mesh {
                     &stack.mongodb_uri,
                     "--mongodb-database",
                     &mongo_db,
+                    "--database-url",
+                    &media_db,
                 ],
                 more("converter-svc"),
             ))
@@ -581,8 +590,9 @@ impl Mesh {
             tasks,
             dir: tempfile::tempdir().unwrap(),
             mongo_db,
+            media_db,
             tls,
-            pg_databases: [auth_db_name, notify_db_name],
+            pg_databases: [auth_db_name, notify_db_name, media_db_name],
         }
     }
 
@@ -622,17 +632,36 @@ impl Mesh {
         .unwrap()
     }
 
+    /// This mesh's jobs, as the services see them.
+    pub async fn jobs(&self) -> media_store::Jobs {
+        let pool = svc_kit::pg::pool(
+            &svc_kit::config::Secret::new(self.media_db.clone()),
+            2,
+            Duration::from_secs(5),
+            "e2e",
+        )
+        .unwrap();
+        media_store::Jobs::new(
+            pool,
+            media_store::Routes {
+                video_queue: self.video_queue.clone(),
+                mp3_queue: self.mp3_queue.clone(),
+                delete_sources: true,
+            },
+        )
+    }
+
     /// Waits for notify-svc's receipt to be recorded on the job: the loop
     /// from the outcome to the inbox and back is closed.
     pub async fn wait_notified(&self, job_id: &str) {
-        let store = self.store().await;
+        let jobs = self.jobs().await;
         let id = job_id.parse().unwrap();
         test_kit::wait_until(
             &format!("job {job_id} recorded as notified"),
             Duration::from_secs(30),
             || async {
-                let job = store.jobs.get(id).await.ok()??;
-                (job.notified == Some(true)).then_some(())
+                let job = jobs.get(id).await.ok()??;
+                job.notified.then_some(())
             },
         )
         .await;

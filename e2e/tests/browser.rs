@@ -127,7 +127,7 @@ async fn a_person_converts_videos_in_the_web_app() {
     .await
     .unwrap();
     test_kit::wait_until("no orphan chunk", Duration::from_secs(15), || async {
-        for bucket in store.video_buckets() {
+        for bucket in [&store.video_files] {
             let ids: Vec<Bson> = bucket.chunks.distinct("files_id", doc! {}).await.ok()?;
             let files: Vec<Document> =
                 futures::TryStreamExt::try_collect(bucket.files.find(doc! {}).await.ok()?)

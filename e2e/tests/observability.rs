@@ -64,6 +64,7 @@ impl ProcMesh {
         let notified_queue = unique_name("notified");
         let auth_db = stack.fresh_database("obsauth").await;
         let notify_db = stack.fresh_database("obsnotify").await;
+        let media_db = stack.fresh_database("obsmedia").await;
         let (auth, http, grpc) = (free_addr(), free_addr(), free_addr());
         let mut mesh = Self {
             procs: Vec::new(),
@@ -104,6 +105,8 @@ impl ProcMesh {
                 stack.mongodb_uri.clone(),
                 s("--mongodb-database"),
                 mongo_db.clone(),
+                s("--database-url"),
+                media_db.clone(),
                 s("--amqp-url"),
                 stack.amqp_url.clone(),
                 s("--video-queue"),
@@ -138,6 +141,8 @@ impl ProcMesh {
                 stack.mongodb_uri.clone(),
                 s("--mongodb-database"),
                 mongo_db,
+                s("--database-url"),
+                media_db,
             ],
             &[],
             otlp.as_deref(),
@@ -366,6 +371,20 @@ async fn one_upload_is_one_trace_across_all_services_and_both_queues() {
         );
         found[0].clone()
     };
+    // The outbox relay of any replica may publish an event (the writer's own
+    // usually does first): which service it ran in does not matter.
+    let relayed = |parent: &str| -> ReceivedSpan {
+        let found: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.name == "outbox.relay" && s.parent_span_id == parent)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one `outbox.relay` under {parent:?} in\n{tree}"
+        );
+        found[0].clone()
+    };
     const SERVER: i32 = 2;
     const CLIENT: i32 = 3;
     const PRODUCER: i32 = 4;
@@ -408,10 +427,17 @@ async fn one_upload_is_one_trace_across_all_services_and_both_queues() {
     find("gateway-svc", "auth.check_token", &upload.span_id);
     let write = find("gateway-svc", "gridfs.write videos", &upload.span_id);
     assert_eq!(write.attr("video_id"), Some(job_id.as_str()));
+    // The commit writes VideoUploaded to the outbox; the relay publishes it
+    // in the commit's trace.
+    let relay = relayed(&upload.span_id);
+    assert_eq!(
+        relay.attr("event.kind"),
+        Some("mp3converter.events.v1.VideoUploaded")
+    );
     let publish = find(
-        "gateway-svc",
+        &relay.service,
         &format!("publish {}", mesh.video_queue),
-        &upload.span_id,
+        &relay.span_id,
     );
     assert_eq!(publish.kind, PRODUCER);
 
@@ -428,10 +454,11 @@ async fn one_upload_is_one_trace_across_all_services_and_both_queues() {
     let ffmpeg = find("converter-svc", "ffmpeg to_mp3", &convert.span_id);
     assert!(ffmpeg.end_unix_nano > ffmpeg.start_unix_nano);
     find("converter-svc", "gridfs.write mp3s", &convert.span_id);
+    let relay_mp3 = relayed(&convert.span_id);
     let publish_mp3 = find(
-        "converter-svc",
+        &relay_mp3.service,
         &format!("publish {}", mesh.mp3_queue),
-        &convert.span_id,
+        &relay_mp3.span_id,
     );
     assert_eq!(publish_mp3.kind, PRODUCER);
 

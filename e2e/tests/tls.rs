@@ -54,8 +54,8 @@ async fn the_journey_works_with_tls_on_every_hop_and_the_servers_see_it_encrypte
     std::fs::write(&out, res.bytes().await.unwrap()).unwrap();
     assert_eq!(ffprobe(&out).0, "mp3");
 
-    // PostgreSQL's view: every connection to this mesh's two databases
-    // (auth-svc's and notify-svc's) is TLS.
+    // PostgreSQL's view: every connection to this mesh's three databases
+    // (auth-svc's, notify-svc's and the jobs) is TLS.
     let (pg, conn) = tokio_postgres::connect(&mesh.stack.database_url, tokio_postgres::NoTls)
         .await
         .unwrap();

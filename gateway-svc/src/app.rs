@@ -11,7 +11,7 @@ use crate::{
     watch::Hub,
 };
 use amqp_kit::{Publisher, broadcast::Broadcaster, consumer::ConsumerConfig};
-use media_store::Store;
+use media_store::{Jobs, Store};
 use mp3converter_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
     media::v1::{
@@ -52,6 +52,7 @@ pub struct App {
     rest: axum::Router,
     health: Health,
     store: Store,
+    jobs: Jobs,
     publisher: Publisher,
     media: Media,
     tls: Option<MeshTls>,
@@ -96,6 +97,16 @@ impl App {
         )
         .await?;
         store.ensure_indexes().await?;
+        let jobs = Jobs::connect(
+            &config.jobs_db,
+            "gateway-svc",
+            media_store::Routes {
+                video_queue: config.video_queue.clone(),
+                mp3_queue: config.mp3_queue.clone(),
+                delete_sources: config.janitor.delete_source,
+            },
+        )
+        .await?;
 
         let live_queue = config.live_conversion.then(|| {
             config
@@ -133,11 +144,12 @@ impl App {
             config.auth_cache_size,
         );
 
-        let (health, health_server) = Health::new(&["mongodb", "rabbitmq"]).await;
+        let (health, health_server) = Health::new(&["mongodb", "postgresql", "rabbitmq"]).await;
         health.track_service(SERVICE_NAME).await;
 
         let media = Media {
             store: store.clone(),
+            jobs: jobs.clone(),
             publisher: publisher.clone(),
             job_events: Broadcaster::start(
                 config.amqp_url.clone(),
@@ -145,13 +157,14 @@ impl App {
                 config.job_events_exchange.clone(),
             ),
             hub: Hub::default(),
-            video_queue: config.video_queue.clone(),
             live_queue,
             max_upload: config.max_upload_size,
             quotas: Quotas {
-                max_uploads: config.max_uploads_per_user,
-                max_waiting: config.max_waiting_jobs_per_user,
-                max_stored: config.max_stored_per_user,
+                limits: media_store::Quotas {
+                    max_uploads: config.max_uploads_per_user,
+                    max_waiting: config.max_waiting_jobs_per_user,
+                    max_stored: config.max_stored_per_user,
+                },
             },
             download_stall: config.download_stall_timeout,
             max_watchers_per_user: config.max_watchers_per_user,
@@ -227,6 +240,7 @@ impl App {
             rest,
             health,
             store,
+            jobs,
             publisher,
             media,
             tls,
@@ -262,12 +276,11 @@ impl App {
         );
         Janitor {
             media: self.media.clone(),
-            lock: self
-                .store
-                .lock("janitor", &instance, j.janitor_interval * 3),
+            lease: self
+                .jobs
+                .lease("janitor", &instance, j.janitor_interval * 3),
             settings: janitor::Settings {
                 interval: j.janitor_interval,
-                unconfirmed_after: j.unconfirmed_after,
                 stuck_after: j.stuck_after,
                 max_republish: j.max_republish,
                 max_job_age: j.max_job_age,
@@ -276,7 +289,6 @@ impl App {
                 orphan_interval: j.orphan_interval,
                 tombstone_age: j.tombstone_age,
                 delete_source: j.delete_source,
-                mp3_queue: self.config.mp3_queue.clone(),
                 unnotified_after: j.unnotified_after,
                 max_reannounce: j.max_reannounce,
             },
@@ -285,8 +297,12 @@ impl App {
 
     pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
         let janitor = tokio::spawn(self.janitor().run(token.clone()));
+        let relay = tokio::spawn(
+            media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).run(token.clone()),
+        );
         let probe = tokio::spawn(probe(
             self.store.clone(),
+            self.jobs.clone(),
             self.publisher.clone(),
             self.health.clone(),
             self.config.health_interval,
@@ -320,7 +336,7 @@ impl App {
                 grace: self.config.shutdown_grace,
             },
             Receipts {
-                jobs: self.store.jobs.clone(),
+                jobs: self.jobs.clone(),
             },
             self.health.clone(),
             token.clone(),
@@ -379,6 +395,14 @@ impl App {
         watch_listener.abort();
         let _ = janitor.await;
         let _ = receipts.await;
+        // Events of the last transitions go out before we stop (the next
+        // relay, here or elsewhere, would send them anyway).
+        let _ = relay.await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).drain(),
+        )
+        .await;
         self.background.cancel();
         if let Some(res) = served {
             res?;
@@ -401,10 +425,11 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Readiness follows MongoDB and RabbitMQ: each check must answer within a
-/// second, so a dead dependency shows within about two.
+/// Readiness follows MongoDB, PostgreSQL and RabbitMQ: each check must
+/// answer within a second, so a dead dependency shows within about two.
 async fn probe(
     store: Store,
+    jobs: Jobs,
     publisher: Publisher,
     health: Health,
     interval: Duration,
@@ -412,10 +437,14 @@ async fn probe(
 ) {
     svc_kit::health::every(interval, token, || async {
         let limit = Duration::from_secs(1);
-        let (mongo, amqp) = tokio::join!(
+        let (mongo, pg, amqp) = tokio::join!(
             svc_kit::health::within(limit, {
                 let store = store.clone();
                 async move { store.ping().await }
+            }),
+            svc_kit::health::within(limit, {
+                let jobs = jobs.clone();
+                async move { jobs.ping().await }
             }),
             svc_kit::health::within(limit, {
                 let publisher = publisher.clone();
@@ -423,6 +452,7 @@ async fn probe(
             }),
         );
         health.set("mongodb", mongo).await;
+        health.set("postgresql", pg).await;
         health.set("rabbitmq", amqp).await;
     })
     .await;

@@ -49,9 +49,13 @@ pub struct Config {
     #[arg(long, env = "AUTH_CACHE_SIZE", default_value_t = 10_000)]
     pub auth_cache_size: u64,
 
-    /// MongoDB URL (GridFS and jobs).
+    /// MongoDB URL (GridFS: videos and MP3s).
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Secret,
+
+    /// The jobs (PostgreSQL).
+    #[command(flatten)]
+    pub jobs_db: media_store::DatabaseArgs,
 
     /// MongoDB database.
     #[arg(long, env = "MONGODB_DATABASE", default_value = "mp3converter")]
@@ -146,7 +150,7 @@ pub struct Config {
     #[arg(long, env = "HTTP_TLS_KEY_FILE", requires = "http_tls_cert_file")]
     pub http_tls_key_file: Option<std::path::PathBuf>,
 
-    /// How often readiness checks MongoDB and RabbitMQ.
+    /// How often readiness checks MongoDB, PostgreSQL and RabbitMQ.
     #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub health_interval: Duration,
 
@@ -165,12 +169,6 @@ pub struct JanitorArgs {
     /// How often the janitor works (one replica at a time).
     #[arg(long, env = "JANITOR_INTERVAL", value_parser = parse_duration, default_value = "30s")]
     pub janitor_interval: Duration,
-
-    /// How old a job whose event was never confirmed must be before the
-    /// janitor publishes it (a gateway died between recording and
-    /// publishing); also how long an unannounced outcome waits.
-    #[arg(long, env = "UNCONFIRMED_AFTER", value_parser = parse_duration, default_value = "2m")]
-    pub unconfirmed_after: Duration,
 
     /// How long a queued or converting job without a live lease may sit
     /// unchanged before it counts as stuck (its message lost).

@@ -21,6 +21,18 @@ pub(crate) fn store_error(context: &str, err: &media_store::mongodb::error::Erro
     }
 }
 
+/// A job-database failure: unavailable (retry) or internal; details are
+/// logged, not sent.
+pub(crate) fn jobs_error(context: &str, err: &media_store::jobs::Error) -> Status {
+    if err.is_unavailable() {
+        tracing::warn!(error = %err, context, "the job database is unavailable");
+        Status::unavailable("storage is unavailable; retry later")
+    } else {
+        tracing::error!(error = %err, context, "job database error");
+        Status::internal("internal error")
+    }
+}
+
 pub(crate) fn io_store_error(context: &str, err: &std::io::Error) -> Status {
     tracing::warn!(error = %err, context, "GridFS stream failed");
     Status::unavailable("storage is unavailable; retry later")

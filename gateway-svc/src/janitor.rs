@@ -1,51 +1,36 @@
 //! The janitor: makes sure every accepted upload ends in exactly one outcome
 //! the user hears about, and that nothing is kept that should not be. One
-//! replica at a time does this (a lease in MongoDB); the others stand by.
+//! replica at a time does this (a lease in the job database); the others
+//! stand by. Events it sends go through the outbox, like every other.
 //!
 //! Each round:
-//! - **unconfirmed**: a job recorded but whose event was never confirmed (the
-//!   gateway died between the two) gets its event published.
 //! - **stuck**: a job queued or converting, without a live lease, that has
-//!   not moved for `STUCK_AFTER` gets its event published again (the same
+//!   not moved for `STUCK_AFTER` gets its event put out again (the same
 //!   event id; converters look at the job, so a duplicate does nothing) when
 //!   the queue is idle, i.e. its message was lost (a dead-lettered message, a
 //!   retry lost in a broker crash). After `MAX_REPUBLISH` tries, or once it
 //!   is `MAX_JOB_AGE` old, it is failed and the user is told.
-//! - **unannounced**: a finished job whose outcome event was never confirmed
-//!   gets it published.
 //! - **unnotified**: a finished job whose outcome went out `UNNOTIFIED_AFTER`
 //!   ago without notify-svc's receipt coming back (the message was lost on
-//!   its way to the inbox) gets it published again, under the same event id
+//!   its way to the inbox) gets it announced again, under the same event id
 //!   (notify's sent-log sends at most one email), up to `MAX_REANNOUNCE`
 //!   times; then it is counted (`gave_up_notifying`) for an operator.
 //! - **abandoned uploads**: an upload whose heartbeat stopped (the gateway
-//!   died mid-upload) is removed with its chunks; so are live claims whose
-//!   converter died (nobody renewed them for an hour).
+//!   died mid-upload) is removed with its chunks.
 //! - **retention**: source videos of finished jobs (if the converter could
-//!   not delete them), MP3s past their expiry (the job goes too), and old
-//!   tombstones of deleted jobs.
+//!   not delete them), MP3s past their expiry (the job goes too), old
+//!   tombstones of deleted jobs, and sent events.
 //! - **orphans** (less often): GridFS chunks without a files document, and
 //!   files without a live job.
 
 use crate::media::Media;
-use amqp_kit::event_properties;
-use futures::TryStreamExt;
-use media_store::{
-    FailureKind, Finish, Job, JobState, Lock,
-    gridfs::{self, Bucket},
-    mongodb::bson::{Bson, DateTime, Document, doc},
-};
-use mp3converter_proto::{
-    EventType,
-    events::v1::{ConversionFailed, Mp3Ready},
-};
+use media_store::{FailureKind, Finish, Job, Lease, gridfs, jobs::Error};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) interval: Duration,
-    pub(crate) unconfirmed_after: Duration,
     pub(crate) stuck_after: Duration,
     pub(crate) max_republish: u32,
     pub(crate) max_job_age: Duration,
@@ -54,26 +39,26 @@ pub(crate) struct Settings {
     pub(crate) orphan_interval: Duration,
     pub(crate) tombstone_age: Duration,
     pub(crate) delete_source: bool,
-    pub(crate) mp3_queue: String,
     pub(crate) unnotified_after: Duration,
     pub(crate) max_reannounce: u32,
 }
 
 pub(crate) struct Janitor {
     pub(crate) media: Media,
-    pub(crate) lock: Lock,
+    pub(crate) lease: Lease,
     pub(crate) settings: Settings,
 }
 
 /// At most this many jobs per kind of work per round.
 const BATCH: i64 = 100;
 
-fn ago(d: Duration) -> DateTime {
-    DateTime::from_system_time(
-        SystemTime::now()
-            .checked_sub(d)
-            .unwrap_or(SystemTime::UNIX_EPOCH),
-    )
+/// Sent events are kept this long (to look at, then gone).
+const SENT_EVENTS_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+fn ago(d: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(d)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 fn count(action: &'static str, n: usize) {
@@ -82,6 +67,11 @@ fn count(action: &'static str, n: usize) {
             .increment(n as u64);
         tracing::info!(action, n, "janitor");
     }
+}
+
+/// Labels a failure with what the janitor was doing.
+fn doing(what: &'static str) -> impl Fn(Error) -> String {
+    move |e| format!("{what}: {e}")
 }
 
 impl Janitor {
@@ -95,7 +85,7 @@ impl Janitor {
                 () = token.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            match self.lock.acquire().await {
+            match self.lease.acquire().await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -115,95 +105,65 @@ impl Janitor {
             }
         }
         // Let another replica take over at once.
-        let _ = self.lock.release().await;
+        let _ = self.lease.release().await;
     }
 
     /// One round of everything but the orphan sweep.
     pub(crate) async fn round(&self) -> Result<(), String> {
-        self.unconfirmed().await?;
         self.stuck().await?;
-        self.unannounced().await?;
         self.unnotified().await?;
         self.abandoned_uploads().await?;
-        let stale = std::time::SystemTime::now() - Duration::from_secs(3600);
-        let purged = self
-            .jobs()
-            .purge_live(stale)
-            .await
-            .map_err(|e| e.to_string())?;
-        count(
-            "removed_stale_live_claims",
-            usize::try_from(purged).unwrap_or(0),
-        );
         self.sources().await?;
         self.expired().await?;
-        self.tombstones().await
-    }
-
-    fn jobs(&self) -> &media_store::Jobs {
-        &self.media.store.jobs
-    }
-
-    async fn find(&self, filter: Document) -> Result<Vec<Job>, String> {
+        self.tombstones().await?;
         self.jobs()
-            .find(filter, BATCH)
+            .purge_sent_events(ago(SENT_EVENTS_KEPT))
             .await
-            .map_err(|e| format!("finding jobs: {e}"))
-    }
-
-    async fn unconfirmed(&self) -> Result<(), String> {
-        let jobs = self
-            .find(doc! { "state": "queued", "published": false, "created_at": { "$lte": ago(self.settings.unconfirmed_after) } })
-            .await?;
-        let mut n = 0;
-        for job in jobs {
-            if self.media.publish(&job).await.is_err() {
-                break; // the broker is down: next round
-            }
-            let _ = self.jobs().mark_published(job.id).await;
-            tracing::warn!(job_id = %job.id, "published the event of an unconfirmed job");
-            n += 1;
-        }
-        count("published_unconfirmed", n);
+            .map_err(doing("forgetting sent events"))?;
         Ok(())
     }
 
+    fn jobs(&self) -> &media_store::Jobs {
+        &self.media.jobs
+    }
+
     async fn stuck(&self) -> Result<(), String> {
-        let now = DateTime::now();
+        let before = ago(self.settings.stuck_after);
         let jobs = self
-            .find(doc! {
-                "state": { "$in": ["queued", "converting"] },
-                "published": true,
-                "updated_at": { "$lte": ago(self.settings.stuck_after) },
-                "$or": [ { "lease_until": { "$exists": false } }, { "lease_until": { "$lt": now } } ],
-            })
-            .await?;
+            .jobs()
+            .stuck(before, BATCH)
+            .await
+            .map_err(doing("finding stuck jobs"))?;
         if jobs.is_empty() {
             return Ok(());
         }
         let backlog = self
             .media
             .publisher
-            .queue_depth(&self.media.video_queue)
+            .queue_depth(&self.jobs().routes().video_queue)
             .await
             .ok();
         let (mut republished, mut failed) = (0, 0);
         for job in jobs {
-            let too_old =
-                job.created_at.to_system_time() < SystemTime::now() - self.settings.max_job_age;
-            if too_old || job.republished >= self.settings.max_republish {
+            let too_old = job.created_at < ago(self.settings.max_job_age);
+            if too_old
+                || job.republished >= i32::try_from(self.settings.max_republish).unwrap_or(i32::MAX)
+            {
                 if self.fail(&job).await? {
                     failed += 1;
                 }
             } else if backlog == Some(0) {
                 // Nothing waits in the queue, yet this job waits: its message
                 // is gone. (With a backlog it is probably just in line.)
-                if self.media.publish(&job).await.is_err() {
-                    break;
+                if self
+                    .jobs()
+                    .republish(job.id, before)
+                    .await
+                    .map_err(doing("republishing a stuck job"))?
+                {
+                    tracing::warn!(job_id = %job.id, attempt = job.republished + 1, "re-published a stuck job");
+                    republished += 1;
                 }
-                let _ = self.jobs().note_republished(job.id).await;
-                tracing::warn!(job_id = %job.id, attempt = job.republished + 1, "re-published a stuck job");
-                republished += 1;
             }
         }
         count("republished_stuck", republished);
@@ -211,156 +171,76 @@ impl Janitor {
         Ok(())
     }
 
-    /// Fails a stuck job (unless someone finished or leased it meanwhile) and
-    /// tells the user.
+    /// Fails a stuck job (unless someone finished or leased it meanwhile);
+    /// its outcome goes out with the transition.
     async fn fail(&self, job: &Job) -> Result<bool, String> {
         let reason = "the conversion did not finish in time; please upload the video again later";
         let failed = match self
             .jobs()
             .finish_failed(job.id, None, reason, FailureKind::TimedOut)
             .await
-            .map_err(|e| format!("failing a job: {e}"))?
+            .map_err(doing("failing a job"))?
         {
             Finish::Moved(j) => j,
             Finish::AlreadyThere(_) | Finish::Refused(_) => return Ok(false),
         };
         self.media.notify(&failed, false);
         tracing::warn!(job_id = %failed.id, "failed a stuck job");
-        let failed = self.delete_source(&failed).await;
-        // Should this fail, the job is unannounced: see `unannounced`.
-        self.announce(&failed).await?;
+        // Its source goes with the next `sources` pass.
         Ok(true)
-    }
-
-    /// Publishes a finished job's outcome (under its one event id) and
-    /// records that it was.
-    async fn announce(&self, job: &Job) -> Result<(), String> {
-        let (kind, id, payload) = match job.state {
-            JobState::Done => {
-                let e = media_store::proto::mp3_ready(job);
-                (
-                    Mp3Ready::TYPE,
-                    e.event_id.clone(),
-                    prost::Message::encode_to_vec(&e),
-                )
-            }
-            _ => {
-                let e = media_store::proto::conversion_failed(job);
-                (
-                    ConversionFailed::TYPE,
-                    e.event_id.clone(),
-                    prost::Message::encode_to_vec(&e),
-                )
-            }
-        };
-        self.media
-            .publisher
-            .publish(
-                &self.settings.mp3_queue,
-                &payload,
-                event_properties(kind, &id, Default::default()),
-            )
-            .await
-            .map_err(|e| format!("announcing a finished job: {e}"))?;
-        self.jobs()
-            .mark_announced(job.id)
-            .await
-            .map_err(|e| format!("recording an announcement: {e}"))
-    }
-
-    /// Finished jobs whose outcome was never confirmed published (the
-    /// broker or MongoDB failed right after the job finished): announced now,
-    /// so the user hears about every upload.
-    async fn unannounced(&self) -> Result<(), String> {
-        let jobs = self
-            .find(doc! {
-                "state": { "$in": ["done", "failed"] },
-                "announced": false,
-                "updated_at": { "$lte": ago(self.settings.unconfirmed_after) },
-            })
-            .await?;
-        let mut n = 0;
-        for job in jobs {
-            self.announce(&job).await?;
-            n += 1;
-        }
-        count("announced_unannounced", n);
-        Ok(())
     }
 
     /// Finished jobs announced a while ago whose receipt never came back:
     /// announced again, a bounded number of times.
     async fn unnotified(&self) -> Result<(), String> {
+        let max = i32::try_from(self.settings.max_reannounce).unwrap_or(i32::MAX);
         let jobs = self
-            .find(doc! {
-                "state": { "$in": ["done", "failed"] },
-                "announced": true,
-                "notified": false,
-                "announced_at": { "$lte": ago(self.settings.unnotified_after) },
-                // (missing: a job recorded before this was counted)
-                "$or": [
-                    { "reannounced": { "$lte": self.settings.max_reannounce } },
-                    { "reannounced": { "$exists": false } },
-                ],
-            })
-            .await?;
+            .jobs()
+            .unnotified(ago(self.settings.unnotified_after), max, BATCH)
+            .await
+            .map_err(doing("finding unnotified jobs"))?;
         let (mut again, mut gave_up) = (0, 0);
         for job in jobs {
-            // Counted first: a failure to publish still spends an attempt, so
-            // a job that cannot be announced does not come back every round.
-            self.jobs()
-                .note_reannounced(job.id)
-                .await
-                .map_err(|e| format!("counting an announcement: {e}"))?;
-            if job.reannounced >= self.settings.max_reannounce {
+            if job.reannounced >= max {
+                self.jobs()
+                    .give_up_notifying(job.id)
+                    .await
+                    .map_err(doing("giving up on a job's receipt"))?;
                 tracing::error!(job_id = %job.id, owner_id = %job.owner_id, "the user was never told of this job's outcome; giving up");
                 gave_up += 1;
                 continue;
             }
-            tracing::warn!(job_id = %job.id, "no receipt for the outcome; announcing it again");
-            self.announce(&job).await?;
-            again += 1;
+            if self
+                .jobs()
+                .reannounce(job.id)
+                .await
+                .map_err(doing("announcing an outcome again"))?
+            {
+                tracing::warn!(job_id = %job.id, "no receipt for the outcome; announcing it again");
+                again += 1;
+            }
         }
         count("reannounced_unnotified", again);
         count("gave_up_notifying", gave_up);
         Ok(())
     }
 
-    async fn delete_source(&self, job: &Job) -> Job {
-        if !self.settings.delete_source || job.source_deleted {
-            return job.clone();
-        }
-        let res = async {
-            let store = &self.media.store;
-            gridfs::delete_file(store.video_files(job.id), &job.id.into()).await?;
-            self.jobs().mark_source_deleted(job.id).await
-        }
-        .await;
-        match res {
-            Ok(()) => Job {
-                source_deleted: true,
-                ..job.clone()
-            },
-            Err(_) => job.clone(),
-        }
-    }
-
     async fn abandoned_uploads(&self) -> Result<(), String> {
         let jobs = self
-            .find(doc! { "state": "uploading", "updated_at": { "$lte": ago(self.settings.upload_stale) } })
-            .await?;
-        let mut n = 0;
-        for job in jobs {
-            gridfs::delete_file(self.media.store.video_files(job.id), &job.id.into())
+            .jobs()
+            .abandoned_uploads(ago(self.settings.upload_stale), BATCH)
+            .await
+            .map_err(doing("finding abandoned uploads"))?;
+        for job in &jobs {
+            gridfs::delete_file(&self.media.store.video_files, &job.id.into())
                 .await
                 .map_err(|e| e.to_string())?;
             self.jobs()
                 .discard_upload(job.id)
                 .await
-                .map_err(|e| e.to_string())?;
-            n += 1;
+                .map_err(doing("removing an abandoned upload"))?;
         }
-        count("removed_abandoned_uploads", n);
+        count("removed_abandoned_uploads", jobs.len());
         Ok(())
     }
 
@@ -368,16 +248,14 @@ impl Janitor {
         if !self.settings.delete_source {
             return Ok(());
         }
-        let jobs = self
-            .find(doc! {
-                "state": { "$in": ["done", "failed"] },
-                "source_deleted": { "$ne": true },
-                "updated_at": { "$lte": ago(Duration::from_secs(120)) },
-            })
-            .await?;
-        // One delete query per bucket and collection for all of them: on a server that
-        // scans to delete (FerretDB), one pass instead of one per source.
-        let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
+        let ids = self
+            .jobs()
+            .sources_to_delete(ago(Duration::from_secs(120)), BATCH)
+            .await
+            .map_err(doing("finding sources to delete"))?;
+        if ids.is_empty() {
+            return Ok(());
+        }
         self.media
             .store
             .delete_videos(&ids)
@@ -386,57 +264,48 @@ impl Janitor {
         self.jobs()
             .mark_sources_deleted(&ids)
             .await
-            .map_err(|e| format!("recording deleted sources: {e}"))?;
+            .map_err(doing("recording deleted sources"))?;
         count("deleted_sources", ids.len());
         Ok(())
     }
 
     async fn expired(&self) -> Result<(), String> {
         let jobs = self
-            .find(doc! { "state": "done", "expires_at": { "$lte": DateTime::now() } })
-            .await?;
-        let mut n = 0;
-        for job in jobs {
-            let Some(before) = self
-                .jobs()
-                .expire(job.id)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
-                continue;
-            };
+            .jobs()
+            .expire_due(BATCH)
+            .await
+            .map_err(doing("expiring MP3s"))?;
+        for job in &jobs {
             self.media
                 .store
-                .delete_media(&before)
+                .delete_media(job)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.media.notify(&before, true);
-            n += 1;
+            self.media.notify(job, true);
         }
-        count("expired_mp3s", n);
+        count("expired_mp3s", jobs.len());
         Ok(())
     }
 
     async fn tombstones(&self) -> Result<(), String> {
         let jobs = self
-            .find(doc! { "state": "deleted", "updated_at": { "$lte": ago(self.settings.tombstone_age) } })
-            .await?;
-        let mut n = 0;
-        for job in jobs {
+            .jobs()
+            .old_tombstones(ago(self.settings.tombstone_age), BATCH)
+            .await
+            .map_err(doing("finding old tombstones"))?;
+        for job in &jobs {
             // Files first (idempotent), in case the delete could not do it.
             self.media
                 .store
-                .delete_media(&job)
+                .delete_media(job)
                 .await
                 .map_err(|e| e.to_string())?;
             self.jobs()
-                .coll
-                .delete_one(doc! { "_id": job.id, "state": "deleted" })
+                .purge_tombstone(job.id)
                 .await
-                .map_err(|e| e.to_string())?;
-            n += 1;
+                .map_err(doing("purging a tombstone"))?;
         }
-        count("purged_tombstones", n);
+        count("purged_tombstones", jobs.len());
         Ok(())
     }
 
@@ -444,78 +313,44 @@ impl Janitor {
     pub(crate) async fn orphans(&self) -> Result<(), String> {
         let store = &self.media.store;
         let age = self.settings.orphan_age;
-        let buckets = store
-            .video_buckets()
-            .map(|b| (b, "removed_orphan_video_chunks"))
-            .chain([(&store.mp3_files, "removed_orphan_mp3_chunks")]);
-        for (bucket, action) in buckets {
+        for (bucket, action) in [
+            (&store.video_files, "removed_orphan_video_chunks"),
+            (&store.mp3_files, "removed_orphan_mp3_chunks"),
+        ] {
             let ids = gridfs::orphans(bucket, age)
                 .await
                 .map_err(|e| e.to_string())?;
             for id in &ids {
-                bucket
-                    .chunks
-                    .delete_many(doc! { "files_id": id })
+                gridfs::delete_chunks(bucket, id)
                     .await
                     .map_err(|e| e.to_string())?;
             }
             count(action, ids.len());
         }
-        for bucket in store.video_buckets() {
-            self.unowned_files(bucket, "_id", "removed_unowned_videos")
-                .await?;
-        }
-        self.unowned_files(
-            &store.mp3_files,
-            "metadata.video_id",
-            "removed_unowned_mp3s",
-        )
-        .await
-    }
-
-    /// Files older than the orphan age whose job (found through `job_key`) is
-    /// gone or deleted.
-    async fn unowned_files(
-        &self,
-        bucket: &Bucket,
-        job_key: &str,
-        action: &'static str,
-    ) -> Result<(), String> {
-        let files: Vec<Document> = bucket
-            .files
-            .find(doc! { "uploadDate": { "$lte": ago(self.settings.orphan_age) } })
-            .projection(doc! { "_id": 1, "metadata.video_id": 1 })
-            .limit(1000)
-            .await
-            .map_err(|e| e.to_string())?
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut n = 0;
-        for f in files {
-            let job_id = if job_key == "_id" {
-                f.get_object_id("_id").ok()
-            } else {
-                f.get_document("metadata")
-                    .ok()
-                    .and_then(|m| m.get_object_id("video_id").ok())
-            };
-            let Some(job_id) = job_id else { continue };
+        for (bucket, by_video, action) in [
+            (&store.video_files, false, "removed_unowned_videos"),
+            (&store.mp3_files, true, "removed_unowned_mp3s"),
+        ] {
+            let files = gridfs::older_files(bucket, age, by_video, 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            let jobs: Vec<_> = files.iter().map(|(_, job)| *job).collect();
             let live = self
                 .jobs()
-                .get(job_id)
+                .live_ids(&jobs)
                 .await
-                .map_err(|e| e.to_string())?
-                .is_some_and(|j| j.state != media_store::JobState::Deleted);
-            if !live {
-                let id = f.get("_id").cloned().unwrap_or(Bson::Null);
-                gridfs::delete_file(bucket, &id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                n += 1;
+                .map_err(doing("looking up the jobs of stored files"))?;
+            let mut n = 0;
+            for (file, job) in &files {
+                if !live.contains(job) {
+                    gridfs::delete_file(bucket, file)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    n += 1;
+                }
             }
+            count(action, n);
         }
-        count(action, n);
         Ok(())
     }
 }

@@ -1,27 +1,27 @@
 //! `mp3converter.media.v1.MediaService`: uploads into GridFS, jobs,
 //! downloads, deletion, live job changes.
 //!
-//! Driver work runs in spawned tasks fed through channels, never in the
-//! handler's own future: a client that cancels drops the handler mid-await,
-//! and dropping a driver future half-way can leave its state inconsistent
+//! An upload's storage work runs in a spawned task fed through a channel,
+//! not in the handler's own future: a client that cancels drops the handler
+//! mid-await, and dropping a GridFS upload half-way would leave its chunks
 //! (mongodb README, "cancellation"). The task sees the channel close instead,
-//! and cleans up.
+//! and cleans up. The other calls are single statements, safe to drop.
 
 use crate::{
     auth::{Bearer, Caller, Validator, failure_status},
-    error::{io_store_error, store_error},
+    error::{io_store_error, jobs_error, store_error},
     quota::Quotas,
     watch::{Hub, Update},
 };
 use amqp_kit::{Publisher, broadcast::Broadcaster, event_properties};
 use futures::{AsyncWriteExt, StreamExt};
 use media_store::{
-    Deleted, Job, Store,
+    Deleted, Job, Jobs, NewUpload, Started, Store,
     mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{JobChanged, UploadStarted, VideoUploaded},
+    events::v1::{JobChanged, UploadStarted},
     media::v1::{
         self as pb, DeleteJobRequest, DeleteJobResponse, DownloadRequest, DownloadResponse,
         GetJobRequest, GetJobResponse, ListJobsRequest, ListJobsResponse, Mp3Metadata,
@@ -44,11 +44,13 @@ const UPLOAD_HEARTBEAT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub(crate) struct Media {
+    /// The bytes (GridFS).
     pub(crate) store: Store,
+    /// The jobs (PostgreSQL).
+    pub(crate) jobs: Jobs,
     pub(crate) publisher: Publisher,
     pub(crate) job_events: Broadcaster,
     pub(crate) hub: Hub,
-    pub(crate) video_queue: String,
     /// Where uploads are announced as they begin; `None`: not announced.
     pub(crate) live_queue: Option<String>,
     pub(crate) max_upload: u64,
@@ -253,39 +255,27 @@ impl Media {
                 .collect()
         };
 
-        // Quotas first, then the job (so concurrent uploads count), then the
-        // bytes: an upload over quota stores nothing.
-        let room = self
-            .quotas
-            .check_new_upload(
-                &self.store,
-                &caller.user_id,
-                meta.declared_size_bytes.unwrap_or(0),
-            )
-            .await?;
+        // The job first, under the owner's quotas (so concurrent uploads
+        // count), then the bytes: an upload over quota stores nothing.
         let id = ObjectId::new();
-        let job = Job::uploading(
+        let new = NewUpload {
             id,
-            &caller.user_id,
-            &caller.email,
-            &filename,
-            &content_type,
+            owner_id: caller.user_id.clone(),
+            owner_email: caller.email.clone(),
+            filename: filename.clone(),
+            content_type: content_type.clone(),
             options,
-        );
-        self.store
+        };
+        let Started { job, room } = self
             .jobs
-            .insert(&job)
+            .start_upload(&new, self.quotas.limits)
             .await
-            .map_err(|e| store_error("recording an upload", &e))?;
-        if let Err(status) = self
-            .quotas
-            .check_concurrent(&self.store, &caller.user_id)
-            .await
-        {
+            .map_err(|e| jobs_error("recording an upload", &e))?
+            .map_err(|over| self.quotas.refused(over))?;
+        if meta.declared_size_bytes.is_some_and(|d| d > room) {
             self.discard(id).await;
-            return Err(status);
+            return Err(self.quotas.stored_exceeded());
         }
-
         self.announce_start(&job);
 
         let span = tracing::info_span!(
@@ -293,7 +283,7 @@ impl Media {
             otel.name = "gridfs.write videos",
             otel.status_code = tracing::field::Empty,
             db.system.name = "mongodb",
-            db.collection.name = "videos",
+            db.collection.name = "videos.chunks",
             video_id = %id,
             bytes = tracing::field::Empty,
         );
@@ -316,7 +306,9 @@ impl Media {
         drop(span);
         metrics::counter!("mp3converter_gateway_upload_bytes_total").increment(total);
 
-        let job = match self.store.jobs.commit_upload(id, total).await {
+        // Queued (its VideoUploaded in the outbox, in the same transaction):
+        // from here the upload is accepted and ends in one outcome.
+        let job = match self.jobs.commit_upload(id, total).await {
             Ok(Some(job)) => job,
             Ok(None) => {
                 self.discard(id).await;
@@ -324,22 +316,8 @@ impl Media {
             }
             Err(e) => {
                 self.discard(id).await;
-                return Err(store_error("recording a job", &e));
+                return Err(jobs_error("recording a job", &e));
             }
-        };
-        if let Err(status) = self.publish(&job).await {
-            // Not queued means not accepted: remove what was stored so the
-            // user can simply retry.
-            self.discard(id).await;
-            return Err(status);
-        }
-        if let Err(e) = self.store.jobs.mark_published(id).await {
-            // The janitor re-publishes it (the converter ignores the repeat).
-            tracing::warn!(error = %e, job_id = %id, "marking a job published failed");
-        }
-        let job = Job {
-            published: true,
-            ..job
         };
         self.notify(&job, false);
         tracing::info!(job_id = %id, bytes = total, "video uploaded and queued");
@@ -359,7 +337,7 @@ impl Media {
     ) -> Result<u64, Status> {
         let mut upload = self
             .store
-            .videos(id)
+            .videos
             .open_upload_stream(filename)
             .id(id.into())
             .metadata(doc! { "owner_id": &caller.user_id, "content_type": content_type })
@@ -385,14 +363,14 @@ impl Media {
         if let Err(e) = upload.close().await {
             // The files document may not be there: remove the chunks
             // ourselves (abort() refuses a closed stream).
-            let _ = media_store::gridfs::delete_file(self.store.video_files(id), &id.into()).await;
+            let _ = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await;
             return Err(io_store_error("finishing a GridFS upload", &e));
         }
         // An MP4 whose index came last: keep the index beside the video, so
         // the converter need not read it back from the end of the file.
         if let Some(index) = scanner.finish()
             && let Err(e) =
-                media_store::gridfs::keep_mp4_index(self.store.video_files(id), id, &index).await
+                media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index).await
         {
             tracing::warn!(error = %e, video_id = %id, "keeping the MP4 index failed; the converter will read it");
         }
@@ -454,7 +432,7 @@ impl Media {
                         .map_err(|e| io_store_error("writing to GridFS", &e))?;
                     if heartbeat.elapsed() > UPLOAD_HEARTBEAT {
                         heartbeat = tokio::time::Instant::now();
-                        if let Err(e) = self.store.jobs.touch_upload(id).await {
+                        if let Err(e) = self.jobs.touch_upload(id).await {
                             tracing::warn!(error = %e, job_id = %id, "upload heartbeat failed");
                         }
                     }
@@ -492,12 +470,11 @@ impl Media {
     /// Removes an upload that will not become a job (its video, if any, and
     /// its record); the janitor catches what this cannot.
     async fn discard(&self, id: ObjectId) {
-        if let Err(e) =
-            media_store::gridfs::delete_file(self.store.video_files(id), &id.into()).await
+        if let Err(e) = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await
         {
             tracing::warn!(error = %e, video_id = %id, "deleting a discarded video failed; the janitor will");
         }
-        if let Err(e) = self.store.jobs.discard_upload(id).await {
+        if let Err(e) = self.jobs.discard_upload(id).await {
             tracing::warn!(error = %e, job_id = %id, "deleting a discarded upload's job failed; the janitor will");
         }
     }
@@ -523,32 +500,6 @@ impl Media {
             }
             .in_current_span(),
         );
-    }
-
-    /// Publishes the job's `VideoUploaded`. The event id is derived from the
-    /// job, so a re-publish (the janitor's) is recognisably the same event.
-    pub(crate) async fn publish(&self, job: &Job) -> Result<(), Status> {
-        let event = VideoUploaded {
-            event_id: format!("video-{}", job.id.to_hex()),
-            job_id: job.id.to_hex(),
-            video_id: job.id.to_hex(),
-            owner_id: job.owner_id.clone(),
-            owner_email: job.owner_email.clone(),
-            filename: job.filename.clone(),
-            content_type: job.content_type.clone(),
-            size_bytes: u64::try_from(job.size_bytes).unwrap_or_default(),
-            occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        };
-        let payload = prost::Message::encode_to_vec(&event);
-        let props = event_properties(VideoUploaded::TYPE, &event.event_id, Default::default());
-        self.publisher
-            .publish(&self.video_queue, &payload, props)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, job_id = %job.id, "publishing VideoUploaded failed");
-                metrics::counter!("mp3converter_gateway_publish_failures_total").increment(1);
-                Status::unavailable("the job queue is unavailable; nothing was stored, retry later")
-            })
     }
 }
 
@@ -665,11 +616,10 @@ impl MediaService for Media {
         let caller = caller(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         let job = self
-            .store
             .jobs
             .get_visible(id, &caller.user_id)
             .await
-            .map_err(|e| store_error("finding a job", &e))?
+            .map_err(|e| jobs_error("finding a job", &e))?
             .ok_or_else(|| Status::not_found("no such job"))?;
         Ok(Response::new(GetJobResponse {
             job: Some(media_store::proto::job(&job)),
@@ -692,11 +642,10 @@ impl MediaService for Media {
             Some(parse_id("page_token", &r.page_token)?)
         };
         let mut jobs = self
-            .store
             .jobs
             .list_visible(&caller.user_id, before, i64::from(size) + 1)
             .await
-            .map_err(|e| store_error("listing jobs", &e))?;
+            .map_err(|e| jobs_error("listing jobs", &e))?;
         let more = jobs.len() > size as usize;
         jobs.truncate(size as usize);
         let next_page_token = match (more, jobs.last()) {
@@ -716,11 +665,10 @@ impl MediaService for Media {
         let caller = caller(&req)?;
         let id = parse_id("job_id", &req.get_ref().job_id)?;
         let job = match self
-            .store
             .jobs
             .delete(id, &caller.user_id)
             .await
-            .map_err(|e| store_error("deleting a job", &e))?
+            .map_err(|e| jobs_error("deleting a job", &e))?
         {
             Deleted::Now(job) => {
                 self.notify(&job, true);
@@ -728,7 +676,7 @@ impl MediaService for Media {
                 *job
             }
             // Again (a retry after an error): make sure its files are gone.
-            Deleted::Already => match self.store.jobs.get(id).await {
+            Deleted::Already => match self.jobs.get(id).await {
                 Ok(Some(job)) => job,
                 _ => return Ok(Response::new(DeleteJobResponse {})),
             },
@@ -765,19 +713,17 @@ impl MediaService for Media {
             })?;
         let current = match only {
             Some(id) => self
-                .store
                 .jobs
                 .get_visible(id, &caller.user_id)
                 .await
-                .map_err(|e| store_error("finding a job", &e))?
+                .map_err(|e| jobs_error("finding a job", &e))?
                 .map(|j| vec![j])
                 .ok_or_else(|| Status::not_found("no such job"))?,
             None => self
-                .store
                 .jobs
                 .list_visible(&caller.user_id, None, 100)
                 .await
-                .map_err(|e| store_error("listing jobs", &e))?,
+                .map_err(|e| jobs_error("listing jobs", &e))?,
         };
         let (tx, rx) = mpsc::channel::<Result<WatchJobsResponse, Status>>(16);
         let only_hex = only.map(|i| i.to_hex());

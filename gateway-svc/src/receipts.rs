@@ -9,6 +9,7 @@ use amqp_kit::{
     lapin::message::Delivery,
 };
 use media_store::{Jobs, mongodb::bson::oid::ObjectId};
+
 use mp3converter_proto::{EventType, events::v1::UserNotified};
 use tokio_util::sync::CancellationToken;
 

@@ -47,25 +47,26 @@ impl Drop for StartOnDrop {
 #[tokio::test]
 async fn the_publisher_survives_a_broker_restart_and_idle_heartbeats() {
     idling_past_the_heartbeat().await;
-    broker_restart_gives_503_then_uploads_recover_without_a_restart().await;
+    broker_restart_keeps_uploads_in_the_outbox_until_it_is_back().await;
 }
 
-async fn broker_restart_gives_503_then_uploads_recover_without_a_restart() {
+async fn broker_restart_keeps_uploads_in_the_outbox_until_it_is_back() {
     let auth = Auth::start().await;
     let app = spawn_app(&auth).await;
     let user = app.user().await;
     assert_eq!(upload(&app, &user).await.status(), 200);
+    app.wait_queued(1).await;
 
     let _guard = StartOnDrop;
     // The whole node, not stop_app/start_app: on RabbitMQ 3.10 the latter can
     // leave the at-least-once dead-letter supervisor dead, and every quorum
     // queue declared afterwards crashes.
     stack(&["rabbitmqctl", "stop"]);
+    // Accepted all the same: the job and its event commit together, and the
+    // event waits in the outbox.
     let res = upload(&app, &user).await;
-    assert_eq!(res.status(), 503, "{}", res.text().await.unwrap());
-    // Nothing half-done: only the first upload's video and job exist.
-    assert_eq!(app.video_count().await, 1);
-    assert_eq!(app.job_count().await, 1);
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(app.job_count().await, 2);
     test_kit::wait_until(
         "NOT_SERVING while the broker is down",
         Duration::from_secs(15),
@@ -77,15 +78,23 @@ async fn broker_restart_gives_503_then_uploads_recover_without_a_restart() {
         },
     )
     .await;
+    let events = app.jobs.events().await.unwrap();
+    assert_eq!(
+        events.iter().filter(|(_, _, sent)| !*sent).count(),
+        1,
+        "the second event waits: {events:?}"
+    );
 
     stack(&["up"]);
+    // The relay publishes it once the broker is back, without a restart.
     test_kit::wait_until(
-        "uploads to succeed again",
+        "the waiting event to go out",
         Duration::from_secs(60),
-        || async { (upload(&app, &user).await.status() == 200).then_some(()) },
+        || async { (app.queued_messages().await == 2).then_some(()) },
     )
     .await;
-    assert_eq!(app.queued_messages().await as u64, app.job_count().await);
+    assert_eq!(upload(&app, &user).await.status(), 200);
+    app.wait_queued(3).await;
     app.stop().await;
     auth.stop().await;
 }
@@ -106,7 +115,7 @@ async fn idling_past_the_heartbeat() {
     assert_eq!(upload(&app, &user).await.status(), 200);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(upload(&app, &user).await.status(), 200);
-    assert_eq!(app.queued_messages().await, 2);
+    app.wait_queued(2).await;
     app.stop().await;
     auth.stop().await;
 }

@@ -148,7 +148,10 @@ impl Mesh {
         let notified_queue = format!("chaos-{run}-notified");
         let work = std::env::temp_dir().join(format!("chaos-{run}-work"));
         std::fs::create_dir_all(&work).unwrap();
+        let media_db = stack.database(&mongo_db).await;
         let common: Vec<(&'static str, String)> = vec![
+            // The jobs' database (notify-svc gets its own DATABASE_URL after).
+            ("DATABASE_URL", media_db),
             ("AMQP_URL", stack.amqp_url.clone()),
             ("MONGODB_URI", stack.mongodb_uri.clone()),
             ("MONGODB_DATABASE", mongo_db.clone()),
@@ -223,7 +226,6 @@ impl Mesh {
             ("MAX_WAITING_JOBS_PER_USER", "1000".into()),
             ("MAX_UPLOADS_PER_USER", "100".into()),
             ("JANITOR_INTERVAL", "2s".into()),
-            ("UNCONFIRMED_AFTER", "10s".into()),
             // Past notify's retries of one email (1+3+10+30 s).
             ("UNNOTIFIED_AFTER", "60s".into()),
             ("STUCK_AFTER", "45s".into()),
@@ -505,14 +507,28 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
     )
     .await
     .unwrap();
+    let job_db = media_store::Jobs::new(
+        svc_kit::pg::pool(
+            &Secret::new(stack.database(&mongo_db).await),
+            2,
+            Duration::from_secs(5),
+            "chaos",
+        )
+        .unwrap(),
+        media_store::Routes {
+            video_queue: String::new(),
+            mp3_queue: String::new(),
+            delete_sources: true,
+        },
+    );
     let ok: HashMap<String, String> = tally.lock().unwrap().ok.clone();
     let deadline = Instant::now() + args.settle;
     loop {
-        let jobs = store.jobs.find(doc! {}, 10_000).await.unwrap_or_default();
+        let jobs = job_db.all().await.unwrap_or_default();
         // Finished, and the user told (notify's receipt is back).
         let unfinished = jobs
             .iter()
-            .filter(|j| !j.state.is_terminal() || j.notified == Some(false))
+            .filter(|j| !j.state.is_terminal() || !j.notified)
             .count();
         if unfinished == 0 && jobs.len() >= ok.len() || Instant::now() > deadline {
             break;
@@ -522,7 +538,7 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
     // Past the orphan age (30 s) and a few janitor rounds, for the sweep.
     tokio::time::sleep(Duration::from_secs(45)).await;
 
-    let jobs = store.jobs.find(doc! {}, 10_000).await.unwrap();
+    let jobs = job_db.all().await.unwrap();
     let by_id: HashMap<String, &media_store::Job> =
         jobs.iter().map(|j| (j.id.to_hex(), j)).collect();
     let mailpit = test_kit::mailpit::Mailpit::new(&stack.mailpit_api_url);
@@ -580,7 +596,7 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
 
     let orphan_chunks = {
         let mut n = 0;
-        for bucket in store.video_buckets().chain([&store.mp3_files]) {
+        for bucket in [&store.video_files, &store.mp3_files] {
             let ids: Vec<Bson> = bucket.chunks.distinct("files_id", doc! {}).await.unwrap();
             for id in ids {
                 if bucket
@@ -600,10 +616,12 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
         }
         n
     };
-    let mut sources_left = 0;
-    for bucket in store.video_buckets() {
-        sources_left += bucket.files.count_documents(doc! {}).await.unwrap();
-    }
+    let sources_left = store
+        .video_files
+        .files
+        .count_documents(doc! {})
+        .await
+        .unwrap();
     let (work, queues) = {
         let m = mesh.lock().await;
         (
@@ -626,7 +644,10 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
         mp3_wrong,
         emails_wrong,
         duplicates,
-        reannounced: jobs.iter().map(|j| j.reannounced).sum(),
+        reannounced: jobs
+            .iter()
+            .map(|j| u32::try_from(j.reannounced).unwrap_or(0))
+            .sum(),
         orphan_chunks,
         sources_left,
         temp_dirs,
@@ -635,6 +656,7 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
     };
     drop(mesh);
     let _ = store.db.drop().await;
+    stack.drop_database(&mongo_db).await;
     let _ = std::fs::remove_dir_all(&work);
     let topology = amqp_kit::TopologyArgs {
         delivery_limit: 5,

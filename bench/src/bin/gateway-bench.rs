@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let stack = test_kit::Stack::from_env();
     let auth_db = stack.fresh_database("gwbench").await;
     let mongo_db = test_kit::unique_name("gwbench").replace('-', "_");
+    let jobs_db = stack.database(&mongo_db).await;
     let queue = test_kit::unique_name("video-bench");
     let auth_port = free_port();
     let admin = || format!("127.0.0.1:{}", free_port());
@@ -79,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             ("AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
             ("MONGODB_URI", stack.mongodb_uri.clone()),
             ("MONGODB_DATABASE", mongo_db.clone()),
+            ("DATABASE_URL", jobs_db.clone()),
             ("AMQP_URL", stack.amqp_url.clone()),
             ("VIDEO_QUEUE", queue.clone()),
         ];
@@ -117,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let id = media_store::mongodb::bson::oid::ObjectId::new();
         let mut up = store
-            .videos(id)
+            .videos
             .open_upload_stream("raw.bin")
             .id(id.into())
             .await?;
@@ -128,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         up.close().await?;
         let raw = t.elapsed();
         rows.push((mib, "GridFS driver (the limit)", raw, raw, f64::NAN));
-        clean(&store).await?;
+        clean(&store, &jobs_db).await?;
 
         // gRPC client stream.
         gateway.reset_peak();
@@ -164,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
             raw,
             gateway.peak_rss_mib(),
         ));
-        clean(&store).await?;
+        clean(&store, &jobs_db).await?;
 
         // REST multipart, streamed by the client too.
         gateway.reset_peak();
@@ -190,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
             raw,
             gateway.peak_rss_mib(),
         ));
-        clean(&store).await?;
+        clean(&store, &jobs_db).await?;
     }
 
     // What the validation cache buys: ListJobs over gRPC with the cache (the
@@ -306,11 +308,13 @@ async fn list_jobs_rate(port: u16, token: &str) -> anyhow::Result<(f64, bench::S
 }
 
 /// Removes every stored video and job between runs (disk space).
-async fn clean(store: &Store) -> anyhow::Result<()> {
-    for bucket in store.video_buckets() {
-        bucket.files.delete_many(doc! {}).await?;
-        bucket.chunks.delete_many(doc! {}).await?;
-    }
-    store.jobs.coll.delete_many(doc! {}).await?;
+async fn clean(store: &Store, jobs_db: &str) -> anyhow::Result<()> {
+    store.video_files.files.delete_many(doc! {}).await?;
+    store.video_files.chunks.delete_many(doc! {}).await?;
+    let (client, conn) = tokio_postgres::connect(jobs_db, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute("DELETE FROM outbox; DELETE FROM jobs")
+        .await?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use converter_svc::{app::App, config::Cli};
 use futures::AsyncWriteExt;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use media_store::{
-    Job, JobState, OutputOptions, Store,
+    Job, JobState, Jobs, OutputOptions, Store,
     mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
@@ -23,6 +23,9 @@ pub struct Env {
     pub video_queue: String,
     pub mp3_queue: String,
     pub store: Store,
+    /// The jobs, as the test sees them (the converters have their own pool).
+    pub jobs: Jobs,
+    jobs_url: String,
     publisher: Publisher,
     pub clips: tempfile::TempDir,
     /// The converters' WORK_DIR.
@@ -57,6 +60,23 @@ impl Env {
         .unwrap();
         let video_queue = test_kit::unique_name("video");
         let mp3_queue = test_kit::unique_name("mp3");
+        let jobs_url = stack.database(&db).await;
+        // Migrated by the first converter; the tests' own handle on it.
+        let jobs = Jobs::connect(
+            &media_store::DatabaseArgs {
+                database_url: Secret::new(jobs_url.clone()),
+                db_pool_size: 4,
+                db_timeout: Duration::from_secs(5),
+            },
+            "converter-tests",
+            media_store::Routes {
+                video_queue: video_queue.clone(),
+                mp3_queue: mp3_queue.clone(),
+                delete_sources: true,
+            },
+        )
+        .await
+        .unwrap();
         // Declares the video queue as gateway-svc does, so events published
         // before a converter starts are kept.
         let publisher = Publisher::with_topology(
@@ -74,6 +94,8 @@ impl Env {
             video_queue,
             mp3_queue,
             store,
+            jobs,
+            jobs_url,
             publisher,
             clips: tempfile::tempdir().unwrap(),
             work: tempfile::tempdir().unwrap(),
@@ -94,6 +116,8 @@ impl Env {
             &self.stack.mongodb_uri,
             "--mongodb-database",
             &self.db,
+            "--database-url",
+            &self.jobs_url,
             "--video-queue",
             &self.video_queue,
             "--mp3-queue",
@@ -167,7 +191,7 @@ impl Env {
         let id = ObjectId::new();
         let mut up = self
             .store
-            .videos(id)
+            .videos
             .open_upload_stream(&filename)
             .id(id.into())
             .metadata(doc! { "owner_id": "user-1" })
@@ -181,7 +205,7 @@ impl Env {
             let mut scanner = media_store::mp4::Scanner::default();
             scanner.feed(&bytes);
             if let Some(index) = scanner.finish() {
-                media_store::gridfs::keep_mp4_index(self.store.video_files(id), id, &index)
+                media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index)
                     .await
                     .unwrap();
             }
@@ -196,8 +220,7 @@ impl Env {
         );
         job.state = JobState::Queued;
         job.size_bytes = bytes.len() as i64;
-        job.published = true;
-        self.store.jobs.insert(&job).await.unwrap();
+        self.jobs.insert(&job).await.unwrap();
         id
     }
 
@@ -245,7 +268,7 @@ impl Env {
             "application/octet-stream",
             OutputOptions::default(),
         );
-        self.store.jobs.insert(&job).await.unwrap();
+        self.jobs.insert(&job).await.unwrap();
         let event = media_store::proto::upload_started(id);
         self.publisher
             .publish(
@@ -257,7 +280,7 @@ impl Env {
             .unwrap();
         let stream = self
             .store
-            .videos(id)
+            .videos
             .open_upload_stream(filename)
             .id(id.into())
             .metadata(doc! { "owner_id": "user-1" })
@@ -265,34 +288,28 @@ impl Env {
             .unwrap();
         LiveUpload {
             id,
-            filename: filename.to_owned(),
             stream,
             written: 0,
         }
     }
 
     /// Does what gateway-svc does at an upload's commit: close the file,
-    /// commit the job, publish `VideoUploaded`, record that it was. Returns
-    /// the job as the commit left it.
+    /// commit the job (its `VideoUploaded` goes out through the outbox: a
+    /// converter's relay sends it). Returns the job as the commit left it.
     pub async fn commit(&self, mut up: LiveUpload) -> Job {
         up.stream.close().await.unwrap();
-        let job = self
-            .store
-            .jobs
+        self.jobs
             .commit_upload(up.id, up.written)
             .await
             .unwrap()
-            .expect("the job was uploading");
-        self.publish_uploaded(up.id, &up.filename, up.written).await;
-        self.store.jobs.mark_published(up.id).await.unwrap();
-        job
+            .expect("the job was uploading")
     }
 
     /// Does what gateway-svc does when an upload fails: remove its chunks
     /// and its job.
     pub async fn abort(&self, mut up: LiveUpload) {
         up.stream.abort().await.unwrap();
-        self.store.jobs.discard_upload(up.id).await.unwrap();
+        self.jobs.discard_upload(up.id).await.unwrap();
     }
 
     /// Job directories the converters hold in their WORK_DIR now.
@@ -412,8 +429,18 @@ impl Env {
         all
     }
 
+    /// Runs SQL on the job database (to set a job up as a test needs).
+    pub async fn sql(
+        &self,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> u64 {
+        let client = self.jobs.pool().get().await.unwrap();
+        client.execute(statement, params).await.unwrap()
+    }
+
     pub async fn job(&self, id: ObjectId) -> Job {
-        self.store.jobs.get(id).await.unwrap().unwrap()
+        self.jobs.get(id).await.unwrap().unwrap()
     }
 
     pub async fn mp3_count(&self, video: Option<ObjectId>) -> u64 {
@@ -452,7 +479,7 @@ impl Env {
     /// Whether the video of a job is still stored.
     pub async fn video_stored(&self, id: ObjectId) -> bool {
         self.store
-            .videos(id)
+            .videos
             .find_one(doc! { "_id": id })
             .await
             .unwrap()
@@ -469,17 +496,14 @@ impl Env {
             .unwrap()
     }
 
-    /// Chunks in every video bucket.
+    /// Chunks of videos.
     pub async fn video_chunk_count(&self) -> u64 {
-        let mut n = 0;
-        for bucket in self.store.video_buckets() {
-            n += bucket.chunks.count_documents(doc! {}).await.unwrap();
-        }
-        n
+        self.chunk_count("videos").await
     }
 
     pub async fn cleanup(self) {
         let _ = self.store.db.drop().await;
+        self.stack.drop_database(&self.db).await;
         let topo = topology();
         test_kit::delete_work_queues(
             &self.stack.amqp_url,
@@ -507,7 +531,6 @@ fn topology() -> amqp_kit::TopologyArgs {
 /// An upload in progress, as the gateway writes it.
 pub struct LiveUpload {
     pub id: ObjectId,
-    filename: String,
     stream: media_store::mongodb::gridfs::GridFsUploadStream,
     written: u64,
 }

@@ -12,13 +12,11 @@ const CLIP: &str = "-f lavfi -i testsrc2=duration=6:size=640x360:rate=25 -f lavf
 
 /// Whether a converter holds a live claim on the upload.
 async fn leased(env: &Env, id: media_store::mongodb::bson::oid::ObjectId) -> bool {
-    env.store
-        .jobs
-        .live
-        .find_one(media_store::mongodb::bson::doc! { "_id": id })
+    env.jobs
+        .get(id)
         .await
         .unwrap()
-        .is_some()
+        .is_some_and(|j| j.live_holder.is_some())
 }
 
 #[tokio::test]
@@ -131,7 +129,7 @@ async fn an_upload_that_aborts_takes_its_conversion_with_it() {
     assert_eq!(env.mp3_count(None).await, 0);
     assert_eq!(env.chunk_count("mp3s").await, 0, "no partial MP3");
     assert_eq!(env.video_chunk_count().await, 0);
-    assert!(env.store.jobs.get(id).await.unwrap().is_none());
+    assert!(env.jobs.get(id).await.unwrap().is_none());
     assert!(!leased(&env, id).await, "the claim is dropped");
     // Nothing was announced, and nothing is.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -613,6 +613,52 @@ pub async fn delete_files(bucket: &Bucket, ids: &[ObjectId]) -> Result<(), mongo
     Ok(())
 }
 
+/// Deletes the chunks of file `id` (an orphan: no files document).
+pub async fn delete_chunks(bucket: &Bucket, id: &Bson) -> Result<(), mongodb::error::Error> {
+    bucket
+        .chunks
+        .delete_many(doc! { "files_id": id })
+        .await
+        .map(drop)
+}
+
+/// Up to `limit` files stored before `age` ago, each with the job it belongs
+/// to: its own id (a video) or `metadata.video_id` (an MP3, `by_video`).
+pub async fn older_files(
+    bucket: &Bucket,
+    age: Duration,
+    by_video: bool,
+    limit: i64,
+) -> Result<Vec<(Bson, ObjectId)>, mongodb::error::Error> {
+    let cutoff = DateTime::from_system_time(
+        std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH),
+    );
+    let files: Vec<Document> = bucket
+        .files
+        .find(doc! { "uploadDate": { "$lte": cutoff } })
+        .projection(doc! { "_id": 1, "metadata.video_id": 1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await?;
+    Ok(files
+        .into_iter()
+        .filter_map(|f| {
+            let job = if by_video {
+                f.get_document("metadata")
+                    .ok()?
+                    .get_object_id("video_id")
+                    .ok()?
+            } else {
+                f.get_object_id("_id").ok()?
+            };
+            Some((f.get("_id")?.clone(), job))
+        })
+        .collect())
+}
+
 /// Stores an MP4's late index beside the video (`metadata.mp4_index`).
 pub async fn keep_mp4_index(
     bucket: &Bucket,

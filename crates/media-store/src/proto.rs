@@ -5,11 +5,11 @@ use crate::{
     Job, JobState,
     options::{Channels, Encoding, InvalidOption, OutputOptions, RawOptions, SampleRate},
 };
-use mongodb::bson::DateTime;
 use mp3converter_proto::media::v1 as pb;
+use std::time::SystemTime;
 
-fn ts(t: DateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(t.to_system_time())
+fn ts(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
 }
 
 pub fn job_state(s: JobState) -> pb::JobState {
@@ -134,6 +134,22 @@ pub fn upload_started(
         job_id: id.to_hex(),
         video_id: id.to_hex(),
         occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+    }
+}
+
+/// The job's `VideoUploaded`: derived from the job alone, under an id derived
+/// from it, so a repeat (the janitor's) is recognisably the same event.
+pub fn video_uploaded(j: &Job) -> mp3converter_proto::events::v1::VideoUploaded {
+    mp3converter_proto::events::v1::VideoUploaded {
+        event_id: format!("video-{}", j.id.to_hex()),
+        job_id: j.id.to_hex(),
+        video_id: j.id.to_hex(),
+        owner_id: j.owner_id.clone(),
+        owner_email: j.owner_email.clone(),
+        filename: j.filename.clone(),
+        content_type: j.content_type.clone(),
+        size_bytes: u64::try_from(j.size_bytes).unwrap_or_default(),
+        occur_time: Some(prost_types::Timestamp::from(SystemTime::now())),
     }
 }
 

@@ -67,6 +67,39 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// The URL of database `name` on the stack's PostgreSQL, created if it
+    /// does not exist yet (replicas of one test share it).
+    pub async fn database(&self, name: &str) -> String {
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the stack's PostgreSQL (is `scripts/stack up` running?)");
+        tokio::spawn(conn);
+        let created = client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await;
+        if let Err(e) = created
+            && e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+        {
+            panic!("create database {name}: {e}");
+        }
+        format!("{}/{name}", url_without_db(&self.database_url))
+    }
+
+    /// Drops database `name` (a test's, once it is done with it).
+    pub async fn drop_database(&self, name: &str) {
+        let Ok((client, conn)) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await
+        else {
+            return;
+        };
+        tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
+    }
+}
+
 fn url_without_db(url: &str) -> String {
     // postgres://user:pw@host:port/db?params -> postgres://user:pw@host:port
     let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);

@@ -4,7 +4,7 @@ use futures::AsyncWriteExt;
 use gateway_svc::{app::App, config::Config};
 use lapin::options::QueueDeclareOptions;
 use media_store::{
-    Store,
+    Jobs, Store,
     mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
@@ -82,6 +82,8 @@ pub struct TestApp {
     pub queue: String,
     pub topology: amqp_kit::WorkQueue,
     pub store: Store,
+    pub jobs: Jobs,
+    pub db: String,
     pub stack: test_kit::Stack,
     token: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -101,7 +103,9 @@ pub fn notified_queue(video_queue: &str) -> String {
     format!("{video_queue}.notified")
 }
 
-pub fn config(auth: SocketAddr, db: &str, queue: &str, extra: &[&str]) -> Config {
+/// A gateway's settings for a test: MongoDB database `db`, and the
+/// PostgreSQL database of the same name at `jobs_db`.
+pub fn config(auth: SocketAddr, db: &str, jobs_db: &str, queue: &str, extra: &[&str]) -> Config {
     let stack = test_kit::Stack::from_env();
     let auth_url = format!("http://{auth}");
     let notified = notified_queue(queue);
@@ -119,6 +123,8 @@ pub fn config(auth: SocketAddr, db: &str, queue: &str, extra: &[&str]) -> Config
         &stack.mongodb_uri,
         "--mongodb-database",
         db,
+        "--database-url",
+        jobs_db,
         "--amqp-url",
         &stack.amqp_url,
         "--video-queue",
@@ -130,6 +136,25 @@ pub fn config(auth: SocketAddr, db: &str, queue: &str, extra: &[&str]) -> Config
     ];
     args.extend_from_slice(extra);
     Config::try_parse_from(args).unwrap()
+}
+
+/// The jobs of a test's database, as the test sees them (its own pool).
+pub async fn test_jobs(url: &str, queue: &str) -> Jobs {
+    let pool = svc_kit::pg::pool(
+        &Secret::new(url.to_owned()),
+        4,
+        Duration::from_secs(5),
+        "gateway-tests",
+    )
+    .unwrap();
+    Jobs::new(
+        pool,
+        media_store::Routes {
+            video_queue: queue.to_owned(),
+            mp3_queue: "mp3".to_owned(),
+            delete_sources: true,
+        },
+    )
 }
 
 pub async fn spawn_app(auth: &Auth) -> TestApp {
@@ -147,7 +172,8 @@ pub async fn spawn_app_with(auth: &Auth, extra: &[&str]) -> TestApp {
 pub async fn spawn_app_on(auth: &Auth, db: &str, queue: &str, extra: &[&str]) -> TestApp {
     test_kit::init_tracing();
     let (db, queue) = (db.to_owned(), queue.to_owned());
-    let cfg = config(auth.addr, &db, &queue, extra);
+    let jobs_db = test_kit::Stack::from_env().database(&db).await;
+    let cfg = config(auth.addr, &db, &jobs_db, &queue, extra);
     let topology = cfg.video_topology.work_queue(&queue);
     let store = Store::new(
         &cfg.mongodb_uri,
@@ -157,6 +183,7 @@ pub async fn spawn_app_on(auth: &Auth, db: &str, queue: &str, extra: &[&str]) ->
     )
     .await
     .unwrap();
+    let jobs = test_jobs(&jobs_db, &queue).await;
     let app = App::build(cfg).await.unwrap();
     let (http, grpc, admin) = (app.http_addr(), app.grpc_addr(), app.admin_addr());
     let token = CancellationToken::new();
@@ -169,6 +196,8 @@ pub async fn spawn_app_on(auth: &Auth, db: &str, queue: &str, extra: &[&str]) ->
         queue,
         topology,
         store,
+        jobs,
+        db,
         stack: test_kit::Stack::from_env(),
         token,
         handle,
@@ -262,23 +291,52 @@ impl TestApp {
     }
 
     pub async fn video_count(&self) -> u64 {
-        let mut n = 0;
-        for bucket in self.store.video_buckets() {
-            n += bucket.files.count_documents(doc! {}).await.unwrap();
-        }
-        n
+        self.store
+            .video_files
+            .files
+            .count_documents(doc! {})
+            .await
+            .unwrap()
     }
 
     pub async fn video_chunk_count(&self) -> u64 {
-        let mut n = 0;
-        for bucket in self.store.video_buckets() {
-            n += bucket.chunks.count_documents(doc! {}).await.unwrap();
-        }
-        n
+        self.store
+            .video_files
+            .chunks
+            .count_documents(doc! {})
+            .await
+            .unwrap()
     }
 
     pub async fn job_count(&self) -> u64 {
-        self.store.jobs.coll.count_documents(doc! {}).await.unwrap()
+        let client = self.jobs.pool().get().await.unwrap();
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM jobs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n as u64
+    }
+
+    /// Runs SQL on the test's job database (to set a job up as a test needs).
+    pub async fn sql(
+        &self,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> u64 {
+        let client = self.jobs.pool().get().await.unwrap();
+        client.execute(statement, params).await.unwrap()
+    }
+
+    /// Waits until this app's video queue holds `n` messages (the outbox
+    /// relay publishes just after the commit).
+    pub async fn wait_queued(&self, n: u32) {
+        test_kit::wait_until(
+            &format!("{n} messages in the video queue"),
+            Duration::from_secs(10),
+            || async { (self.queued_messages().await == n).then_some(()) },
+        )
+        .await;
     }
 
     /// Messages ready in this app's video queue.
@@ -306,12 +364,12 @@ impl TestApp {
         let id = ObjectId::parse_str(id).unwrap();
         let file = self
             .store
-            .videos(id)
+            .videos
             .find_one(doc! { "_id": id })
             .await
             .unwrap()
             .unwrap();
-        let mut reader = self.store.video_files(id).stream((&file).into(), 0, 16);
+        let mut reader = self.store.video_files.stream((&file).into(), 0, 16);
         let mut out = Vec::new();
         while let Some(chunk) = reader.next_chunk().await.unwrap() {
             out.extend_from_slice(&chunk);
@@ -336,45 +394,53 @@ impl TestApp {
         }
         up.close().await.unwrap();
         if let Some(job) = video_id {
-            self.store
-                .jobs
-                .coll
-                .update_one(
-                    doc! { "_id": job },
-                    doc! { "$set": { "state": "done", "mp3_id": id } },
-                )
-                .await
-                .unwrap();
+            self.sql(
+                "UPDATE jobs SET state = 'done', mp3_id = $2, lease_holder = NULL, lease_until = NULL \
+                 WHERE id = $1",
+                &[&job.to_hex(), &id.to_hex()],
+            )
+            .await;
         }
         id.to_hex()
     }
 
     pub async fn all_jobs(&self) -> Vec<media_store::Job> {
-        self.store.jobs.find(doc! {}, 10_000).await.unwrap()
+        let client = self.jobs.pool().get().await.unwrap();
+        let ids: Vec<String> = client
+            .query("SELECT id FROM jobs ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut all = Vec::new();
+        for id in ids {
+            all.extend(
+                self.jobs
+                    .get(ObjectId::parse_str(&id).unwrap())
+                    .await
+                    .unwrap(),
+            );
+        }
+        all
     }
 
-    /// Stops the gateway and removes its database and queues.
+    /// Stops the gateway and removes its databases and queues.
     pub async fn stop(self) {
-        let (store, stack, topology) = self.shutdown().await;
-        let _ = store.db.drop().await;
-        let receipts = amqp_kit::WorkQueue {
-            name: notified_queue(&topology.name),
-            ..topology.clone()
-        };
-        let hints = amqp_kit::WorkQueue {
-            name: format!("{}.live", topology.name),
-            retry_delays: Vec::new(),
-            expires_after: Some(amqp_kit::HINT_TTL),
-            ..topology.clone()
-        };
-        test_kit::delete_work_queues(&stack.amqp_url, &[topology, receipts, hints]).await;
+        self.shutdown().await.remove().await;
     }
 
     /// Stops the gateway (as SIGTERM does), keeping what it stored.
-    pub async fn shutdown(self) -> (Store, test_kit::Stack, amqp_kit::WorkQueue) {
+    pub async fn shutdown(self) -> Stopped {
         self.token.cancel();
         self.handle.await.unwrap().unwrap();
-        (self.store, self.stack, self.topology)
+        Stopped {
+            store: self.store,
+            jobs: self.jobs,
+            db: self.db,
+            stack: self.stack,
+            topology: self.topology,
+        }
     }
 
     /// Messages ready in a queue of this app's broker.
@@ -403,6 +469,35 @@ impl TestApp {
                 .unwrap();
         }
         out
+    }
+}
+
+/// What a stopped gateway leaves: its stores, to look at, then remove.
+pub struct Stopped {
+    pub store: Store,
+    pub jobs: Jobs,
+    pub db: String,
+    pub stack: test_kit::Stack,
+    pub topology: amqp_kit::WorkQueue,
+}
+
+impl Stopped {
+    /// Removes the databases and queues.
+    pub async fn remove(self) {
+        let _ = self.store.db.drop().await;
+        self.stack.drop_database(&self.db).await;
+        let topology = self.topology;
+        let receipts = amqp_kit::WorkQueue {
+            name: notified_queue(&topology.name),
+            ..topology.clone()
+        };
+        let hints = amqp_kit::WorkQueue {
+            name: format!("{}.live", topology.name),
+            retry_delays: Vec::new(),
+            expires_after: Some(amqp_kit::HINT_TTL),
+            ..topology.clone()
+        };
+        test_kit::delete_work_queues(&self.stack.amqp_url, &[topology, receipts, hints]).await;
     }
 }
 

@@ -192,13 +192,14 @@ async fn an_over_limit_length_is_refused_before_100_continue() {
 
 /// The gateway as its own process (so its memory is its own), against the
 /// in-process auth-svc; returns it and its REST address.
-fn gateway_process(
+async fn gateway_process(
     auth: &Auth,
     db: &str,
     queue: &str,
 ) -> (std::process::Child, std::net::SocketAddr) {
     use std::io::BufRead;
     let stack = test_kit::Stack::from_env();
+    let jobs_db = stack.database(db).await;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-svc"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -218,6 +219,7 @@ fn gateway_process(
             "--mongodb-database",
             db,
         ])
+        .args(["--database-url", &jobs_db])
         .args(["--amqp-url", &stack.amqp_url, "--video-queue", queue])
         .args(["--notified-queue", &notified_queue(queue)])
         .stdout(std::process::Stdio::piped())
@@ -255,7 +257,7 @@ async fn hostile_uploads_in_parallel_keep_the_gateway_small() {
     let auth = Auth::start().await;
     let db = test_kit::unique_name("gwmem").replace('-', "_");
     let queue = test_kit::unique_name("video");
-    let (mut child, http) = gateway_process(&auth, &db, &queue);
+    let (mut child, http) = gateway_process(&auth, &db, &queue).await;
     // One in-process replica on the same database makes the user and cleans
     // up after.
     let app = spawn_app_on(&auth, &db, &queue, &[]).await;

@@ -79,7 +79,7 @@ async fn rest_upload_and_download_of_100_mib_keep_every_byte() {
         app.stored_video(&job_id).await == video,
         "stored video differs"
     );
-    assert_eq!(app.queued_messages().await, 1);
+    app.wait_queued(1).await;
 
     // The converter's part, done by hand: a 100 MiB "MP3" for this job.
     let mp3 = random_bytes(100 * MIB);
@@ -444,8 +444,19 @@ async fn twenty_parallel_uploads_make_twenty_jobs_and_messages() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(app.job_count().await, 20);
     assert_eq!(app.video_count().await, 20);
-    assert_eq!(app.queued_messages().await, 20);
-    assert!(app.all_jobs().await.iter().all(|j| j.published));
+    app.wait_queued(20).await;
+    assert!(
+        app.all_jobs()
+            .await
+            .iter()
+            .all(|j| j.state == media_store::JobState::Queued)
+    );
+    // One VideoUploaded each, marked sent once the broker confirmed it.
+    test_kit::wait_until("20 events sent", Duration::from_secs(10), || async {
+        let events = app.jobs.events().await.unwrap();
+        (events.len() == 20 && events.iter().all(|(_, _, sent)| *sent)).then_some(())
+    })
+    .await;
     app.stop().await;
     auth.stop().await;
 }
