@@ -241,3 +241,92 @@ async fn a_file_that_is_not_a_video_ends_in_a_failure_email() {
     assert_eq!(q.consumer_count(), 1);
     mesh.stop().await;
 }
+
+/// A long conversion, watched the way the web app watches it (the SSE
+/// stream) and the way a script would (GET /jobs/{id}): the percentage moves
+/// while it converts, forwards only, then the job is done at 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_conversion_shows_its_progress_over_sse_and_rest() {
+    let mesh = Mesh::start_with(&[("converter-svc", "--progress-interval", "100ms")]).await;
+    let (email, password) = mesh.user().await;
+    // 40 minutes of sound in a few MB: seconds of ffmpeg's work.
+    let video = mesh.sample(
+        "talk.mkv",
+        "-f lavfi -i testsrc=duration=2400:size=32x24:rate=1 -f lavfi -i sine=frequency=300:duration=2400 -shortest -c:v mpeg4 -c:a aac -b:a 32k",
+    );
+    let rest = Rest::new(mesh.http);
+    let token = rest.login(&email, &password).await;
+
+    let sse = rest.get(&token, "/jobs/events").await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Option<f64>)>::new()));
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut body = sse.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let event: String = buf.drain(..end + 2).collect();
+                    if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:"))
+                        && let Ok(job) = serde_json::from_str::<serde_json::Value>(data.trim())
+                        && job["state"].is_string()
+                    {
+                        seen.lock().unwrap().push((
+                            job["state"].as_str().unwrap().to_owned(),
+                            job["progress"].as_f64(),
+                        ));
+                    }
+                }
+            }
+        })
+    };
+    let job = rest
+        .upload(&token, "talk.mkv", std::fs::read(&video).unwrap())
+        .await;
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let mut polled = Vec::new();
+    let deadline = tokio::time::Instant::now() + e2e::T;
+    loop {
+        let j: serde_json::Value = rest.get(&token, &format!("/jobs/{id}")).await.json().await.unwrap();
+        if j["state"] == "converting"
+            && let Some(p) = j["progress"].as_f64()
+        {
+            polled.push(p);
+        }
+        if j["state"] == "done" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not done: {j}");
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    mesh.wait_notified(&id).await;
+    reader.abort();
+
+    let seen = seen.lock().unwrap().clone();
+    let live: Vec<f64> = seen
+        .iter()
+        .filter(|(s, _)| s == "converting")
+        .filter_map(|(_, p)| *p)
+        .filter(|p| *p > 0.0 && *p < 100.0)
+        .collect();
+    let mut distinct = live.clone();
+    distinct.dedup();
+    assert!(
+        distinct.len() >= 3,
+        "at least three percentages while converting over SSE: {seen:?}"
+    );
+    assert!(live.windows(2).all(|w| w[0] <= w[1]), "never backwards: {live:?}");
+    assert_eq!(
+        seen.last().cloned(),
+        Some(("done".to_owned(), Some(100.0))),
+        "ends done at 100: {seen:?}"
+    );
+    let mut polled_distinct: Vec<f64> = polled.into_iter().filter(|p| *p > 0.0).collect();
+    polled_distinct.dedup();
+    assert!(
+        polled_distinct.len() >= 2,
+        "GET /jobs/{{id}} shows it moving too: {polled_distinct:?}"
+    );
+    mesh.stop().await;
+}
