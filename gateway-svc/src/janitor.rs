@@ -94,9 +94,12 @@ impl Janitor {
                 }
             }
             metrics::counter!("mp3converter_janitor_rounds_total").increment(1);
+            let started = Instant::now();
             if let Err(e) = self.round().await {
                 tracing::warn!(error = %e, "janitor round failed");
             }
+            metrics::histogram!("mp3converter_janitor_round_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
             if last_orphans.is_none_or(|t| t.elapsed() >= self.settings.orphan_interval) {
                 last_orphans = Some(Instant::now());
                 if let Err(e) = self.orphans().await {

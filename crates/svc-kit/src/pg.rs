@@ -258,6 +258,9 @@ pub async fn migrate(pool: &Pool, runner: refinery::Runner, lock_id: i64) -> any
     client
         .execute("SELECT pg_advisory_lock($1)", &[&lock_id])
         .await?;
+    // A migration applied by a newer replica is not an error for an older
+    // one: during a rolling upgrade both run, and migrations only add.
+    let runner = runner.set_abort_missing(false);
     let res = runner.run_async(&mut **client).await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&lock_id])
