@@ -358,165 +358,6 @@ impl ChunkStream {
     }
 }
 
-/// What a [`Tail`] found.
-#[derive(Debug)]
-pub enum Tailed {
-    /// The next chunk.
-    Chunk(Bytes),
-    /// The file is committed and every chunk has been read.
-    End,
-    /// No new chunk yet, and the file is not committed: look again later.
-    Waiting,
-}
-
-/// Reads a file that is still being written, chunk by chunk as they land,
-/// until its files document appears (the writer's commit) and the last chunk
-/// is read. Writers insert chunks in order, each full ([`CHUNK_SIZE`]) but
-/// the last; the total is checked against the files document at the end.
-#[derive(Debug)]
-pub struct Tail {
-    chunks: Collection<RawDocumentBuf>,
-    files: Collection<FilesCollectionDocument>,
-    id: Bson,
-    next_n: u32,
-    read: u64,
-    cursor: Option<Cursor<RawDocumentBuf>>,
-    /// Known once the files document exists.
-    file: Option<FileInfo>,
-    /// A chunk shorter than the chunk size was read: it must be the last.
-    short: bool,
-    batch: u32,
-}
-
-impl Bucket {
-    /// Follows file `id` while it is written; see [`Tail`].
-    pub fn tail(&self, id: ObjectId, batch: u32) -> Tail {
-        Tail {
-            chunks: self.chunks.clone_with_type(),
-            files: self.files.clone_with_type(),
-            id: Bson::ObjectId(id),
-            next_n: 0,
-            read: 0,
-            cursor: None,
-            file: None,
-            short: false,
-            batch: batch.max(1),
-        }
-    }
-}
-
-impl Tail {
-    /// Bytes read so far.
-    pub fn position(&self) -> u64 {
-        self.read
-    }
-
-    /// The file, once committed.
-    pub fn file(&self) -> Option<&FileInfo> {
-        self.file.as_ref()
-    }
-
-    pub async fn next(&mut self) -> Result<Tailed, ReadError> {
-        loop {
-            if let Some(f) = &self.file
-                && self.next_n >= f.chunks()
-            {
-                self.cursor = None;
-                if self.read != f.length {
-                    return Err(ReadError::Corrupt(format!(
-                        "{} bytes in the chunks, {} in the files document",
-                        self.read, f.length
-                    )));
-                }
-                return Ok(Tailed::End);
-            }
-            let cursor = match self.cursor.as_mut() {
-                Some(c) => c,
-                None => {
-                    let mut find = self
-                        .chunks
-                        .find(
-                            doc! { "files_id": &self.id, "n": { "$gte": i64::from(self.next_n) } },
-                        )
-                        .batch_size(self.batch);
-                    if let Some(f) = &self.file {
-                        // What is left is known: let a scanning server stop there.
-                        let left = f.chunks() - self.next_n;
-                        find = find.batch_size(self.batch.min(left)).limit(i64::from(left));
-                    }
-                    self.cursor.insert(find.await?)
-                }
-            };
-            match cursor.try_next().await? {
-                Some(d) => return self.take(d).map(Tailed::Chunk),
-                None => {
-                    self.cursor = None;
-                    if self.file.is_some() {
-                        // Committed, and a chunk it counts is not there.
-                        return Err(ReadError::Corrupt(format!(
-                            "chunk {} is missing",
-                            self.next_n
-                        )));
-                    }
-                    match self.files.find_one(doc! { "_id": &self.id }).await? {
-                        // Committed meanwhile: read what is left, if anything.
-                        Some(f) => {
-                            let f = FileInfo::from(&f);
-                            if f.chunk_size != u64::from(CHUNK_SIZE) && self.next_n > 0 {
-                                return Err(ReadError::Corrupt(format!(
-                                    "written in chunks of {} bytes, not {CHUNK_SIZE}",
-                                    f.chunk_size
-                                )));
-                            }
-                            self.file = Some(f);
-                        }
-                        None => return Ok(Tailed::Waiting),
-                    }
-                }
-            }
-        }
-    }
-
-    fn take(&mut self, d: RawDocumentBuf) -> Result<Bytes, ReadError> {
-        let n = chunk_number(&d)?;
-        if n != self.next_n || self.short {
-            return Err(ReadError::Corrupt(format!(
-                "expected chunk {} of a file being written, found {n}",
-                self.next_n
-            )));
-        }
-        // Until the files document says otherwise, every chunk is full but a
-        // last one.
-        let file = self.file.clone().unwrap_or(FileInfo {
-            id: self.id.clone(),
-            length: u64::MAX,
-            chunk_size: u64::from(CHUNK_SIZE),
-        });
-        let data = match d.get("data").ok().flatten() {
-            Some(RawBsonRef::Binary(b)) => b.bytes.len() as u64,
-            _ => return Err(ReadError::Corrupt(format!("chunk {n} has no data"))),
-        };
-        if self.file.is_none() && data < file.chunk_size && data > 0 {
-            self.short = true;
-            let bytes = check_chunk(
-                &FileInfo {
-                    length: u64::from(n) * file.chunk_size + data,
-                    ..file
-                },
-                d,
-                n,
-            )?;
-            self.next_n += 1;
-            self.read += data;
-            return Ok(bytes);
-        }
-        let bytes = check_chunk(&file, d, n)?;
-        self.next_n += 1;
-        self.read += bytes.len() as u64;
-        Ok(bytes)
-    }
-}
-
 /// Writes a new file's chunks in any order, then its files document.
 #[derive(Debug)]
 pub struct ChunkWriter {
@@ -595,21 +436,12 @@ pub async fn delete_file(bucket: &Bucket, id: &Bson) -> Result<(), mongodb::erro
     Ok(())
 }
 
-/// Deletes several files in one query per collection, in the order of
-/// [`delete_file`]. On a server that scans to delete (FerretDB) this is one
-/// pass over the chunks for all of them instead of one pass each.
+/// Deletes several files, each as [`delete_file`] does: every query is an
+/// equality on the file's id, which any server answers from its index.
 pub async fn delete_files(bucket: &Bucket, ids: &[ObjectId]) -> Result<(), mongodb::error::Error> {
-    if ids.is_empty() {
-        return Ok(());
+    for id in ids {
+        delete_file(bucket, &Bson::ObjectId(*id)).await?;
     }
-    bucket
-        .files
-        .delete_many(doc! { "_id": { "$in": ids } })
-        .await?;
-    bucket
-        .chunks
-        .delete_many(doc! { "files_id": { "$in": ids } })
-        .await?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub mod options;
 pub mod outbox;
 pub mod proto;
 
-pub use gridfs::{Bucket, ChunkStream, ChunkWriter, FileInfo, ReadError, Tail, Tailed};
+pub use gridfs::{Bucket, ChunkStream, ChunkWriter, FileInfo, ReadError};
 pub use jobs::{
     Claim, DatabaseArgs, Deleted, FailureKind, Finish, Job, JobState, Jobs, Lease, Mp3Facts,
     NewUpload, OverQuota, Quotas, Routes, Started,
@@ -140,7 +140,7 @@ impl Store {
             .await
     }
 
-    /// Deletes the videos `ids` (one query per collection).
+    /// Deletes the videos `ids`.
     pub async fn delete_videos(&self, ids: &[ObjectId]) -> Result<(), mongodb::error::Error> {
         gridfs::delete_files(&self.video_files, ids).await
     }
