@@ -200,7 +200,8 @@ function createJobItem(job, { onDownload, onDelete }) {
     result.hidden = !done;
     if (done) {
       const parts = ['MP3', formatBytes(next.mp3_size_bytes), formatDuration(next.duration_seconds)];
-      result.textContent = parts.filter(Boolean).join(' · ');
+      const notes = Array.isArray(next.notes) ? next.notes : [];
+      result.textContent = [parts.filter(Boolean).join(' · '), ...notes.map((n) => `Note: ${n}`)].join(' — ');
     }
     download.hidden = !done;
     download.setAttribute('aria-label', `Download ${mp3Name(next.filename)}`);

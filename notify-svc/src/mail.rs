@@ -98,6 +98,16 @@ impl Mailer {
             ("size", Some(human_size(e.size_bytes))),
             ("expire_time", e.expire_time.as_ref().and_then(utc_minute)),
             ("mp3_id", Some(e.mp3_id.clone())),
+            (
+                "notes",
+                (!e.notes.is_empty()).then(|| {
+                    e.notes
+                        .iter()
+                        .map(|n| for_display(n))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            ),
             ("base_url", Some(self.base_url.clone())),
             ("login_user", Some(shell_quote(&e.owner_email))),
             (
@@ -284,6 +294,22 @@ mod tests {
             m.subject,
             "[mp3converter] Your MP3 is ready: $(touch X).mp3"
         );
+    }
+
+    #[test]
+    fn notes_on_the_mp3_are_said_and_only_when_there_are_some() {
+        let plain = mailer().ready_email(&ready("a.mp3")).unwrap();
+        assert!(!plain.text.contains("Note:"), "{}", plain.text);
+        let mut e = ready("a.mp3");
+        e.notes = vec!["the video has 2 audio tracks; the MP3 holds the first <b>".into()];
+        let m = mailer().ready_email(&e).unwrap();
+        assert!(
+            m.text
+                .contains("Note: the video has 2 audio tracks; the MP3 holds the first <b>."),
+            "{}",
+            m.text
+        );
+        assert!(m.html.contains("holds the first &lt;b&gt;."), "{}", m.html);
     }
 
     #[test]

@@ -147,3 +147,35 @@ async fn invalid_inputs_fail_with_a_reason_and_store_nothing() {
     conv.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_second_audio_track_is_not_dropped_silently() {
+    let env = Env::new().await;
+    let clip = env.clip(
+        "two_tracks.mkv",
+        "-f lavfi -i testsrc=duration=3:size=160x120:rate=10 -f lavfi -i sine=frequency=440:duration=3 \
+         -f lavfi -i sine=frequency=880:duration=3 -map 0:v -map 1:a -map 2:a -shortest -c:v mpeg4 -c:a aac",
+    );
+    let one = env.clip("one_track.mkv", &format!("{AV} -c:v mpeg4 -c:a aac"));
+    let conv = env.start().await;
+    let (two_id, one_id) = (env.submit(&clip).await, env.submit(&one).await);
+    let events = env.events(2, Duration::from_secs(60)).await;
+    let ready = |id: String| {
+        events
+            .iter()
+            .find_map(|e| match e {
+                Outcome::Ready(r) if r.job_id == id => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{events:?}"))
+    };
+    // The user is told, on the job and in the event the email is made of.
+    let note = "the video has 2 audio tracks; the MP3 holds the first";
+    assert_eq!(ready(two_id.to_hex()).notes, vec![note.to_owned()]);
+    assert_eq!(env.job(two_id).await.notes, vec![note.to_owned()]);
+    let shown = media_store::proto::job(&env.job(two_id).await);
+    assert_eq!(shown.notes, vec![note.to_owned()]);
+    assert!(ready(one_id.to_hex()).notes.is_empty());
+    conv.stop().await;
+    env.cleanup().await;
+}

@@ -41,6 +41,9 @@ pub(crate) struct JobJson {
     duration_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     failure_reason: Option<String>,
+    /// What the user should know about a done job.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
     options: serde_json::Value,
     created_at: String,
     updated_at: String,
@@ -106,6 +109,7 @@ impl From<pb::Job> for JobJson {
             mp3_size_bytes: done.then_some(j.mp3_size_bytes),
             duration_seconds: done.then_some(j.duration_seconds),
             failure_reason: (!j.failure_reason.is_empty()).then_some(j.failure_reason),
+            notes: j.notes,
             options: options_json(j.options),
             created_at: rfc3339(j.create_time),
             updated_at: rfc3339(j.update_time),

@@ -131,6 +131,7 @@ impl Env {
             duration_seconds: 185.0,
             occur_time: None,
             expire_time: None,
+            notes: Vec::new(),
         }
     }
 
