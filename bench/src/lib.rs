@@ -1,4 +1,7 @@
-//! Shared bits of the benchmarks: latency summaries and table printing.
+//! Shared bits of the benchmarks: latency summaries and table printing, the
+//! clips, services run as processes.
+
+pub mod clips;
 
 use std::time::Duration;
 

@@ -59,7 +59,8 @@ impl App {
         )
         .await?;
         let work_root = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let (work, stale) = WorkDir::create(&work_root, &instance)?;
+        let (work, stale) = WorkDir::create(&work_root, &instance, config.max_spool_bytes)?;
+        let tls = config.tls.load()?;
         if stale > 0 {
             tracing::info!(stale, "removed work directories of converters that died");
         }
@@ -98,6 +99,7 @@ impl App {
                 stall: config.live_stall,
                 commit_wait: Duration::from_secs(15),
             },
+            connect: crate::live::Connect::new(tls.clone()),
         };
         let (health, _grpc_health) = Health::new(&["rabbitmq", "mongodb", "postgresql"]).await;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;

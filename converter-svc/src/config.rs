@@ -136,6 +136,18 @@ pub struct Config {
     #[arg(long, env = "WORK_DIR")]
     pub work_dir: Option<PathBuf>,
 
+    /// Disk space the videos spooled into WORK_DIR may take together; an
+    /// upload followed live that would pass it is converted from storage
+    /// after its upload instead, a stored one is retried later.
+    #[arg(long, env = "MAX_SPOOL_BYTES", value_parser = parse_size, default_value = "4GiB")]
+    pub max_spool_bytes: u64,
+
+    /// mTLS to the gateways' follow listeners (converting uploads as they
+    /// arrive): this converter's certificate, and the CA the gateway's must
+    /// chain to.
+    #[command(flatten)]
+    pub tls: svc_kit::tls::TlsArgs,
+
     /// How often readiness checks MongoDB.
     #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub health_interval: Duration,

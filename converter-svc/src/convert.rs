@@ -65,7 +65,6 @@ pub(crate) struct Converted {
 
 pub(crate) struct Context<'a> {
     pub(crate) store: &'a Store,
-    pub(crate) jobs: &'a media_store::Jobs,
     pub(crate) work: &'a WorkDir,
     pub(crate) settings: &'a Settings,
     /// Called with the percentage done, at most once per interval.
@@ -88,6 +87,7 @@ fn feed_failure(e: FeedError) -> Failure {
         FeedError::Read(e) => read_failure(e),
         FeedError::Write(e) => Failure::Transient(format!("feeding ffmpeg: {e}")),
         FeedError::Upload(why) => Failure::Transient(why),
+        e @ FeedError::SpoolFull(_) => Failure::Transient(e.to_string()),
     }
 }
 
@@ -101,12 +101,16 @@ fn seconds(d: Duration) -> String {
 }
 
 /// Where the video is read from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Source {
     /// The committed upload.
     Stored,
-    /// The upload as it arrives (see [`crate::live`]).
-    Live(crate::live::Settings),
+    /// The upload as it arrives (see [`crate::live`]), followed at `url`.
+    Live {
+        settings: crate::live::Settings,
+        url: String,
+        connect: crate::live::Connect,
+    },
 }
 
 /// Converts `job`'s video and stores the MP3.
@@ -128,11 +132,16 @@ pub(crate) async fn run(
         db.collection.name = "videos",
         video_id = %job.id,
         bytes = tracing::field::Empty,
-        live = matches!(source, Source::Live(_)),
+        live = matches!(source, Source::Live { .. }),
     );
+    let live = matches!(source, Source::Live { .. });
     let (stream, first, plan, declared) = match source {
         Source::Stored => open_stored(ctx, job, &read_span).await?,
-        Source::Live(live) => open_live(ctx, job, live, &read_span).await?,
+        Source::Live {
+            settings,
+            url,
+            connect,
+        } => open_live(job, &connect, &url, settings, &read_span).await?,
     };
     if let Some(d) = declared.audio_duration {
         check_length(s, job, d)?;
@@ -142,11 +151,14 @@ pub(crate) async fn run(
     let output_path = dir.path().join("output.mp3");
     let mut pipe = None;
     let how = match &plan {
-        Plan::Pipe { moved: None } if matches!(source, Source::Live(_)) => "live",
+        Plan::Pipe { moved: None } if live => "live",
+        Plan::Spool if live => "live_spooled",
         Plan::Pipe { moved: None } => "piped",
         Plan::Pipe { moved: Some(_) } => "piped_index_moved",
         Plan::Spool => "spooled",
     };
+    // The spool's disk space, held until the job's directory goes.
+    let mut spool_space = ctx.work.spool_space();
     metrics::counter!("mp3converter_converter_inputs_total", "how" => how).increment(1);
     tracing::debug!(job_id = %job.id, how, "feeding ffmpeg");
     let input = match plan {
@@ -155,7 +167,9 @@ pub(crate) async fn run(
             Input::Pipe
         }
         Plan::Spool => {
-            input::spool(stream, first, &input_path)
+            // Live, this lasts as long as the upload: the file is whole the
+            // moment it is committed, and ffmpeg reads a local file.
+            input::spool(stream, first, &input_path, &mut spool_space)
                 .instrument(read_span.clone())
                 .await
                 .map_err(feed_failure)?;
@@ -255,7 +269,7 @@ pub(crate) async fn run(
             id: sink.id(),
             size_bytes: size,
             duration_seconds: duration,
-            notes: Vec::new(),
+            notes: notes(&facts),
         }),
         Err(SinkError::Store(e)) if media_store::is_duplicate_key(&e) => {
             // Another converter stored this video's MP3 first (one per video):
@@ -281,24 +295,26 @@ pub(crate) async fn run(
     }
 }
 
-/// The upload's follower, its first chunk, and how to feed it (only as it
-/// is: the rest has not arrived).
+/// The upload's follower, its first chunk, and how to feed it: piped if it
+/// decodes front to back, else spooled as it arrives.
 async fn open_live(
-    ctx: &Context<'_>,
     job: &Job,
-    live: crate::live::Settings,
+    connect: &crate::live::Connect,
+    url: &str,
+    settings: crate::live::Settings,
     read_span: &tracing::Span,
 ) -> Result<(input::Chunks, bytes::Bytes, Plan, input::Declared), Failure> {
-    let mut follow = crate::live::Follow::new(ctx.store, ctx.jobs, job.id, live);
+    let mut follow = connect
+        .follow(url, &job.id.to_hex(), settings)
+        .await
+        .map_err(feed_failure)?;
     let first = follow
         .next_chunk()
         .instrument(read_span.clone())
         .await
         .map_err(feed_failure)?
         .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
-    let plan = input::plan_live(&first).ok_or_else(|| {
-        Failure::Transient("this container cannot be converted while it arrives".into())
-    })?;
+    let plan = input::plan_live(&first);
     Ok((
         input::Chunks::Live(follow),
         first,
@@ -371,7 +387,8 @@ fn check_length(s: &Settings, job: &Job, source: f64) -> Result<(), Failure> {
 /// What ffmpeg said about the input and the output.
 #[derive(Debug, Default)]
 struct Facts {
-    streams: Option<(bool, bool)>,
+    /// Audio tracks, and whether there is a video.
+    streams: Option<(usize, bool)>,
     container_duration: Option<f64>,
     out_time: Option<f64>,
     errors: Vec<String>,
@@ -406,7 +423,7 @@ async fn watch(
                 None => return Ok(facts),
                 Some(Event::Streams { audio, video }) => {
                     facts.streams = Some((audio, video));
-                    if !audio {
+                    if audio == 0 {
                         return Err(no_audio());
                     }
                     if !video && !s.allow_audio_only {
@@ -462,6 +479,16 @@ async fn watch(
     }
 }
 
+/// What the user should know about an MP3 made from this input.
+fn notes(facts: &Facts) -> Vec<String> {
+    match facts.streams {
+        Some((tracks, _)) if tracks > 1 => vec![format!(
+            "the video has {tracks} audio tracks; the MP3 holds the first"
+        )],
+        _ => Vec::new(),
+    }
+}
+
 fn no_audio() -> Failure {
     Failure::Permanent("the video has no audio track, so there is nothing to put in an MP3".into())
 }
@@ -485,7 +512,7 @@ fn judge(
             ffmpeg::short_reason(&facts.errors)
         )));
     };
-    if !audio {
+    if audio == 0 {
         return Err(no_audio());
     }
     if !video && !s.allow_audio_only {

@@ -38,8 +38,10 @@ pub enum Input<'a> {
 /// What ffmpeg tells us as it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// The input's streams are known (once, before encoding starts).
-    Streams { audio: bool, video: bool },
+    /// The input's streams are known (once, before encoding starts): how
+    /// many audio tracks (the MP3 holds the first) and whether there is a
+    /// video.
+    Streams { audio: usize, video: bool },
     /// The input's declared duration, in seconds.
     Duration(f64),
     /// Seconds of audio written so far.
@@ -187,13 +189,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Turns ffmpeg-sidecar's events into ours (on the blocking pool).
 fn forward(iter: ffmpeg_sidecar::iter::FfmpegIterator, tx: &mpsc::Sender<Event>) {
-    let mut streams: Option<(bool, bool)> = None;
+    let mut streams: Option<(usize, bool)> = None;
     let mut announced = false;
     for event in iter {
         let ours = match event {
             FfmpegEvent::ParsedInputStream(s) if s.parent_index == 0 => {
-                let (a, v) = streams.get_or_insert((false, false));
-                *a |= s.is_audio();
+                let (a, v) = streams.get_or_insert((0, false));
+                *a += usize::from(s.is_audio());
                 // Cover art in an audio file is a "video" stream.
                 *v |= s.is_video() && !s.raw_log_message.contains("(attached pic)");
                 None

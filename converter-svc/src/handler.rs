@@ -61,6 +61,8 @@ pub(crate) struct Converter {
     pub(crate) active: Arc<Mutex<HashSet<ObjectId>>>,
     /// How uploads are followed when converted as they arrive.
     pub(crate) live: crate::live::Settings,
+    /// How the gateways' follow listeners are reached.
+    pub(crate) connect: crate::live::Connect,
 }
 
 /// The job a `VideoUploaded` is about (the job holds everything else).
@@ -261,7 +263,7 @@ impl Converter {
             return Ok(Converted::adopted(&file));
         }
         let lost = CancellationToken::new();
-        let live = matches!(source, crate::convert::Source::Live(_));
+        let live = matches!(source, crate::convert::Source::Live { .. });
         let renewer = {
             let (jobs, lost, me, ttl) = (
                 self.jobs.clone(),
@@ -318,7 +320,6 @@ impl Converter {
             };
             let ctx = crate::convert::Context {
                 store: &self.store,
-                jobs: &self.jobs,
                 work: &self.work,
                 settings: &self.settings,
                 progress: &report,
@@ -456,23 +457,28 @@ impl Converter {
 #[derive(Debug, Clone)]
 pub(crate) struct Live(pub(crate) Converter);
 
-fn decode_started(d: &Delivery) -> Option<ObjectId> {
+/// The upload an `UploadStarted` announces, and where to follow it.
+fn decode_started(d: &Delivery) -> Option<(ObjectId, String)> {
     let kind = d.properties.kind().as_ref().map(|k| k.as_str());
     if kind.is_some_and(|k| k != UploadStarted::TYPE) {
         return None;
     }
     let event = <UploadStarted as prost::Message>::decode(d.data.as_slice()).ok()?;
-    ObjectId::parse_str(&event.video_id).ok()
+    Some((ObjectId::parse_str(&event.video_id).ok()?, event.follow_url))
 }
 
 impl Handler for Live {
     async fn handle(&self, delivery: &Delivery, abandon: CancellationToken) -> Outcome {
-        let Some(id) = decode_started(delivery) else {
+        let Some((id, url)) = decode_started(delivery) else {
             tracing::warn!("undecodable UploadStarted; dropped");
             return Outcome::Ack;
         };
+        if url.is_empty() {
+            // Nowhere to follow it from: converted after its upload.
+            return Outcome::Ack;
+        }
         if let Some(active) = Active::take(&self.0.active, id) {
-            let outcome = self.0.process_live(id, abandon).await;
+            let outcome = self.0.process_live(id, url, abandon).await;
             metrics::counter!("mp3converter_live_conversions_total", "outcome" => outcome)
                 .increment(1);
             drop(active);
@@ -498,7 +504,12 @@ enum Committed {
 impl Converter {
     /// Converts an upload as it arrives; the outcome, for the metric. Any
     /// failure gives the job back to the `VideoUploaded` path.
-    async fn process_live(&self, id: ObjectId, abandon: CancellationToken) -> &'static str {
+    async fn process_live(
+        &self,
+        id: ObjectId,
+        url: String,
+        abandon: CancellationToken,
+    ) -> &'static str {
         let job = match self
             .jobs
             .claim_live(id, &self.instance, self.lease_ttl)
@@ -520,7 +531,11 @@ impl Converter {
         let result = self
             .convert_leased(
                 &job,
-                crate::convert::Source::Live(self.live),
+                crate::convert::Source::Live {
+                    settings: self.live,
+                    url,
+                    connect: self.connect.clone(),
+                },
                 abandon.clone(),
             )
             .instrument(span.clone())

@@ -51,13 +51,18 @@ fn streams_from_a_pipe(first: &[u8]) -> bool {
         || (first.len() > 376 && first[0] == 0x47 && first[188] == 0x47 && first[376] == 0x47) // MPEG-TS
 }
 
-/// How to feed a video still being uploaded, from its first chunk: only as
-/// it is (nothing can be read from an end that has not arrived), so only
-/// containers that decode front to back; `None` for the rest.
-pub(crate) fn plan_live(first: &[u8]) -> Option<Plan> {
+/// How to feed a video still being uploaded, from its first chunk: piped
+/// as it arrives if it decodes front to back; else spooled as it arrives
+/// (an MP4/MOV's index may come last: nothing can be read from an end that
+/// has not arrived) and converted from the file once it is complete.
+pub(crate) fn plan_live(first: &[u8]) -> Plan {
     let decodable = streams_from_a_pipe(first)
         || (mp4::looks_like_mp4(first, u64::MAX) && mp4::index_comes_first(first) == Some(true));
-    decodable.then_some(Plan::Pipe { moved: None })
+    if decodable {
+        Plan::Pipe { moved: None }
+    } else {
+        Plan::Spool
+    }
 }
 
 /// Decides how to feed the file whose first chunk is `first`: with the
@@ -237,6 +242,9 @@ pub(crate) enum FeedError {
     /// A live conversion's upload ended without a commit, or stalled.
     #[error("{0}")]
     Upload(String),
+    /// The converter's spool space (`MAX_SPOOL_BYTES`) is used up.
+    #[error("the converter's spool space is full ({0} bytes)")]
+    SpoolFull(u64),
 }
 
 /// Where a video's chunks come from: the stored file, or an upload as it
@@ -349,13 +357,28 @@ async fn write_rearranged<W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Copies the whole video into `path` (for containers ffmpeg must seek in).
-pub(crate) async fn spool(stream: Chunks, first: Bytes, path: &Path) -> Result<u64, FeedError> {
-    let mut file = tokio::fs::File::create(path)
+/// Copies the whole video into `path` (for containers ffmpeg must seek in),
+/// within the disk space `space` may still take.
+pub(crate) async fn spool(
+    stream: Chunks,
+    first: Bytes,
+    path: &Path,
+    space: &mut crate::workdir::Reservation,
+) -> Result<u64, FeedError> {
+    let file = tokio::fs::File::create(path)
         .await
         .map_err(FeedError::Write)?;
-    let n = feed(stream, first, None, &mut file).await?;
-    file.sync_all().await.map_err(FeedError::Write)?;
+    let mut out = crate::workdir::Bounded::new(file, space);
+    let n = match feed(stream, first, None, &mut out).await {
+        Err(FeedError::Write(e)) if crate::workdir::is_full(&e) => {
+            return Err(FeedError::SpoolFull(out.limit()));
+        }
+        other => other?,
+    };
+    out.into_inner()
+        .sync_all()
+        .await
+        .map_err(FeedError::Write)?;
     Ok(n)
 }
 
@@ -384,7 +407,7 @@ mod tests {
             b.resize(len as usize, 0);
             b
         };
-        let live = |b: &[u8]| matches!(plan_live(b), Some(Plan::Pipe { moved: None }));
+        let live = |b: &[u8]| matches!(plan_live(b), Plan::Pipe { moved: None });
         assert!(live(&[0x1a, 0x45, 0xdf, 0xa3, 0x01]), "Matroska");
         assert!(live(
             &[boxed(b"ftyp", 24), boxed(b"moov", 64), boxed(b"mdat", 64)].concat()
@@ -393,6 +416,13 @@ mod tests {
             &[boxed(b"ftyp", 24), boxed(b"mdat", 64), boxed(b"moov", 64)].concat()
         ));
         assert!(!live(b"RIFF....AVI LIST"), "AVI must be spooled");
+        assert!(
+            matches!(
+                plan_live(&[boxed(b"ftyp", 24), boxed(b"mdat", 64)].concat()),
+                Plan::Spool
+            ),
+            "an MP4 whose index comes last is spooled as it arrives"
+        );
     }
 
     #[tokio::test]

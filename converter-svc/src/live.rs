@@ -1,33 +1,43 @@
 //! Converting a video while it is still being uploaded.
 //!
 //! The gateway announces an upload as it begins (`UploadStarted`, on the
-//! live queue). A converter with a free live slot takes the job's lease while
-//! it is still `uploading` ([`media_store::Jobs::claim_live`]), starts ffmpeg
-//! and feeds it the chunks as they land ([`Follow`]). The upload's commit
-//! hands the job over under that lease, so when the last chunk is in, the MP3
-//! is nearly done.
+//! live queue), naming where its bytes can be followed: the replica that
+//! receives them serves them as they arrive
+//! (`mp3converter.upload.v1.UploadFollowService`), so nothing is read back
+//! from GridFS. A converter with a free live slot takes the job's live claim
+//! while it is still `uploading` ([`media_store::Jobs::claim_live`]) and
+//! follows the upload ([`Follow`]): a container that decodes front to back is
+//! fed to ffmpeg as it lands; any other (an MP4 or MOV with its index at the
+//! end, as phones write them) is spooled to the work directory as it lands and
+//! converted from that local file the moment the upload completes. The
+//! upload's commit hands the job over under the claim's lease.
 //!
 //! It is an optimisation, never the guarantee: the `VideoUploaded` that
 //! follows the commit still carries the job. Whatever goes wrong on the live
-//! path (a container that must be read from its end, a stall, an abort, any
-//! failure at all) gives the lease back and leaves the job to that path,
-//! which decides it exactly as before. An upload that aborts takes its live
-//! conversion with it: the partial MP3 is removed and nothing is announced.
+//! path (a follower that fell behind, a stall, a spool over its bound, an
+//! abort, any failure at all) gives the lease back and leaves the job to that
+//! path, which converts the stored file. An upload that aborts takes its
+//! live conversion with it: the spool and partial MP3 are removed and nothing
+//! is announced.
 
 use crate::input::FeedError;
 use bytes::Bytes;
-use media_store::{JobState, Jobs, Store, Tail, Tailed, mongodb::bson::oid::ObjectId};
-use std::time::{Duration, Instant};
+use mp3converter_proto::upload::v1::{
+    FollowUploadRequest, FollowUploadResponse, follow_upload_response,
+    upload_follow_service_client::UploadFollowServiceClient,
+};
+use std::time::Duration;
+use tonic::transport::Endpoint;
 
 /// How a live conversion follows its upload.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
-    /// How often to look for new chunks when the reader has caught up.
+    /// How often to look at the job while waiting for its commit.
     pub(crate) poll: Duration,
-    /// Give up when no chunk has arrived for this long.
+    /// Give up when no byte has arrived for this long.
     pub(crate) stall: Duration,
     /// How long to wait, once ffmpeg is done, for the gateway to commit the
-    /// job and confirm its `VideoUploaded`.
+    /// job.
     pub(crate) commit_wait: Duration,
 }
 
@@ -42,68 +52,91 @@ pub(crate) fn queue(config: &crate::config::Config) -> amqp_kit::WorkQueue {
     config.topology.hint_queue(&name)
 }
 
-/// How often a reader that is waiting checks that the upload still goes on.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// The chunks of an upload in progress, in order, until its commit.
+/// An upload's bytes as they arrive, from the gateway replica receiving it.
 #[derive(Debug)]
 pub(crate) struct Follow {
-    tail: Tail,
-    jobs: Jobs,
-    id: ObjectId,
-    settings: Settings,
-    last_chunk: Instant,
-    last_check: Instant,
+    stream: tonic::Streaming<FollowUploadResponse>,
+    stall: Duration,
+    received: u64,
+}
+
+/// How a converter reaches the gateways' follow listeners.
+#[derive(Clone, Debug)]
+pub(crate) struct Connect {
+    /// Under mTLS: our certificate, and the gateway's identity expected.
+    tls: Option<svc_kit::tls::MeshTls>,
+}
+
+impl Connect {
+    pub(crate) fn new(tls: Option<svc_kit::tls::MeshTls>) -> Self {
+        Self { tls }
+    }
+
+    /// Starts following upload `job_id` at `url`.
+    pub(crate) async fn follow(
+        &self,
+        url: &str,
+        job_id: &str,
+        settings: Settings,
+    ) -> Result<Follow, FeedError> {
+        let failed =
+            |e: &dyn std::fmt::Display| FeedError::Upload(format!("following the upload: {e}"));
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| failed(&e))?
+            .connect_timeout(Duration::from_secs(2));
+        let channel = match &self.tls {
+            Some(tls) => {
+                let connector = svc_kit::tls::Connector::new(tls, Some("gateway-svc".into()))
+                    .map_err(|e| failed(&e))?;
+                endpoint.connect_with_connector(connector).await
+            }
+            None => endpoint.connect().await,
+        }
+        .map_err(|e| failed(&e))?;
+        let stream = UploadFollowServiceClient::new(channel)
+            .follow_upload(FollowUploadRequest {
+                job_id: job_id.to_owned(),
+                offset: 0,
+            })
+            .await
+            .map_err(|s| failed(&s.message()))?
+            .into_inner();
+        Ok(Follow {
+            stream,
+            stall: settings.stall,
+            received: 0,
+        })
+    }
 }
 
 impl Follow {
-    pub(crate) fn new(store: &Store, jobs: &Jobs, id: ObjectId, settings: Settings) -> Self {
-        Self {
-            tail: store.video_files.tail(id, media_store::READ_BATCH_CHUNKS),
-            jobs: jobs.clone(),
-            id,
-            settings,
-            last_chunk: Instant::now(),
-            last_check: Instant::now(),
-        }
-    }
-
-    /// The next chunk, `None` once the upload is committed and read whole.
+    /// The next bytes, `None` once the upload is committed and every byte
+    /// read. An upload that fails, a follower that fell behind, or a stall
+    /// ends it with an error: the job is then converted from storage.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, FeedError> {
-        loop {
-            match self.tail.next().await? {
-                Tailed::Chunk(b) => {
-                    self.last_chunk = Instant::now();
-                    return Ok(Some(b));
-                }
-                Tailed::End => return Ok(None),
-                Tailed::Waiting => {
-                    if self.last_chunk.elapsed() > self.settings.stall {
-                        return Err(FeedError::Upload(format!(
-                            "the upload stalled (nothing for {:?})",
-                            self.settings.stall
-                        )));
-                    }
-                    if self.last_check.elapsed() >= CHECK_EVERY {
-                        self.last_check = Instant::now();
-                        still_uploading(&self.jobs.clone(), self.id).await?;
-                    }
-                    tokio::time::sleep(self.settings.poll).await;
-                }
+        let msg = tokio::time::timeout(self.stall, self.stream.message())
+            .await
+            .map_err(|_| {
+                FeedError::Upload(format!("the upload stalled (nothing for {:?})", self.stall))
+            })?
+            .map_err(|s| FeedError::Upload(format!("following the upload: {}", s.message())))?;
+        match msg.and_then(|m| m.payload) {
+            Some(follow_upload_response::Payload::Chunk(b)) => {
+                self.received += b.len() as u64;
+                Ok(Some(b))
             }
+            Some(follow_upload_response::Payload::Complete(c))
+                if c.total_bytes == self.received =>
+            {
+                Ok(None)
+            }
+            Some(follow_upload_response::Payload::Complete(c)) => Err(FeedError::Upload(format!(
+                "the upload has {} bytes but {} came",
+                c.total_bytes, self.received
+            ))),
+            None => Err(FeedError::Upload(
+                "the upload's stream ended before its completion".into(),
+            )),
         }
-    }
-}
-
-/// An upload that failed or was abandoned loses its job (the gateway's
-/// `discard`, the janitor): stop reading.
-async fn still_uploading(jobs: &Jobs, id: ObjectId) -> Result<(), FeedError> {
-    let job = jobs
-        .get(id)
-        .await
-        .map_err(|e| FeedError::Upload(format!("looking at the upload's job: {e}")))?;
-    match job {
-        Some(j) if matches!(j.state, JobState::Uploading | JobState::Converting) => Ok(()),
-        _ => Err(FeedError::Upload("the upload was abandoned".into())),
     }
 }

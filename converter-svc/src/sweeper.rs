@@ -2,8 +2,7 @@
 //!
 //! Once the job is done (its `Mp3Ready` in the outbox), the source is only
 //! retention's business: deleting it is not part of the conversion, so the
-//! delivery is acked and the slot freed without waiting for it, and the ids
-//! that queue up while one delete runs go together in the next one. Whatever is not deleted here (a crash, a full queue, an error),
+//! delivery is acked and the slot freed without waiting for it. Whatever is not deleted here (a crash, a full queue, an error),
 //! the gateway's janitor deletes later: it looks for finished jobs whose
 //! source is still stored.
 

@@ -13,8 +13,16 @@
 
 use std::{
     fs::{self, File},
+    io,
     path::{Path, PathBuf},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
 };
+use tokio::io::AsyncWrite;
 
 const PREFIX: &str = "converter-";
 const STAGING: &str = ".staging-converter-";
@@ -26,12 +34,18 @@ pub(crate) struct WorkDir {
     /// Held (locked) until the process ends; the OS releases it even on
     /// SIGKILL.
     _lock: File,
+    /// The disk space spools may take together.
+    spools: Arc<SpoolSpace>,
 }
 
 impl WorkDir {
     /// Removes what dead converters left in `root`, then makes our own
     /// directory. Returns it and how many stale ones were removed.
-    pub(crate) fn create(root: &Path, instance: &str) -> std::io::Result<(Self, usize)> {
+    pub(crate) fn create(
+        root: &Path,
+        instance: &str,
+        max_spool: u64,
+    ) -> std::io::Result<(Self, usize)> {
         fs::create_dir_all(root)?;
         let removed = remove_stale(root);
         let staging = root.join(format!("{STAGING}{instance}"));
@@ -46,11 +60,30 @@ impl WorkDir {
             Ok(lock)
         });
         match locked {
-            Ok(lock) => Ok((Self { path, _lock: lock }, removed)),
+            Ok(lock) => Ok((
+                Self {
+                    path,
+                    _lock: lock,
+                    spools: Arc::new(SpoolSpace {
+                        max: max_spool,
+                        used: AtomicU64::new(0),
+                    }),
+                },
+                removed,
+            )),
             Err(e) => {
                 let _ = fs::remove_dir_all(&staging);
                 Err(e)
             }
+        }
+    }
+
+    /// A claim on spool space, empty until it grows; what it took is given
+    /// back when it is dropped (with the job's directory).
+    pub(crate) fn spool_space(&self) -> Reservation {
+        Reservation {
+            space: self.spools.clone(),
+            held: 0,
         }
     }
 
@@ -65,6 +98,104 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The disk space every spool of this converter may take together
+/// (`MAX_SPOOL_BYTES`).
+#[derive(Debug)]
+struct SpoolSpace {
+    max: u64,
+    used: AtomicU64,
+}
+
+/// Part of [`SpoolSpace`], taken as a spool grows.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    space: Arc<SpoolSpace>,
+    held: u64,
+}
+
+impl Reservation {
+    /// Takes `n` more bytes; false (nothing taken) if that would pass the
+    /// bound.
+    fn grow(&mut self, n: u64) -> bool {
+        let used = &self.space.used;
+        let taken = used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+            u.checked_add(n).filter(|t| *t <= self.space.max)
+        });
+        if taken.is_ok() {
+            self.held += n;
+        }
+        taken.is_ok()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.space.used.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+/// A writer that takes spool space for what it writes and fails once there
+/// is none (the error [`is_full`] recognises).
+pub(crate) struct Bounded<'a, W> {
+    inner: W,
+    space: &'a mut Reservation,
+}
+
+impl<'a, W> Bounded<'a, W> {
+    pub(crate) fn new(inner: W, space: &'a mut Reservation) -> Self {
+        Self { inner, space }
+    }
+
+    pub(crate) fn into_inner(self) -> W {
+        self.inner
+    }
+
+    /// The bound it writes within.
+    pub(crate) fn limit(&self) -> u64 {
+        self.space.space.max
+    }
+}
+
+/// The error a [`Bounded`] writer fails with when the space is used up.
+#[derive(Debug, thiserror::Error)]
+#[error("spool space used up")]
+struct Full;
+
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Full>())
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Bounded<'_, W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Space for the whole buffer first; what is not written is given
+        // back at once.
+        if !this.space.grow(buf.len() as u64) {
+            return Poll::Ready(Err(io::Error::other(Full)));
+        }
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let unwritten = match &res {
+            Poll::Ready(Ok(n)) => (buf.len() - n) as u64,
+            _ => buf.len() as u64,
+        };
+        this.space.held -= unwritten;
+        this.space.space.used.fetch_sub(unwritten, Ordering::AcqRel);
+        res
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -130,13 +261,13 @@ mod tests {
         // Something else in the same directory is not ours to remove.
         fs::create_dir_all(root.path().join("other")).unwrap();
 
-        let (live, removed) = WorkDir::create(root.path(), "a").unwrap();
+        let (live, removed) = WorkDir::create(root.path(), "a", 1 << 20).unwrap();
         assert_eq!(removed, 1);
         assert!(!dead.exists());
         assert!(root.path().join("other").exists());
 
         // A second converter starting beside the first leaves it alone.
-        let (second, removed) = WorkDir::create(root.path(), "b").unwrap();
+        let (second, removed) = WorkDir::create(root.path(), "b", 1 << 20).unwrap();
         assert_eq!(removed, 0);
         assert!(live.path.as_path().exists());
         let job = live.job("42").unwrap();
@@ -146,6 +277,27 @@ mod tests {
         let path = live.path.clone();
         drop(live);
         assert!(!path.exists(), "removed on a clean exit");
+    }
+
+    #[tokio::test]
+    async fn spools_together_stay_within_their_bound() {
+        use tokio::io::AsyncWriteExt;
+        let root = tempfile::tempdir().unwrap();
+        let (w, _) = WorkDir::create(root.path(), "s", 10_000).unwrap();
+        let (mut a, mut b) = (w.spool_space(), w.spool_space());
+        let mut out_a = Bounded::new(Vec::new(), &mut a);
+        out_a.write_all(&[0; 6000]).await.unwrap();
+        let mut out_b = Bounded::new(Vec::new(), &mut b);
+        let e = out_b.write_all(&[0; 6000]).await.unwrap_err();
+        assert!(is_full(&e), "{e}");
+        drop(out_a);
+        drop(a); // the first job's directory went: its space is back
+        let mut out_b = Bounded::new(Vec::new(), &mut b);
+        out_b.write_all(&[0; 6000]).await.unwrap();
+        assert_eq!(w.spools.used.load(Ordering::Acquire), 6000);
+        drop(out_b);
+        drop(b);
+        assert_eq!(w.spools.used.load(Ordering::Acquire), 0);
     }
 
     /// Converters starting at the same instant on one `WORK_DIR`, while
@@ -164,7 +316,7 @@ mod tests {
                     let (root, barrier) = (root.clone(), barrier.clone());
                     std::thread::spawn(move || {
                         barrier.wait();
-                        WorkDir::create(&root, &format!("r{round}-{i}")).map(|(w, _)| w)
+                        WorkDir::create(&root, &format!("r{round}-{i}"), 1 << 20).map(|(w, _)| w)
                     })
                 })
                 .collect();

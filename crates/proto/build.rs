@@ -8,6 +8,7 @@ const FILES: &[&str] = &[
     "mp3converter/auth/v1/auth_service.proto",
     "mp3converter/media/v1/media_service.proto",
     "mp3converter/events/v1/events.proto",
+    "mp3converter/upload/v1/follow_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Chunks become `bytes::Bytes`: moved between GridFS, channels and the
         // wire without copying.
         .bytes(".mp3converter.media.v1")
+        .bytes(".mp3converter.upload.v1")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -186,6 +186,59 @@ impl Rest {
     }
 }
 
+/// A gRPC upload sent the way a client on a slow link sends it: metadata,
+/// `pieces` chunks with `pause` between them, then the commit, unless `cut`
+/// (the client goes away after that many pieces).
+pub async fn grpc_upload_paced(
+    grpc: SocketAddr,
+    token: &str,
+    name: &str,
+    bytes: &[u8],
+    pieces: usize,
+    pause: Duration,
+    cut: Option<usize>,
+) -> Result<mp3converter_proto::media::v1::Job, tonic::Status> {
+    use mp3converter_proto::media::v1::{
+        UploadCommit, UploadMetadata, UploadRequest, media_service_client::MediaServiceClient,
+        upload_request::Payload,
+    };
+    let mut media = MediaServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(4);
+    let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let call = tokio::spawn(async move { media.upload(req).await });
+    let send = |p| tx.send(UploadRequest { payload: Some(p) });
+    send(Payload::Metadata(UploadMetadata {
+        filename: name.to_owned(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let size = bytes.len().div_ceil(pieces.max(1)).max(1);
+    for (i, part) in bytes.chunks(size).enumerate() {
+        if cut == Some(i) {
+            drop(tx);
+            return call.await.unwrap().map(|r| r.into_inner().job.unwrap());
+        }
+        for c in part.chunks(1 << 20) {
+            send(Payload::Chunk(bytes::Bytes::copy_from_slice(c)))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(pause).await;
+    }
+    send(Payload::Commit(UploadCommit {
+        total_bytes: bytes.len() as u64,
+    }))
+    .await
+    .unwrap();
+    drop(tx);
+    call.await.unwrap().map(|r| r.into_inner().job.unwrap())
+}
+
 /// The MP3 id in an email: the value of `fid=` in the download command.
 pub fn fid_in(text: &str) -> String {
     let start = text.find("fid=").expect("a download command in the email") + 4;
@@ -407,6 +460,8 @@ impl Mesh {
                         m.extend(["--amqp-url".into(), t.amqps_url.clone()]);
                     }
                     "converter-svc" => {
+                        // Its certificate, to follow uploads on the gateway.
+                        m.extend(t.flags(svc, None));
                         m.extend(["--mongodb-uri".into(), t.mongodb_tls_uri.clone()]);
                         m.extend(["--amqp-url".into(), t.amqps_url.clone()]);
                     }
@@ -434,6 +489,8 @@ impl Mesh {
         let notified_queue = unique_name("notified");
         let delays = crate::RETRY_DELAYS;
         let mut tasks = Vec::new();
+        let dir = tempfile::tempdir().unwrap();
+        let work_dir = dir.path().join("work").display().to_string();
 
         let auth_db = stack.fresh_database("e2eauth").await;
         let auth_db_name = db_name(&auth_db);
@@ -475,6 +532,8 @@ impl Mesh {
                 &[
                     "gateway-svc",
                     "--grpc-addr",
+                    "127.0.0.1:0",
+                    "--follow-addr",
                     "127.0.0.1:0",
                     "--http-addr",
                     "127.0.0.1:0",
@@ -528,6 +587,8 @@ impl Mesh {
                     &mongo_db,
                     "--database-url",
                     &media_db,
+                    "--work-dir",
+                    &work_dir,
                 ],
                 more("converter-svc"),
             ))
@@ -588,7 +649,7 @@ impl Mesh {
             stack,
             token,
             tasks,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             mongo_db,
             media_db,
             tls,
@@ -613,6 +674,24 @@ impl Mesh {
 
     pub fn sample(&self, name: &str, ffmpeg_args: &str) -> std::path::PathBuf {
         crate::sample(self.dir.path(), name, ffmpeg_args)
+    }
+
+    /// Files in the converter's work directory now (spools, MP3s being
+    /// written), besides its own lock.
+    pub fn work_files(&self) -> Vec<std::path::PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.file_name().is_some_and(|n| n != ".lock") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("work"), &mut out);
+        out
     }
 
     /// The one email sent to `to`, its text body.

@@ -288,7 +288,12 @@ async fn a_long_conversion_shows_its_progress_over_sse_and_rest() {
     let mut polled = Vec::new();
     let deadline = tokio::time::Instant::now() + e2e::T;
     loop {
-        let j: serde_json::Value = rest.get(&token, &format!("/jobs/{id}")).await.json().await.unwrap();
+        let j: serde_json::Value = rest
+            .get(&token, &format!("/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
         if j["state"] == "converting"
             && let Some(p) = j["progress"].as_f64()
         {
@@ -316,7 +321,10 @@ async fn a_long_conversion_shows_its_progress_over_sse_and_rest() {
         distinct.len() >= 3,
         "at least three percentages while converting over SSE: {seen:?}"
     );
-    assert!(live.windows(2).all(|w| w[0] <= w[1]), "never backwards: {live:?}");
+    assert!(
+        live.windows(2).all(|w| w[0] <= w[1]),
+        "never backwards: {live:?}"
+    );
     assert_eq!(
         seen.last().cloned(),
         Some(("done".to_owned(), Some(100.0))),

@@ -97,6 +97,8 @@ impl ProcMesh {
             vec![
                 s("--grpc-addr"),
                 grpc.to_string(),
+                s("--follow-addr"),
+                free_addr().to_string(),
                 s("--http-addr"),
                 http.to_string(),
                 s("--auth-url"),

@@ -3,6 +3,7 @@
 use crate::{
     auth::{AuthLayer, GrpcReject, Validator},
     config::Config,
+    follow::Follows,
     janitor::{self, Janitor},
     media::{MAX_CHUNK, Media},
     quota::Quotas,
@@ -17,6 +18,7 @@ use mp3converter_proto::{
     media::v1::{
         media_service_client::MediaServiceClient, media_service_server::MediaServiceServer,
     },
+    upload::v1::upload_follow_service_server::UploadFollowServiceServer,
 };
 use std::{net::SocketAddr, time::Duration};
 use svc_kit::{
@@ -41,6 +43,7 @@ const STREAMING: &[&str] = &[
     "/mp3converter.media.v1.MediaService/Upload",
     "/mp3converter.media.v1.MediaService/Download",
     "/mp3converter.media.v1.MediaService/WatchJobs",
+    "/mp3converter.upload.v1.UploadFollowService/FollowUpload",
 ];
 
 pub struct App {
@@ -48,7 +51,10 @@ pub struct App {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     admin_listener: TcpListener,
+    /// The internal listener converters follow uploads on.
+    follow_listener: TcpListener,
     routes: Routes,
+    follow_routes: Routes,
     rest: axum::Router,
     health: Health,
     store: Store,
@@ -145,6 +151,20 @@ impl App {
         );
 
         let (health, health_server) = Health::new(&["mongodb", "postgresql", "rabbitmq"]).await;
+        let follow_listener = svc_kit::grpc::bind(config.follow_addr).await?;
+        let follows = Follows::new(
+            usize::try_from(config.follow_window).unwrap_or(usize::MAX),
+            usize::try_from(config.follow_memory).unwrap_or(usize::MAX),
+            Some(match &config.follow_url {
+                Some(url) => url.clone(),
+                None => format!(
+                    "{}://{}",
+                    if tls.is_some() { "https" } else { "http" },
+                    loopback(follow_listener.local_addr()?)
+                ),
+            }),
+        );
+        let follow_routes = Routes::new(UploadFollowServiceServer::new(follows.clone()));
         health.track_service(SERVICE_NAME).await;
 
         let media = Media {
@@ -158,6 +178,7 @@ impl App {
             ),
             hub: Hub::default(),
             live_queue,
+            follows,
             max_upload: config.max_upload_size,
             quotas: Quotas {
                 limits: media_store::Quotas {
@@ -236,7 +257,9 @@ impl App {
             grpc_listener,
             http_listener,
             admin_listener,
+            follow_listener,
             routes,
+            follow_routes,
             rest,
             health,
             store,
@@ -372,11 +395,29 @@ impl App {
             self.tls.as_ref(),
             token.clone(),
         );
+        // Converters only: under mTLS the follow listener admits their
+        // identity, not the users' clients.
+        let follow_tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.admitting(&self.config.follow_allowed_clients));
+        let follow = svc_kit::grpc::serve_with(
+            self.follow_routes,
+            self.follow_listener,
+            limits,
+            STREAMING,
+            follow_tls.as_ref(),
+            token.clone(),
+        );
         let served = svc_kit::shutdown::drain_within(
             &token,
             self.config.shutdown_grace,
             Box::pin(async {
-                tokio::try_join!(async { http.await.map_err(anyhow::Error::from) }, grpc)
+                tokio::try_join!(
+                    async { http.await.map_err(anyhow::Error::from) },
+                    grpc,
+                    follow
+                )
             }),
         )
         .await;
@@ -405,7 +446,7 @@ impl App {
         .await;
         self.background.cancel();
         if let Some(res) = served {
-            res?;
+            res.map(drop)?;
         }
         tracing::info!("gateway-svc stopped");
         Ok(())

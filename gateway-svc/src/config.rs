@@ -78,6 +78,35 @@ pub struct Config {
     #[arg(long, env = "LIVE_QUEUE")]
     pub live_queue: Option<String>,
 
+    /// Address of the internal listener converters follow uploads on as
+    /// they arrive (UploadFollowService); under mTLS it admits only
+    /// FOLLOW_ALLOWED_CLIENTS. Not for users: keep it off the ingress.
+    #[arg(long, env = "FOLLOW_ADDR", default_value = "127.0.0.1:50053")]
+    pub follow_addr: SocketAddr,
+
+    /// The URL converters reach FOLLOW_ADDR of this replica at (in
+    /// Kubernetes, the pod's own address) [default: FOLLOW_ADDR as bound].
+    #[arg(long, env = "FOLLOW_URL")]
+    pub follow_url: Option<String>,
+
+    /// Identities (certificate names) the follow listener admits under mTLS.
+    #[arg(
+        long,
+        env = "FOLLOW_ALLOWED_CLIENTS",
+        value_delimiter = ',',
+        default_value = "converter-svc"
+    )]
+    pub follow_allowed_clients: Vec<String>,
+
+    /// Bytes of one upload kept for the converter following it; one that
+    /// falls further behind converts from storage instead.
+    #[arg(long, env = "FOLLOW_WINDOW", value_parser = parse_size, default_value = "16MiB")]
+    pub follow_window: u64,
+
+    /// Bytes all uploads keep for their followers together.
+    #[arg(long, env = "FOLLOW_MEMORY", value_parser = parse_size, default_value = "256MiB")]
+    pub follow_memory: u64,
+
     /// Queue of conversion outcomes (the janitor announces jobs it fails).
     #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
     pub mp3_queue: String,

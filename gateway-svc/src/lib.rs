@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 mod error;
+mod follow;
 mod janitor;
 mod media;
 mod quota;

@@ -10,6 +10,7 @@
 use crate::{
     auth::{Bearer, Caller, Validator, failure_status},
     error::{io_store_error, jobs_error, store_error},
+    follow::{Follows, TeeWriter},
     quota::Quotas,
     watch::{Hub, Update},
 };
@@ -53,6 +54,8 @@ pub(crate) struct Media {
     pub(crate) hub: Hub,
     /// Where uploads are announced as they begin; `None`: not announced.
     pub(crate) live_queue: Option<String>,
+    /// Uploads converters can follow as they arrive.
+    pub(crate) follows: Follows,
     pub(crate) max_upload: u64,
     pub(crate) quotas: Quotas,
     /// A download whose client reads nothing for this long is dropped.
@@ -262,8 +265,8 @@ impl Media {
             id,
             owner_id: caller.user_id.clone(),
             owner_email: caller.email.clone(),
-            filename: filename.clone(),
-            content_type: content_type.clone(),
+            filename,
+            content_type,
             options,
         };
         let Started { job, room } = self
@@ -276,6 +279,7 @@ impl Media {
             self.discard(id).await;
             return Err(self.quotas.stored_exceeded());
         }
+        let tee = self.follows.start(&id.to_hex());
         self.announce_start(&job);
 
         let span = tracing::info_span!(
@@ -289,7 +293,7 @@ impl Media {
         );
         let limit = self.max_upload.min(room);
         let total = match self
-            .write_video(&caller, id, &filename, &content_type, limit, &mut rx)
+            .write_video(&new, limit, &tee, &mut rx)
             .instrument(span.clone())
             .await
         {
@@ -309,7 +313,11 @@ impl Media {
         // Queued (its VideoUploaded in the outbox, in the same transaction):
         // from here the upload is accepted and ends in one outcome.
         let job = match self.jobs.commit_upload(id, total).await {
-            Ok(Some(job)) => job,
+            Ok(Some(job)) => {
+                // Accepted: a converter following it may finish it now.
+                tee.complete(total);
+                job
+            }
             Ok(None) => {
                 self.discard(id).await;
                 return Err(Status::aborted("the upload was abandoned; retry"));
@@ -328,24 +336,23 @@ impl Media {
     /// committed upload aborts it, so no chunk is left behind.
     async fn write_video(
         &self,
-        caller: &Caller,
-        id: ObjectId,
-        filename: &str,
-        content_type: &str,
+        new: &NewUpload,
         limit: u64,
+        tee: &TeeWriter,
         rx: &mut mpsc::Receiver<Result<UploadRequest, Status>>,
     ) -> Result<u64, Status> {
         let mut upload = self
             .store
             .videos
-            .open_upload_stream(filename)
-            .id(id.into())
-            .metadata(doc! { "owner_id": &caller.user_id, "content_type": content_type })
+            .open_upload_stream(&new.filename)
+            .id(new.id.into())
+            .metadata(doc! { "owner_id": &new.owner_id, "content_type": &new.content_type })
             .await
             .map_err(|e| store_error("opening a GridFS upload", &e))?;
+        let id = new.id;
         let mut scanner = media_store::mp4::Scanner::default();
         let received = tokio::select! {
-            r = self.receive_chunks(id, limit, rx, &mut upload, &mut scanner) => r,
+            r = self.receive_chunks(id, limit, rx, &mut upload, &mut scanner, tee) => r,
             () = self.abort_uploads.cancelled() => {
                 Err(Status::unavailable("the server is shutting down; retry the upload"))
             }
@@ -384,6 +391,7 @@ impl Media {
         rx: &mut mpsc::Receiver<Result<UploadRequest, Status>>,
         upload: &mut media_store::mongodb::gridfs::GridFsUploadStream,
         scanner: &mut media_store::mp4::Scanner,
+        tee: &TeeWriter,
     ) -> Result<u64, Status> {
         use upload_request::Payload;
         let mut total: u64 = 0;
@@ -426,6 +434,7 @@ impl Media {
                         return Err(self.quotas.stored_exceeded());
                     }
                     scanner.feed(&chunk);
+                    tee.push(&chunk);
                     upload
                         .write_all(&chunk)
                         .await
@@ -486,7 +495,7 @@ impl Media {
         let Some(queue) = self.live_queue.clone() else {
             return;
         };
-        let event = media_store::proto::upload_started(job.id);
+        let event = media_store::proto::upload_started(job.id, self.follows.url());
         let publisher = self.publisher.clone();
         let job_id = job.id;
         tokio::spawn(

@@ -221,6 +221,7 @@ impl Mesh {
         let env = self.env(&[
             ("HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
             ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
             ("AUTH_URL", format!("http://{}", self.auth_addr)),
             ("MAX_WAITING_JOBS_PER_USER", "1000".into()),

@@ -27,6 +27,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use amqp_kit::{Publisher, event_properties, lapin};
+use bench::clips::{make_clip, plain_ffmpeg, spec};
 use bench::{Proc, free_port};
 use clap::Parser;
 use futures::{AsyncWriteExt, StreamExt, TryStreamExt};
@@ -95,195 +96,6 @@ struct Args {
     /// Where generated clips are kept.
     #[arg(long, default_value = ".stack/bench-clips")]
     clip_dir: PathBuf,
-}
-
-/// A clip as users upload them: name, seconds, frames per second, video
-/// bitrate, audio source (ffmpeg lavfi), and whether the video is noisy.
-struct Spec {
-    name: &'static str,
-    secs: u32,
-    fps: u32,
-    video_kbps: u32,
-    audio: &'static str,
-    noisy: bool,
-}
-
-const SPECS: &[Spec] = &[
-    Spec {
-        name: "60s",
-        secs: 60,
-        fps: 30,
-        video_kbps: 2600,
-        audio: "sine=frequency=440",
-        noisy: false,
-    },
-    Spec {
-        name: "120s-noisy",
-        secs: 120,
-        fps: 30,
-        video_kbps: 2600,
-        audio: "anoisesrc=color=pink:amplitude=0.3",
-        noisy: true,
-    },
-    Spec {
-        name: "600s",
-        secs: 600,
-        fps: 30,
-        video_kbps: 2600,
-        audio: "sine=frequency=330",
-        noisy: false,
-    },
-    // A talk: a slide-like picture that hardly changes, speech-band sound.
-    Spec {
-        name: "talk-1h",
-        secs: 3600,
-        fps: 5,
-        video_kbps: 400,
-        audio: "anoisesrc=color=brown:amplitude=0.2",
-        noisy: false,
-    },
-    // The size series: the same bitrate, longer and longer.
-    Spec {
-        name: "size-60s",
-        secs: 60,
-        fps: 10,
-        video_kbps: 2600,
-        audio: "sine=frequency=200",
-        noisy: false,
-    },
-    Spec {
-        name: "size-300s",
-        secs: 300,
-        fps: 10,
-        video_kbps: 2600,
-        audio: "sine=frequency=200",
-        noisy: false,
-    },
-    Spec {
-        name: "size-600s",
-        secs: 600,
-        fps: 10,
-        video_kbps: 2600,
-        audio: "sine=frequency=200",
-        noisy: false,
-    },
-    Spec {
-        name: "size-3000s",
-        secs: 3000,
-        fps: 10,
-        video_kbps: 2600,
-        audio: "sine=frequency=200",
-        noisy: false,
-    },
-    // Many small jobs.
-    Spec {
-        name: "10s",
-        secs: 10,
-        fps: 10,
-        video_kbps: 500,
-        audio: "sine=frequency=440",
-        noisy: false,
-    },
-];
-
-fn spec(name: &str) -> &'static Spec {
-    SPECS
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("unknown clip {name}"))
-}
-
-/// Makes (once) a 720p H.264 + AAC MP4 with the index at the end.
-fn make_clip(dir: &Path, s: &Spec) -> PathBuf {
-    let out = dir.join(format!("{}.mp4", s.name));
-    if out.exists() {
-        return out;
-    }
-    println!("  generating {} ({} s, 720p{})…", s.name, s.secs, s.fps);
-    std::fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!("{}.tmp.mp4", s.name));
-    let video = if s.noisy {
-        format!(
-            "testsrc2=size=1280x720:rate={}:duration={},noise=alls=30:allf=t",
-            s.fps, s.secs
-        )
-    } else {
-        format!("testsrc2=size=1280x720:rate={}:duration={}", s.fps, s.secs)
-    };
-    let ok = Command::new("ffmpeg")
-        .args([
-            "-y",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            &video,
-        ])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("{}:duration={}:sample_rate=44100", s.audio, s.secs),
-        ])
-        .args([
-            "-shortest",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args([
-            "-b:v",
-            &format!("{}k", s.video_kbps),
-            "-maxrate",
-            &format!("{}k", s.video_kbps),
-        ])
-        .args(["-bufsize", &format!("{}k", s.video_kbps * 2)])
-        .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2"])
-        .arg(&tmp)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ffmpeg could not make {}", s.name);
-    std::fs::rename(&tmp, &out).unwrap();
-    out
-}
-
-/// What the converter does, as plain ffmpeg on a local file.
-fn plain_ffmpeg(input: &Path, out: &Path) -> Duration {
-    let t = Instant::now();
-    let ok = Command::new("ffmpeg")
-        .args([
-            "-y",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-xerror",
-            "-i",
-        ])
-        .arg(input)
-        .args([
-            "-map",
-            "0:a:0",
-            "-vn",
-            "-c:a",
-            "libmp3lame",
-            "-q:a",
-            "2",
-            "-f",
-            "mp3",
-        ])
-        .arg(out)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    t.elapsed()
 }
 
 struct Env<'a> {
@@ -643,8 +455,8 @@ async fn main() -> anyhow::Result<()> {
         let conv = env.converter(1)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         per_clip(&env, &ch, &conv, &clips, &args).await?;
-        if args.stored > 0.0 && clips.contains_key("60s") {
-            stored(&env, &ch, &clips, args.stored).await?;
+        if args.stored > 0.0 {
+            stored(&env, &ch, &clips, &args.clips, args.stored).await?;
         }
         if i == 0 {
             if args.sizes {
@@ -819,9 +631,13 @@ async fn stored(
     env: &Env<'_>,
     ch: &lapin::Channel,
     clips: &HashMap<&str, PathBuf>,
+    names: &[String],
     gib: f64,
 ) -> anyhow::Result<()> {
-    let before = env.one(ch, &clips["60s"], "60s").await.0;
+    let mut before = Vec::new();
+    for name in names {
+        before.push(env.one(ch, &clips[name.as_str()], name).await.0);
+    }
     let t = Instant::now();
     let file = 64usize << 20;
     let n = ((gib * f64::from(1u32 << 30)) as usize).div_ceil(file);
@@ -842,20 +658,28 @@ async fn stored(
         up.close().await?;
     }
     let filled = t.elapsed();
-    let after = env.one(ch, &clips["60s"], "60s").await.0;
+    let mut after = Vec::new();
+    for name in names {
+        after.push(env.one(ch, &clips[name.as_str()], name).await.0);
+    }
     println!(
-        "\n## The 60 s clip with 0 and with {gib:.1} GiB already stored (filled in {:.0} s)\n",
+        "\n## Each clip with nothing and with {gib:.1} GiB of other videos stored (filled in {:.0} s)\n",
         secs(filled)
     );
-    println!("| stored | ours (s) | plain ffmpeg (s) | raw driver read (s) | ours / ffmpeg |");
-    println!("|---|---:|---:|---:|---:|");
-    for (label, r) in [("0", &before), (&*format!("{gib:.1} GiB"), &after)] {
+    println!(
+        "| clip | ours, empty (s) | ours, {gib:.1} GiB (s) | stored / empty | plain ffmpeg (s) | raw read, empty (s) | raw read, {gib:.1} GiB (s) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (b, a) in before.iter().zip(&after) {
         println!(
-            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            r.ours,
-            r.ffmpeg,
-            r.read,
-            r.ours / r.ffmpeg
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            b.clip,
+            b.ours,
+            a.ours,
+            a.ours / b.ours,
+            a.ffmpeg,
+            b.read,
+            a.read
         );
     }
     // The filler goes, so what follows is measured on an empty bucket.
@@ -1081,7 +905,7 @@ impl Env<'_> {
         );
         self.jobs.insert(&job).await?;
         if live {
-            let ev = media_store::proto::upload_started(id);
+            let ev = media_store::proto::upload_started(id, None);
             self.publisher
                 .publish(
                     &format!("{}.live", self.video_queue),

@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         let (grpc, http) = (free_port(), free_port());
         let mut env = vec![
             ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
+            ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
             ("HTTP_ADDR", format!("127.0.0.1:{http}")),
             ("ADMIN_ADDR", admin()),
             ("AUTH_URL", format!("http://127.0.0.1:{auth_port}")),

@@ -9,7 +9,7 @@ use media_store::{
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{ConversionFailed, Mp3Ready, UploadStarted, VideoUploaded},
+    events::v1::{ConversionFailed, Mp3Ready, VideoUploaded},
 };
 use std::{path::Path, process::Command, time::Duration};
 use svc_kit::config::Secret;
@@ -256,76 +256,6 @@ impl Env {
         format!("{}.live", self.video_queue)
     }
 
-    /// Does what gateway-svc does as an upload begins: record the job as
-    /// uploading, announce it on the live queue, open its GridFS upload.
-    pub async fn begin_upload(&self, filename: &str) -> LiveUpload {
-        let id = ObjectId::new();
-        let job = Job::uploading(
-            id,
-            "user-1",
-            "user@example.com",
-            filename,
-            "application/octet-stream",
-            OutputOptions::default(),
-        );
-        self.jobs.insert(&job).await.unwrap();
-        let event = media_store::proto::upload_started(id);
-        self.publisher
-            .publish(
-                &self.live_queue(),
-                &prost::Message::encode_to_vec(&event),
-                event_properties(UploadStarted::TYPE, &event.event_id, Default::default()),
-            )
-            .await
-            .unwrap();
-        let stream = self
-            .store
-            .videos
-            .open_upload_stream(filename)
-            .id(id.into())
-            .metadata(doc! { "owner_id": "user-1" })
-            .await
-            .unwrap();
-        LiveUpload {
-            id,
-            stream,
-            written: 0,
-        }
-    }
-
-    /// Does what gateway-svc does at an upload's commit: close the file,
-    /// commit the job (its `VideoUploaded` goes out through the outbox: a
-    /// converter's relay sends it). Returns the job as the commit left it.
-    pub async fn commit(&self, mut up: LiveUpload) -> Job {
-        up.stream.close().await.unwrap();
-        self.jobs
-            .commit_upload(up.id, up.written)
-            .await
-            .unwrap()
-            .expect("the job was uploading")
-    }
-
-    /// Does what gateway-svc does when an upload fails: remove its chunks
-    /// and its job.
-    pub async fn abort(&self, mut up: LiveUpload) {
-        up.stream.abort().await.unwrap();
-        self.jobs.discard_upload(up.id).await.unwrap();
-    }
-
-    /// Job directories the converters hold in their WORK_DIR now.
-    pub fn work_in_progress(&self) -> usize {
-        std::fs::read_dir(self.work.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|inst| {
-                std::fs::read_dir(inst.path())
-                    .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
-                    .unwrap_or(0)
-            })
-            .sum()
-    }
-
     /// Publishes raw bytes to the video queue (malformed events).
     pub async fn publish_raw(&self, payload: &[u8]) {
         self.publisher
@@ -525,25 +455,6 @@ fn topology() -> amqp_kit::TopologyArgs {
             .iter()
             .map(|d| svc_kit::config::parse_duration(d).unwrap())
             .collect(),
-    }
-}
-
-/// An upload in progress, as the gateway writes it.
-pub struct LiveUpload {
-    pub id: ObjectId,
-    stream: media_store::mongodb::gridfs::GridFsUploadStream,
-    written: u64,
-}
-
-impl LiveUpload {
-    /// Writes `bytes` in `pieces` parts, pausing between them as a client on
-    /// a slow link would.
-    pub async fn write_paced(&mut self, bytes: &[u8], pieces: usize, pause: Duration) {
-        for part in bytes.chunks(bytes.len().div_ceil(pieces.max(1)).max(1)) {
-            self.stream.write_all(part).await.unwrap();
-            self.written += part.len() as u64;
-            tokio::time::sleep(pause).await;
-        }
     }
 }
 

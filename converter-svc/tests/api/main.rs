@@ -6,6 +6,5 @@
 mod helpers;
 
 mod formats;
-mod live;
 mod options;
 mod reliability;

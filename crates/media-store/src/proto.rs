@@ -54,6 +54,7 @@ pub fn job(job: &Job) -> pb::Job {
             0.0
         },
         expire_time: job.expires_at.filter(|_| done).map(ts),
+        notes: if done { job.notes.clone() } else { Vec::new() },
     }
 }
 
@@ -125,15 +126,18 @@ pub fn job_changed(j: &Job, deleted: bool) -> mp3converter_proto::events::v1::Jo
     }
 }
 
-/// The hint that an upload has begun (see converter-svc's `live`).
+/// The hint that an upload has begun (see converter-svc's `live`), and
+/// where its bytes can be followed as they arrive.
 pub fn upload_started(
     id: mongodb::bson::oid::ObjectId,
+    follow_url: Option<&str>,
 ) -> mp3converter_proto::events::v1::UploadStarted {
     mp3converter_proto::events::v1::UploadStarted {
         event_id: format!("started-{}", id.to_hex()),
         job_id: id.to_hex(),
         video_id: id.to_hex(),
         occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        follow_url: follow_url.unwrap_or_default().to_owned(),
     }
 }
 
@@ -171,6 +175,7 @@ pub fn mp3_ready(j: &Job) -> mp3converter_proto::events::v1::Mp3Ready {
         duration_seconds: j.duration_seconds.unwrap_or_default(),
         occur_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
         expire_time: j.expires_at.map(ts),
+        notes: j.notes.clone(),
     }
 }
 

@@ -20,6 +20,13 @@ pub mod events {
     }
 }
 
+/// Internal: converters following an upload on the gateway that receives it.
+pub mod upload {
+    pub mod v1 {
+        tonic::include_proto!("mp3converter.upload.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every contract, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/mp3converter_descriptor.bin"));

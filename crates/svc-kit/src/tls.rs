@@ -326,6 +326,21 @@ impl TlsArgs {
 }
 
 impl MeshTls {
+    /// The same certificates (reloaded together), admitting other clients:
+    /// for a second listener of the same service.
+    pub fn admitting(&self, clients: &[String]) -> Self {
+        Self {
+            allowed: Arc::new(
+                clients
+                    .iter()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            ),
+            ..self.clone()
+        }
+    }
+
     fn material(&self) -> Arc<Material> {
         self.current
             .read()

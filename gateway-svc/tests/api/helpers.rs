@@ -113,6 +113,8 @@ pub fn config(auth: SocketAddr, db: &str, jobs_db: &str, queue: &str, extra: &[&
         "gateway-svc",
         "--grpc-addr",
         "127.0.0.1:0",
+        "--follow-addr",
+        "127.0.0.1:0",
         "--http-addr",
         "127.0.0.1:0",
         "--admin-addr",

@@ -207,6 +207,8 @@ async fn gateway_process(
         .args([
             "--grpc-addr",
             "127.0.0.1:0",
+            "--follow-addr",
+            "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
             "--admin-addr",

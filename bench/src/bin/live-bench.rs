@@ -1,0 +1,489 @@
+//! The MP3 ready when the upload ends: uploads through the gateway's gRPC
+//! API at full speed, converted while they arrive (live) and, side by side,
+//! after the upload (a second gateway with `LIVE_CONVERSION=false` on the same
+//! stores), from the upload's last byte to `Mp3Ready`, against plain ffmpeg
+//! on a local copy of the same file; the upload's own time, the converter's
+//! peak RSS, and the CPU every process (services, FerretDB, PostgreSQL)
+//! spent per job. Then 10 parallel uploads over REST with 2 converters until
+//! all are emailed.
+//!
+//!     cargo build --release -p auth-svc -p gateway-svc -p converter-svc -p notify-svc -p bench
+//!     target/release/live-bench
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use bench::{
+    Proc,
+    clips::{make_clip, plain_ffmpeg, spec},
+    free_port, wait_for_port,
+};
+use clap::Parser;
+use futures::StreamExt;
+use mp3converter_proto::{
+    EventType,
+    auth::v1::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
+    events::v1::Mp3Ready,
+    media::v1::{
+        UploadCommit, UploadMetadata, UploadRequest, media_service_client::MediaServiceClient,
+        upload_request::Payload,
+    },
+};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use svc_kit::config::Secret;
+
+#[derive(Parser)]
+struct Args {
+    /// Where generated clips are kept.
+    #[arg(long, default_value = ".stack/bench-clips")]
+    clip_dir: PathBuf,
+    /// Skip the 1 GB clip.
+    #[arg(long)]
+    no_gigabyte: bool,
+    /// Skip the 10 parallel uploads.
+    #[arg(long)]
+    no_parallel: bool,
+}
+
+/// CPU seconds all processes named `name` have used.
+fn cpu_of(name: &str) -> f64 {
+    let mut total = 0.0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with(&format!("({name}")) {
+            continue;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (t(11) + t(12)) / 100.0;
+    }
+    total
+}
+
+/// The CPU of every process a job touches.
+fn cpu_now(procs: &[&Proc]) -> f64 {
+    procs.iter().map(|p| p.cpu_seconds()).sum::<f64>() + cpu_of("ferretdb") + cpu_of("postgres")
+}
+
+/// Makes `out` from `src` once with ffmpeg `args` (a remux or re-encode).
+fn derived(src: &Path, out: &Path, args: &[&str]) -> PathBuf {
+    if !out.exists() {
+        eprintln!("  making {}…", out.display());
+        let ok = Command::new("ffmpeg")
+            .args(["-y", "-hide_banner", "-loglevel", "error", "-i"])
+            .arg(src)
+            .args(args)
+            .arg(out)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    out.to_owned()
+}
+
+struct Row {
+    clip: String,
+    mib: f64,
+    live: bool,
+    upload: f64,
+    ready: f64,
+    ffmpeg: f64,
+    cpu: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let stack = test_kit::Stack::from_env();
+    let dir = &args.clip_dir;
+    let mp4_60 = make_clip(dir, spec("60s"));
+    let mut clips: Vec<(String, PathBuf)> = vec![
+        (
+            "60 s MKV".into(),
+            derived(&mp4_60, &dir.join("60s.mkv"), &["-c", "copy"]),
+        ),
+        (
+            "60 s WebM".into(),
+            derived(
+                &mp4_60,
+                &dir.join("60s.webm"),
+                &[
+                    "-c:v",
+                    "libvpx-vp9",
+                    "-deadline",
+                    "realtime",
+                    "-cpu-used",
+                    "8",
+                    "-b:v",
+                    "2M",
+                    "-c:a",
+                    "libopus",
+                ],
+            ),
+        ),
+        ("60 s MP4, index last".into(), mp4_60.clone()),
+        (
+            "60 s MOV (ffmpeg -f mov)".into(),
+            derived(&mp4_60, &dir.join("60s.mov"), &["-c", "copy", "-f", "mov"]),
+        ),
+        ("600 s MP4, index last".into(), make_clip(dir, spec("600s"))),
+    ];
+    if !args.no_gigabyte {
+        clips.push((
+            "3000 s MP4, index last".into(),
+            make_clip(dir, spec("size-3000s")),
+        ));
+    }
+
+    // The mesh, as processes.
+    let db = test_kit::unique_name("livebench").replace('-', "_");
+    let jobs_db = stack.database(&db).await;
+    let (video_q, mp3_q) = (
+        test_kit::unique_name("lb-video"),
+        test_kit::unique_name("lb-mp3"),
+    );
+    let auth_db = stack.fresh_database("livebenchauth").await;
+    let auth_addr = format!("127.0.0.1:{}", free_port());
+    let _auth = Proc::start(
+        "auth-svc",
+        &[
+            ("GRPC_ADDR", auth_addr.clone()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("DATABASE_URL", auth_db),
+            (
+                "JWT_SECRET",
+                "bench-secret-bench-secret-bench-secret".into(),
+            ),
+            ("ADMIN_EMAIL", "bench@example.com".into()),
+            ("ADMIN_PASSWORD", "bench password".into()),
+        ],
+    )?;
+    let common = |extra: &[(&'static str, String)]| {
+        let mut e = vec![
+            ("MONGODB_URI", stack.mongodb_uri.clone()),
+            ("MONGODB_DATABASE", db.clone()),
+            ("DATABASE_URL", jobs_db.clone()),
+            ("AMQP_URL", stack.amqp_url.clone()),
+            ("VIDEO_QUEUE", video_q.clone()),
+            ("MP3_QUEUE", mp3_q.clone()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+        ];
+        e.extend_from_slice(extra);
+        e
+    };
+    let gateway = |live: bool| {
+        let (grpc, http) = (free_port(), free_port());
+        let p = Proc::start(
+            "gateway-svc",
+            &common(&[
+                ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
+                ("HTTP_ADDR", format!("127.0.0.1:{http}")),
+                ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
+                ("AUTH_URL", format!("http://{auth_addr}")),
+                ("LIVE_CONVERSION", live.to_string()),
+                ("MAX_UPLOAD_SIZE", "4GiB".into()),
+                ("MAX_WAITING_JOBS_PER_USER", "1000".into()),
+                ("MAX_UPLOADS_PER_USER", "100".into()),
+                ("MAX_STORED_PER_USER", "100GiB".into()),
+            ]),
+        )
+        .unwrap();
+        (p, grpc, http)
+    };
+    let (gw_live, grpc_live, http_live) = gateway(true);
+    let (gw_after, grpc_after, _) = gateway(false);
+    let work = tempfile::tempdir()?;
+    let converter = |n: usize| {
+        Proc::start(
+            "converter-svc",
+            &common(&[
+                ("WORK_DIR", work.path().display().to_string()),
+                ("CONCURRENCY", "2".into()),
+                ("HOSTNAME", format!("conv{n}")),
+            ]),
+        )
+        .unwrap()
+    };
+    let conv = converter(0);
+    wait_for_port(&auth_addr).await?;
+    wait_for_port(&format!("127.0.0.1:{grpc_live}")).await?;
+    wait_for_port(&format!("127.0.0.1:{grpc_after}")).await?;
+    wait_for_port(&format!("127.0.0.1:{http_live}")).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut auth = AuthServiceClient::connect(format!("http://{auth_addr}")).await?;
+    let login = |email: &str, password: &str| LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    };
+    let admin = auth
+        .login(login("bench@example.com", "bench password"))
+        .await?
+        .into_inner()
+        .token;
+    let email = format!("{}@bench.test", test_kit::unique_name("live"));
+    let mut req = tonic::Request::new(CreateUserRequest {
+        email: email.clone(),
+        password: "bench password".into(),
+        admin: false,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse()?);
+    auth.create_user(req).await?;
+    let token = auth
+        .login(login(&email, "bench password"))
+        .await?
+        .into_inner()
+        .token;
+
+    // Mp3Ready, timed as it arrives.
+    let ready: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let amqp = Secret::new(stack.amqp_url.clone());
+    let conn = amqp_kit::connect(&amqp, "live-bench").await?;
+    let ch = conn.create_channel().await?;
+    let topology = amqp_kit::TopologyArgs {
+        delivery_limit: 5,
+        retry_delays: [2, 10, 30, 60, 300].map(Duration::from_secs).to_vec(),
+    };
+    amqp_kit::declare_work_queue(&ch, &topology.work_queue(&mp3_q)).await?;
+    let mut consumer = ch
+        .basic_consume(
+            mp3_q.as_str().into(),
+            "live-bench".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+    {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let at = Instant::now();
+                if d.properties.kind().as_ref().map(|k| k.as_str()) == Some(Mp3Ready::TYPE)
+                    && let Ok(e) = <Mp3Ready as prost::Message>::decode(d.data.as_slice())
+                {
+                    ready.lock().unwrap().insert(e.job_id, at);
+                }
+                let _ = d.acker.ack(Default::default()).await;
+            }
+        });
+    }
+
+    let out = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    let mut rss = Vec::new();
+    for (name, path) in &clips {
+        let bytes = bytes::Bytes::from(std::fs::read(path)?);
+        let mib = bytes.len() as f64 / f64::from(1u32 << 20);
+        let ffmpeg = plain_ffmpeg(path, &out.path().join("plain.mp3")).as_secs_f64();
+        for live in [true, false] {
+            let grpc = if live { grpc_live } else { grpc_after };
+            conv.reset_peak();
+            let cpu0 = cpu_now(&[&conv, &gw_live, &gw_after]);
+            let (job_id, started, last_byte) = upload(grpc, &token, name, bytes.clone()).await?;
+            let done = loop {
+                if let Some(at) = ready.lock().unwrap().get(&job_id) {
+                    break *at;
+                }
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "{name}: no Mp3Ready"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            // Settle (the source deleted, the relay idle) before the CPU is read.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let cpu = cpu_now(&[&conv, &gw_live, &gw_after]) - cpu0;
+            rows.push(Row {
+                clip: name.clone(),
+                mib,
+                live,
+                upload: (last_byte - started).as_secs_f64(),
+                ready: done.saturating_duration_since(last_byte).as_secs_f64(),
+                ffmpeg,
+                cpu,
+            });
+            if live {
+                rss.push((name.clone(), conv.peak_rss_mib()));
+            }
+        }
+    }
+
+    println!(
+        "\n## From the upload's last byte to Mp3Ready (gRPC upload at full speed, one converter)\n"
+    );
+    println!(
+        "| clip | MiB | conversion | upload (s) | last byte → Mp3Ready (s) | plain ffmpeg, local file (s) | ratio to ffmpeg | CPU, all processes (s) |"
+    );
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.clip,
+            r.mib,
+            if r.live {
+                "while uploading"
+            } else {
+                "after the upload"
+            },
+            r.upload,
+            r.ready,
+            r.ffmpeg,
+            r.ready / r.ffmpeg,
+            r.cpu
+        );
+    }
+    println!("\nConverter peak RSS (VmHWM, without ffmpeg's), converting while uploading:");
+    for (name, mib) in &rss {
+        println!("- {name}: {mib:.1} MiB");
+    }
+
+    if !args.no_parallel {
+        drop(conv);
+        let _c1 = converter(1);
+        let _c2 = converter(2);
+        let notify_db = stack.fresh_database("livebenchnotify").await;
+        let _notify = Proc::start(
+            "notify-svc",
+            &[
+                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+                ("AMQP_URL", stack.amqp_url.clone()),
+                ("MP3_QUEUE", mp3_q.clone()),
+                ("DATABASE_URL", notify_db),
+                ("SMTP_HOST", stack.smtp_host.clone()),
+                ("SMTP_PORT", stack.smtp_port.to_string()),
+                ("SMTP_TLS", "none".into()),
+            ],
+        )?;
+        // Our consumer steps aside: notify-svc takes the outcomes.
+        drop(ch);
+        drop(conn);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let email2 = format!("{}@bench.test", test_kit::unique_name("par"));
+        let mut req = tonic::Request::new(CreateUserRequest {
+            email: email2.clone(),
+            password: "bench password".into(),
+            admin: false,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse()?);
+        auth.create_user(req).await?;
+        let token2 = auth
+            .login(login(&email2, "bench password"))
+            .await?
+            .into_inner()
+            .token;
+        let bytes = std::fs::read(&mp4_60)?;
+        let client = reqwest::Client::new();
+        let t0 = Instant::now();
+        let uploads = (0..10).map(|i| {
+            let (client, token, bytes) = (client.clone(), token2.clone(), bytes.clone());
+            tokio::spawn(async move {
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(bytes).file_name(format!("clip{i}.mp4")),
+                );
+                let res = client
+                    .post(format!("http://127.0.0.1:{http_live}/upload"))
+                    .bearer_auth(token)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                Instant::now()
+            })
+        });
+        let ends: Vec<Instant> = futures::future::join_all(uploads)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let last_upload = ends.into_iter().max().unwrap();
+        let mailpit = test_kit::mailpit::Mailpit::new(&stack.mailpit_api_url);
+        loop {
+            if mailpit
+                .messages_to(&email2)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0)
+                >= 10
+            {
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(300), "not all emailed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all = Instant::now();
+        println!("\n## 10 parallel 60 s uploads over REST, 2 converters, notify-svc → Mailpit\n");
+        println!(
+            "| uploads done (s) | last upload's end → last email (s) | first byte → last email (s) |"
+        );
+        println!("|---:|---:|---:|");
+        println!(
+            "| {:.2} | {:.2} | {:.2} |",
+            (last_upload - t0).as_secs_f64(),
+            (all - last_upload).as_secs_f64(),
+            (all - t0).as_secs_f64()
+        );
+    }
+    test_kit::delete_work_queues(
+        &stack.amqp_url,
+        &[
+            topology.work_queue(&video_q),
+            topology.work_queue(&mp3_q),
+            topology.hint_queue(&format!("{video_q}.live")),
+        ],
+    )
+    .await;
+    stack.drop_database(&db).await;
+    Ok(())
+}
+
+/// One upload through MediaService.Upload, 1 MiB messages as fast as the
+/// gateway takes them: the job id, when it started, when the last byte (the
+/// commit) went.
+async fn upload(
+    grpc: u16,
+    token: &str,
+    name: &str,
+    bytes: bytes::Bytes,
+) -> anyhow::Result<(String, Instant, Instant)> {
+    let mut media = MediaServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(4);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let started = Instant::now();
+    let call = tokio::spawn(async move { media.upload(req).await });
+    let send = |p| tx.send(UploadRequest { payload: Some(p) });
+    send(Payload::Metadata(UploadMetadata {
+        filename: name.replace(' ', "_"),
+        declared_size_bytes: Some(bytes.len() as u64),
+        ..Default::default()
+    }))
+    .await?;
+    for i in (0..bytes.len()).step_by(1 << 20) {
+        send(Payload::Chunk(
+            bytes.slice(i..(i + (1 << 20)).min(bytes.len())),
+        ))
+        .await?;
+    }
+    send(Payload::Commit(UploadCommit {
+        total_bytes: bytes.len() as u64,
+    }))
+    .await?;
+    let last_byte = Instant::now();
+    drop(tx);
+    let job = call.await??.into_inner().job.unwrap();
+    Ok((job.job_id, started, last_byte))
+}
