@@ -133,6 +133,7 @@ impl App {
         let relay = tokio::spawn(
             media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).run(token.clone()),
         );
+        self.converter.connect.reload_until(token.clone());
         let probe = tokio::spawn(probe(
             self.store.clone(),
             self.jobs.clone(),

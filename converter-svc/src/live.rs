@@ -72,6 +72,14 @@ impl Connect {
         Self { tls }
     }
 
+    /// Keeps our certificate current (each follow connects afresh, with
+    /// the certificate of the moment), until `token`.
+    pub(crate) fn reload_until(&self, token: tokio_util::sync::CancellationToken) {
+        if let Some(tls) = &self.tls {
+            tls.spawn_reloader(token);
+        }
+    }
+
     /// Starts following upload `job_id` at `url`.
     pub(crate) async fn follow(
         &self,
