@@ -6,21 +6,19 @@
 //!   service from the `VideoUploaded` publish to the `Mp3Ready` it publishes,
 //!   with a per-phase breakdown from the converter's own spans (exported to
 //!   an OTLP receiver in this process) and the converter's peak RSS;
-//! - the 60 s clip with nothing and with `--stored` GiB already stored;
+//! - every clip again with `--stored` GiB of other videos already stored;
 //! - time per MB from 20 MB to 1 GB (`--sizes`);
 //! - throughput: 10 parallel 60 s uploads with 2 converters until all are
 //!   emailed (notify-svc and Mailpit), and jobs per minute for 1 and 2
 //!   instances and 1, 2 and 4 jobs at a time;
-//! - the converter's RSS after 100 jobs;
-//! - live conversion: the same clips with the index in front, uploaded the
-//!   way gateway-svc stores them (at full speed and at a network-like rate),
-//!   converted after the upload and while it arrives: upload finished → MP3;
-//!   and 10 parallel uploads until all are emailed, live and not.
+//! - the converter's RSS after 100 jobs.
+//!
+//! Converting while uploading, through the gateway, is `live-bench`'s.
 //!
 //! Run:
 //!
-//!     cargo build --release -p converter-svc -p notify-svc
-//!     cargo run --release -p bench --bin converter-bench -- --sizes --postgresql-backend
+//!     cargo build --release -p converter-svc -p notify-svc -p bench
+//!     target/release/converter-bench [--sizes]
 //!
 //! Clips are generated once into `.stack/bench-clips/`.
 
@@ -37,12 +35,11 @@ use media_store::{
 };
 use mp3converter_proto::{
     EventType,
-    events::v1::{Mp3Ready, UploadStarted, VideoUploaded},
+    events::v1::{Mp3Ready, VideoUploaded},
 };
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 use svc_kit::config::Secret;
@@ -69,30 +66,12 @@ struct Args {
     /// Also measure time per MB from 20 MB to 1 GB.
     #[arg(long)]
     sizes: bool,
-    /// Also measure FerretDB on its PostgreSQL backend (a FerretDB started
-    /// here on the stack's PostgreSQL): the per-clip and stored-data tables
-    /// again, after the stack's server.
-    #[arg(long)]
-    postgresql_backend: bool,
     /// Skip the throughput runs.
     #[arg(long)]
     no_throughput: bool,
     /// Skip the converter's RSS over 100 jobs (about 7 minutes).
     #[arg(long)]
     no_hundred: bool,
-    /// Skip the live-conversion tables.
-    #[arg(long)]
-    no_live: bool,
-    /// Only the live-conversion tables (and the clips they need).
-    #[arg(long)]
-    only_live: bool,
-    /// Only the 10 parallel uploads (after the upload, and live unless
-    /// `--no-live`).
-    #[arg(long)]
-    only_parallel: bool,
-    /// The network-like upload rate of the live table, MiB/s.
-    #[arg(long, default_value_t = 8.0)]
-    upload_rate: f64,
     /// Where generated clips are kept.
     #[arg(long, default_value = ".stack/bench-clips")]
     clip_dir: PathBuf,
@@ -390,92 +369,65 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| (*n, make_clip(&args.clip_dir, spec(n))))
         .collect();
 
-    // The stack's server first; then, if asked, FerretDB on PostgreSQL.
-    let mut backends: Vec<(String, String, Option<Proc>)> = vec![(
-        "the stack's GridFS server".into(),
-        args.mongodb_uri
-            .clone()
-            .unwrap_or_else(|| stack.mongodb_uri.clone()),
-        None,
-    )];
-    if args.postgresql_backend {
-        let (uri, proc) = ferretdb_on_postgresql(&stack).await?;
-        backends.push(("FerretDB on its PostgreSQL backend".into(), uri, Some(proc)));
-    }
-
-    for (i, (label, mongodb_uri, _server)) in backends.iter().enumerate() {
-        let db = test_kit::unique_name("convbench").replace('-', "_");
-        let jobs_url = stack.database(&db).await;
-        let jobs = media_store::Jobs::connect(
-            &media_store::DatabaseArgs {
-                database_url: Secret::new(jobs_url.clone()),
-                db_pool_size: 4,
-                db_timeout: Duration::from_secs(5),
-            },
-            "bench",
-            media_store::Routes {
-                video_queue: video_queue.clone(),
-                mp3_queue: mp3_queue.clone(),
-                delete_sources: true,
-            },
-        )
-        .await?;
-        let env = Env {
-            store: Store::new(
-                &Secret::new(mongodb_uri.clone()),
-                &db,
-                "bench",
-                media_store::Timeouts::default(),
-            )
-            .await?,
-            jobs,
-            jobs_url,
-            publisher: publisher.clone(),
+    let mongodb_uri = args
+        .mongodb_uri
+        .clone()
+        .unwrap_or_else(|| stack.mongodb_uri.clone());
+    let db = test_kit::unique_name("convbench").replace('-', "_");
+    let jobs_url = stack.database(&db).await;
+    let jobs = media_store::Jobs::connect(
+        &media_store::DatabaseArgs {
+            database_url: Secret::new(jobs_url.clone()),
+            db_pool_size: 4,
+            db_timeout: Duration::from_secs(5),
+        },
+        "bench",
+        media_store::Routes {
             video_queue: video_queue.clone(),
             mp3_queue: mp3_queue.clone(),
-            mongodb_uri: mongodb_uri.clone(),
-            stack: stack.clone(),
-            work: tempfile::tempdir()?,
-            receiver: &receiver,
-            owner_email: format!("{}@bench.test", test_kit::unique_name("owner")),
-            out_dir: tempfile::tempdir()?,
-        };
-        env.store.ensure_indexes().await?;
-        println!("\n# GridFS server: {label} ({mongodb_uri}), {cores} cores\n");
-        if args.only_live || args.only_parallel {
-            if i == 0 {
-                if args.only_live {
-                    live(&env, &ch, &clips, &args).await?;
-                }
-                parallel(&env, &clips, !args.no_live).await?;
-            }
-            let _ = env.store.db.drop().await;
-            continue;
-        }
-        let conv = env.converter(1)?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        per_clip(&env, &ch, &conv, &clips, &args).await?;
-        if args.stored > 0.0 {
-            stored(&env, &ch, &clips, &args.clips, args.stored).await?;
-        }
-        if i == 0 {
-            if args.sizes {
-                sizes(&env, &ch, &conv, &clips).await;
-            }
-            if !args.no_hundred {
-                hundred(&env, &ch, &conv, &clips).await;
-            }
-            drop(conv);
-            if !args.no_throughput {
-                throughput(&env, &ch, &clips["60s"]).await?;
-            }
-            if !args.no_live {
-                live(&env, &ch, &clips, &args).await?;
-            }
-            parallel(&env, &clips, !args.no_live).await?;
-        }
-        let _ = env.store.db.drop().await;
+            delete_sources: true,
+        },
+    )
+    .await?;
+    let env = Env {
+        store: Store::new(
+            &Secret::new(mongodb_uri.clone()),
+            &db,
+            "bench",
+            media_store::Timeouts::default(),
+        )
+        .await?,
+        jobs,
+        jobs_url,
+        publisher: publisher.clone(),
+        video_queue: video_queue.clone(),
+        mp3_queue: mp3_queue.clone(),
+        mongodb_uri: mongodb_uri.clone(),
+        stack: stack.clone(),
+        work: tempfile::tempdir()?,
+        receiver: &receiver,
+        owner_email: format!("{}@bench.test", test_kit::unique_name("owner")),
+        out_dir: tempfile::tempdir()?,
+    };
+    env.store.ensure_indexes().await?;
+    println!("\n# GridFS server: {mongodb_uri}, {cores} cores\n");
+    let conv = env.converter(1)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    per_clip(&env, &ch, &conv, &clips, &args).await?;
+    if args.stored > 0.0 {
+        stored(&env, &ch, &clips, &args.clips, args.stored).await?;
     }
+    if args.sizes {
+        sizes(&env, &ch, &conv, &clips).await;
+    }
+    if !args.no_hundred {
+        hundred(&env, &ch, &conv, &clips).await;
+    }
+    drop(conv);
+    if !args.no_throughput {
+        throughput(&env, &ch, &clips["60s"]).await?;
+    }
+    let _ = env.store.db.drop().await;
     test_kit::delete_work_queues(&stack.amqp_url, &queues).await;
     Ok(())
 }
@@ -486,28 +438,6 @@ fn topology() -> amqp_kit::TopologyArgs {
         delivery_limit: 5,
         retry_delays: [2, 10, 30, 60, 300].map(Duration::from_secs).to_vec(),
     }
-}
-
-/// A FerretDB of the stack's version on a free port, storing in a fresh
-/// database of the stack's PostgreSQL.
-async fn ferretdb_on_postgresql(stack: &test_kit::Stack) -> anyhow::Result<(String, Proc)> {
-    let pg = stack.fresh_database("ferretpg").await;
-    let port = free_port();
-    let state = std::env::temp_dir().join(test_kit::unique_name("ferretdb-state"));
-    std::fs::create_dir_all(&state)?;
-    let proc = Proc::program(
-        "ferretdb",
-        &[
-            format!("--listen-addr=127.0.0.1:{port}"),
-            "--handler=postgresql".into(),
-            format!("--postgresql-url={pg}"),
-            format!("--state-dir={}", state.display()),
-            "--telemetry=disable".into(),
-            "--debug-addr=-".into(),
-        ],
-    )?;
-    bench::wait_for_port(&format!("127.0.0.1:{port}")).await?;
-    Ok((format!("mongodb://127.0.0.1:{port}/"), proc))
 }
 
 /// One conversion at a time, the limits measured beside it.
@@ -799,153 +729,7 @@ async fn throughput(env: &Env<'_>, ch: &lapin::Channel, clip: &Path) -> anyhow::
     env.stop(mesh).await
 }
 
-/// A copy of `clip` with its index moved in front (`-movflags +faststart`,
-/// as web exports write it), made once: decodable as it arrives.
-fn faststart(clip: &Path) -> PathBuf {
-    let stem = clip.file_stem().unwrap().to_string_lossy();
-    let out = clip.with_file_name(format!("{stem}-faststart.mp4"));
-    if out.exists() {
-        return out;
-    }
-    let tmp = clip.with_file_name(format!("{stem}-faststart.tmp.mp4"));
-    let ok = Command::new("ffmpeg")
-        .args(["-y", "-hide_banner", "-loglevel", "error", "-i"])
-        .arg(clip)
-        .args(["-c", "copy", "-movflags", "+faststart"])
-        .arg(&tmp)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ffmpeg could not move the index of {}", clip.display());
-    std::fs::rename(&tmp, &out).unwrap();
-    out
-}
-
-/// When each job's first `Mp3Ready` arrived (later ones, the same outcome
-/// announced again, and other jobs' are skipped).
-async fn ready_for(
-    ch: &lapin::Channel,
-    queue: &str,
-    ids: &[ObjectId],
-) -> HashMap<ObjectId, Instant> {
-    let mut at = HashMap::new();
-    consume_ready(ch, queue, |ready| {
-        if let Ok(id) = ObjectId::parse_str(&ready.job_id)
-            && ids.contains(&id)
-        {
-            at.entry(id).or_insert_with(Instant::now);
-        }
-        at.len() < ids.len()
-    })
-    .await;
-    at
-}
-
-/// One upload as gateway-svc handles it, timed.
-struct Upload {
-    id: ObjectId,
-    started: Instant,
-    committed: Instant,
-    /// Attempts that met SQLITE_BUSY and were started again.
-    retried: u32,
-}
-
 impl Env<'_> {
-    /// What gateway-svc does for an upload: record the job, announce it on
-    /// the live queue (if `live`), write the bytes as they arrive (`rate`
-    /// MiB/s; `None`: as fast as the server takes them), commit, publish
-    /// `VideoUploaded`. An attempt that meets SQLITE_BUSY is aborted and
-    /// started again (a client retrying an UNAVAILABLE).
-    async fn upload(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        owner_email: &str,
-        live: bool,
-        rate: Option<f64>,
-    ) -> anyhow::Result<Upload> {
-        let mut retried = 0;
-        loop {
-            match self.upload_once(name, bytes, owner_email, live, rate).await {
-                Ok((id, started, committed)) => {
-                    return Ok(Upload {
-                        id,
-                        started,
-                        committed,
-                        retried,
-                    });
-                }
-                Err(e) if retried < 10 => {
-                    retried += 1;
-                    println!("  (upload of {name} failed: {e}; again)");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    async fn upload_once(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        owner_email: &str,
-        live: bool,
-        rate: Option<f64>,
-    ) -> anyhow::Result<(ObjectId, Instant, Instant)> {
-        let id = ObjectId::new();
-        let started = Instant::now();
-        let job = Job::uploading(
-            id,
-            "bench",
-            owner_email,
-            name,
-            "video/mp4",
-            Default::default(),
-        );
-        self.jobs.insert(&job).await?;
-        if live {
-            let ev = media_store::proto::upload_started(id, None);
-            self.publisher
-                .publish(
-                    &format!("{}.live", self.video_queue),
-                    &prost::Message::encode_to_vec(&ev),
-                    event_properties(UploadStarted::TYPE, &ev.event_id, Default::default()),
-                )
-                .await?;
-        }
-        let mut up = self.open_upload(id, name).await?;
-        let mut sent = 0usize;
-        for c in bytes.chunks(1 << 20) {
-            if let Some(r) = rate {
-                let due = started + Duration::from_secs_f64(sent as f64 / (r * 1048576.0));
-                tokio::time::sleep_until(due.into()).await;
-            }
-            if let Err(e) = up.write_all(c).await {
-                let _ = up.abort().await;
-                let _ = self.jobs.discard_upload(id).await;
-                return Err(e.into());
-            }
-            sent += c.len();
-        }
-        // The commit writes its VideoUploaded to the outbox; a converter's
-        // relay publishes it, as the gateway's would.
-        let committed = async {
-            up.close().await?;
-            self.jobs
-                .commit_upload(id, bytes.len() as u64)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("the job was not uploading"))
-        }
-        .await;
-        if let Err(e) = committed {
-            let _ = media_store::gridfs::delete_file(&self.store.video_files, &id.into()).await;
-            let _ = self.jobs.discard_upload(id).await;
-            return Err(e);
-        }
-        Ok((id, started, Instant::now()))
-    }
-
     /// notify-svc on the mp3 queue, emailing through Mailpit, with its own
     /// receipts queue (nobody consumes it here: delete it after).
     async fn notify(&self) -> anyhow::Result<(Proc, String)> {
@@ -985,110 +769,6 @@ impl Env<'_> {
             .await
             .unwrap();
     }
-}
-
-/// Converting after the upload vs while it arrives.
-async fn live(
-    env: &Env<'_>,
-    ch: &lapin::Channel,
-    clips: &HashMap<&str, PathBuf>,
-    args: &Args,
-) -> anyhow::Result<()> {
-    println!("\n## Live conversion: upload finished → MP3\n");
-    println!(
-        "Clips with the index in front (`-movflags +faststart`), uploaded as gateway-svc stores them; one converter (CONCURRENCY=2, LIVE_CONCURRENCY=2). after = converted after the upload (no announcement); live = announced as it begins, converted as it arrives. commit → MP3 = the upload's commit to `Mp3Ready` received; ffmpeg = plain ffmpeg on a local file.\n"
-    );
-    println!(
-        "| clip | MiB | upload rate | after: upload (s) | after: commit → MP3 (s) | live: upload (s) | live: commit → MP3 (s) | live: upload start → MP3 (s) | plain ffmpeg (s) | uploads retried (SQLITE_BUSY) |"
-    );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-    let conv = env.converter(2)?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for name in args.clips.iter().filter(|c| clips.contains_key(c.as_str())) {
-        let clip = faststart(&clips[name.as_str()]);
-        let bytes = tokio::fs::read(&clip).await?;
-        let ffmpeg = secs(plain_ffmpeg(&clip, &env.out_dir.path().join("plain.mp3")));
-        for rate in [None, Some(args.upload_rate)] {
-            let mut row = Vec::new();
-            let mut retried = 0;
-            for live in [false, true] {
-                let up = env
-                    .upload(name, &bytes, &env.owner_email, live, rate)
-                    .await?;
-                let at = ready_for(ch, &env.mp3_queue, &[up.id]).await[&up.id];
-                row.push((
-                    secs(up.committed - up.started),
-                    secs(at.saturating_duration_since(up.committed)),
-                    secs(at - up.started),
-                ));
-                retried += up.retried;
-                env.sources_gone(Duration::from_secs(300)).await?;
-            }
-            println!(
-                "| {name} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {retried} |",
-                bytes.len() as f64 / 1048576.0,
-                rate.map_or("full speed".to_owned(), |r| format!("{r} MiB/s")),
-                row[0].0,
-                row[0].1,
-                row[1].0,
-                row[1].1,
-                row[1].2,
-                ffmpeg,
-            );
-        }
-    }
-    drop(conv);
-    Ok(())
-}
-
-/// 10 parallel uploads of the 60 s clip, 2 converters, until every user got
-/// the email: from the first byte, so the upload counts. Converted after the
-/// upload, and also live if `live`.
-async fn parallel(env: &Env<'_>, clips: &HashMap<&str, PathBuf>, live: bool) -> anyhow::Result<()> {
-    let Some(clip) = clips.get("60s") else {
-        return Ok(());
-    };
-    let bytes = tokio::fs::read(faststart(clip)).await?;
-    println!(
-        "\n10 parallel uploads of the 60 s clip (index in front, full speed), 2 converters (defaults), notify-svc → Mailpit; from the uploads' start until all 10 are emailed:\n"
-    );
-    println!("| conversion | uploads done (s) | all emailed (s) | uploads retried |");
-    println!("|---|---:|---:|---:|");
-    let modes: &[bool] = if live { &[false, true] } else { &[false] };
-    for &live in modes {
-        let (uploaded, emailed, retried) = parallel_uploads(env, &bytes, live).await?;
-        println!(
-            "| {} | {uploaded:.2} | {emailed:.2} | {retried} |",
-            if live { "live" } else { "after the upload" }
-        );
-    }
-    Ok(())
-}
-
-/// 10 uploads at once with 2 converters and notify-svc: (seconds until all
-/// are committed, until all are emailed, uploads retried).
-async fn parallel_uploads(
-    env: &Env<'_>,
-    bytes: &[u8],
-    live: bool,
-) -> anyhow::Result<(f64, f64, u32)> {
-    let owner = format!("{}@bench.test", test_kit::unique_name("owner"));
-    let mesh = env.mesh().await?;
-    let t = Instant::now();
-    let names: Vec<String> = (0..10).map(|i| format!("parallel-{i}.mp4")).collect();
-    let ups = futures::future::join_all(
-        names
-            .iter()
-            .map(|name| env.upload(name, bytes, &owner, live, None)),
-    )
-    .await
-    .into_iter()
-    .collect::<anyhow::Result<Vec<_>>>()?;
-    let uploaded = secs(t.elapsed());
-    env.emails(&owner, 10).await?;
-    let emailed = secs(t.elapsed());
-    env.stop(mesh).await?;
-    Ok((uploaded, emailed, ups.iter().map(|u| u.retried).sum()))
 }
 
 /// Two converters (default concurrency) and notify-svc, as deployed.
