@@ -2,8 +2,10 @@
 
 //! Converting while the upload arrives, through the real gateway (which
 //! serves the upload's bytes to the converter following it) and the real
-//! converter: every container, the spool and its bound, and an upload that
-//! aborts.
+//! converter: every container, the spool and its bound, a spooled video
+//! that fails, and an upload that aborts. (A converter SIGKILLed mid-upload
+//! is the chaos run's: `bench --bin chaos`; its work directory goes at the
+//! next start, `workdir` unit tests.)
 
 use e2e::{Mesh, ffprobe, fid_in, grpc_upload_paced};
 use mp3converter_proto::media::v1::JobState;
@@ -72,6 +74,24 @@ async fn every_container_is_converted_as_it_arrives_and_leaves_nothing() {
         assert_eq!(format, "mp3", "{name}");
         assert!((secs - 6.0).abs() < 0.3, "{name}: {secs} s");
         mesh.wait_notified(&job.job_id).await;
+        // The live attempt and the queued VideoUploaded made one MP3 (and,
+        // `email` checked, one email).
+        let mp3s = mesh
+            .store()
+            .await
+            .mp3_files
+            .files
+            .count_documents(media_store::mongodb::bson::doc! {})
+            .await
+            .unwrap();
+        assert_eq!(mp3s, 1, "{name}: one MP3");
+        mesh.store()
+            .await
+            .mp3_files
+            .files
+            .delete_many(media_store::mongodb::bson::doc! {})
+            .await
+            .unwrap();
         // The spool (and the MP3 as ffmpeg wrote it) went with the job.
         test_kit::wait_until(
             "an empty work directory",
@@ -119,6 +139,49 @@ async fn an_upload_that_aborts_takes_its_conversion_and_spool_with_it() {
         mesh.mailpit.messages_to(&email).await.unwrap().is_empty(),
         "no email about it"
     );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_video_that_cannot_be_converted_fails_once_and_leaves_nothing() {
+    let mesh = Mesh::start().await;
+    let (email, token) = token(&mesh).await;
+    // A phone MP4 cut before its index: spooled as it arrives, committed
+    // whole as far as the client knows, and undecodable.
+    let bytes = std::fs::read(mesh.sample("nomoov.mp4", CLIP)).unwrap();
+    let cut = &bytes[..bytes.len() * 3 / 4];
+    let job = grpc_upload_paced(
+        mesh.grpc,
+        &token,
+        "nomoov.mp4",
+        cut,
+        8,
+        Duration::from_millis(150),
+        None,
+    )
+    .await
+    .unwrap();
+    let text = mesh.email(&email).await;
+    assert!(text.contains("could not"), "{text}");
+    mesh.wait_notified(&job.job_id).await;
+    let job = mesh.jobs().await.all().await.unwrap();
+    assert_eq!(job.len(), 1);
+    assert_eq!(job[0].state, media_store::JobState::Failed, "{job:?}");
+    let mp3s = mesh
+        .store()
+        .await
+        .mp3_files
+        .files
+        .count_documents(media_store::mongodb::bson::doc! {})
+        .await
+        .unwrap();
+    assert_eq!(mp3s, 0);
+    test_kit::wait_until(
+        "an empty work directory",
+        Duration::from_secs(5),
+        || async { mesh.work_files().is_empty().then_some(()) },
+    )
+    .await;
     mesh.stop().await;
 }
 
