@@ -521,19 +521,13 @@ async fn per_clip(
         "\nPer phase, from the converter's spans (ms): process = the delivery's whole handling; convert = claim to outcome; ffmpeg runs while the video is read and the MP3 stored; overhead = ours − ffmpeg span.\n"
     );
     println!(
-        "| clip | process | convert | setup (claim → ffmpeg start) | plan input | gridfs.read videos | ffmpeg to_mp3 | after ffmpeg (its end → outcome) | gridfs.write mp3s | publish mp3 | overhead |"
+        "| clip | process | convert | setup (claim → ffmpeg start) | plan input | gridfs.read videos | ffmpeg to_mp3 | after ffmpeg (its end → outcome) | gridfs.write mp3s | overhead |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let p = |k: &str| r.phases.get(k).copied().unwrap_or(f64::NAN);
-        let publish = r
-            .phases
-            .iter()
-            .find(|(k, _)| k.starts_with("publish"))
-            .map(|(_, v)| *v)
-            .unwrap_or(f64::NAN);
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             r.clip,
             p("process"),
             p("convert"),
@@ -543,7 +537,6 @@ async fn per_clip(
             p("ffmpeg to_mp3"),
             p("after ffmpeg"),
             p("gridfs.write mp3s"),
-            publish,
             r.ours * 1000.0 - p("ffmpeg to_mp3"),
         );
     }
