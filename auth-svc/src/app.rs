@@ -7,7 +7,7 @@ use crate::{
     domain::Password,
     grpc::AuthGrpc,
     password::{self, Hasher},
-    ratelimit::LoginLimits,
+    ratelimit::{LoginLimits, Rates},
     token::Tokens,
 };
 use deadpool_postgres::Pool;
@@ -70,9 +70,13 @@ impl App {
         )
         .await?;
         let limits = LoginLimits::new(
-            config.login_limit_per_addr,
-            config.login_limit_per_account,
+            Rates {
+                per_addr: config.login_limit_per_addr,
+                per_account_addr: config.login_limit_per_account_addr,
+                per_account: config.login_limit_per_account,
+            },
             config.trusted_proxies.clone(),
+            &config.trusted_proxy_identities,
             config.login_refusal_delay,
         );
 

@@ -154,19 +154,27 @@ pub struct Config {
     #[arg(long, env = "ARGON2_QUEUE_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
     pub argon2_queue_timeout: Duration,
 
-    /// Login attempts per client address: N/PERIOD is a burst of N refilled
-    /// at N per PERIOD; `off` disables. Over it: RESOURCE_EXHAUSTED with the
-    /// delay in a google.rpc.RetryInfo. Ten a minute is far more than a
-    /// person mistyping needs, and a sliver of what the hashing slots serve
-    /// (dozens a second), so one address cannot crowd out the others.
+    /// Failed logins per client address, over every account: N/PERIOD is a
+    /// burst of N refilled at N per PERIOD; `off` disables. Over it:
+    /// RESOURCE_EXHAUSTED with the delay in a google.rpc.RetryInfo. Ten a
+    /// minute is far more than a person mistyping needs, and a sliver of
+    /// what the hashing slots serve, so one address cannot crowd out the
+    /// others. Successful logins do not count.
     #[arg(long, env = "LOGIN_LIMIT_PER_ADDR", default_value = "10/1m")]
     pub login_limit_per_addr: Rate,
 
-    /// Login attempts per account (the normalised email, known or not), from
-    /// all addresses together; same format. Five a minute stops a botnet
-    /// from guessing fast, while someone mistyping waits at most 12 s; a
-    /// stricter limit would make locking a victim out cheaper.
-    #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value = "5/1m")]
+    /// Failed logins per account from one client address (the tight
+    /// limit); same format. A successful login from that address resets it.
+    /// Keyed on the pair, so guesses from elsewhere cannot lock the owner
+    /// out; someone mistyping waits at most 12 s.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT_ADDR", default_value = "5/1m")]
+    pub login_limit_per_account_addr: Rate,
+
+    /// Failed logins per account (the normalised email, known or not) from
+    /// all addresses together: a ceiling on guessing from many addresses,
+    /// loose enough that locking an owner out takes a sustained effort (50
+    /// failures, then one more every 72 s). Successful logins do not count.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value = "50/1h")]
     pub login_limit_per_account: Rate,
 
     /// How long a login refused by a rate limit is held before it is
@@ -177,13 +185,25 @@ pub struct Config {
     #[arg(long, env = "LOGIN_REFUSAL_DELAY", value_parser = parse_duration, default_value = "1s")]
     pub login_refusal_delay: Duration,
 
-    /// Peers whose `x-client-addr` metadata names the client a login is
-    /// counted against (the gateway's REST edge logs in for its users):
-    /// comma-separated CIDRs or addresses, `none` for no one. Others are
-    /// counted by their own address. A trusted peer that names no client is
-    /// limited by account only. In Kubernetes: the gateway pods' CIDR.
+    /// Over plaintext, the peers whose `x-client-addr` metadata names the
+    /// client a login is counted against (the gateway's REST edge logs in
+    /// for its users): comma-separated CIDRs or addresses, `none` for no
+    /// one. Others, and a trusted peer naming no client, are counted by
+    /// their own address. In Kubernetes: the pods' CIDRs (a NetworkPolicy
+    /// lets only the gateway reach auth-svc).
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "127.0.0.0/8,::1/128")]
     pub trusted_proxies: TrustedProxies,
+
+    /// Over mutual TLS, the client identities (DNS names their certificates
+    /// prove) whose `x-client-addr` is trusted instead: an address is
+    /// nothing there, anyone on the network may have it.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXY_IDENTITIES",
+        value_delimiter = ',',
+        default_value = "gateway-svc"
+    )]
+    pub trusted_proxy_identities: Vec<String>,
 
     /// How often idle rate-limit entries are dropped and revoked token ids
     /// past their expiry deleted.

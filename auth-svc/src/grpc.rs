@@ -5,7 +5,7 @@ use crate::{
     domain::{Email, Password},
     error::AuthError,
     password::Hasher,
-    ratelimit::{CLIENT_ADDR_HEADER, Client, LoginLimits},
+    ratelimit::{CLIENT_ADDR_HEADER, Client, LoginLimits, Peer},
     token::{TokenClaims, TokenError, Tokens},
 };
 use deadpool_postgres::Pool;
@@ -67,28 +67,52 @@ impl AuthGrpc {
     async fn login(&self, client: Client, req: LoginRequest) -> Result<LoginResponse, AuthError> {
         // Before anything that costs: a client over its limit gets no query
         // and no hash.
-        self.limits.admit_client(client).await?;
-        let email = Email::parse(&req.email).map_err(arg("email"))?;
-        let password = Password::for_login(&req.password).map_err(arg("password"))?;
-        self.limits.admit_account(&email).await?;
-        let user = db::find_by_email(&self.pool, email.as_str()).await?;
-        // An unknown email is checked against a dummy hash, and a disabled
-        // account's password is checked too, so every failure costs the same
-        // time and gives the same answer.
-        let ok = self
-            .hasher
-            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
-            .await?;
-        let user = match (ok, user) {
-            (true, Some(user)) if !user.disabled => user,
-            _ => return Err(AuthError::InvalidCredentials),
+        let attempt = self.limits.admit_client(client).await?;
+        let (email, password) = match (
+            Email::parse(&req.email).map_err(arg("email")),
+            Password::for_login(&req.password).map_err(arg("password")),
+        ) {
+            (Ok(e), Ok(p)) => (e, p),
+            (Err(e), _) | (_, Err(e)) => {
+                attempt.not_counted();
+                return Err(e);
+            }
         };
+        let attempt = self.limits.admit_account(attempt, &email).await?;
+        let user = match self.check_password(&email, password).await {
+            Ok(Some(user)) => user,
+            // A wrong password, an unknown or disabled account: a failure,
+            // and the attempt stays counted.
+            Ok(None) => return Err(AuthError::InvalidCredentials),
+            Err(e) => {
+                attempt.not_counted();
+                return Err(e);
+            }
+        };
+        attempt.succeeded();
         let (token, exp) = self.issue(&user)?;
         tracing::info!(user_id = %user.id, "login");
         Ok(LoginResponse {
             token,
             expire_time: Some(timestamp(exp)),
         })
+    }
+
+    /// The user, if the password is theirs and they may log in. An unknown
+    /// email is checked against a dummy hash, and a disabled account's
+    /// password is checked too, so every failure costs the same time and
+    /// gives the same answer.
+    async fn check_password(
+        &self,
+        email: &Email,
+        password: Password,
+    ) -> Result<Option<UserRow>, AuthError> {
+        let user = db::find_by_email(&self.pool, email.as_str()).await?;
+        let ok = self
+            .hasher
+            .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+            .await?;
+        Ok(user.filter(|u| ok && !u.disabled))
     }
 
     fn issue(&self, user: &UserRow) -> Result<(String, SystemTime), AuthError> {
@@ -187,23 +211,35 @@ impl AuthGrpc {
     ) -> Result<ChangePasswordResponse, AuthError> {
         // A stolen token must not become a way to guess the password: the
         // same limits as Login.
-        self.limits.admit_client(client).await?;
-        let caller = self.authenticate(bearer).await?;
-        let current =
-            Password::for_login(&req.current_password).map_err(arg("current_password"))?;
-        let new = Password::new_user(&req.new_password).map_err(arg("new_password"))?;
-        let user = db::find_by_id(&self.pool, caller.user_id)
-            .await?
-            .ok_or(TokenError::Revoked)?;
-        let email = Email::parse(&user.email)
-            .map_err(|why| AuthError::Internal(format!("stored email {why}")))?;
-        self.limits.admit_account(&email).await?;
-        if !self
-            .hasher
-            .verify(current, Some(user.password_hash))
-            .await?
-        {
-            return Err(AuthError::InvalidCredentials);
+        let attempt = self.limits.admit_client(client).await?;
+        let checked = async {
+            let caller = self.authenticate(bearer).await?;
+            let current =
+                Password::for_login(&req.current_password).map_err(arg("current_password"))?;
+            let new = Password::new_user(&req.new_password).map_err(arg("new_password"))?;
+            let user = db::find_by_id(&self.pool, caller.user_id)
+                .await?
+                .ok_or(TokenError::Revoked)?;
+            let email = Email::parse(&user.email)
+                .map_err(|why| AuthError::Internal(format!("stored email {why}")))?;
+            Ok::<_, AuthError>((caller, current, new, user, email))
+        }
+        .await;
+        let (caller, current, new, user, email) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                attempt.not_counted();
+                return Err(e);
+            }
+        };
+        let attempt = self.limits.admit_account(attempt, &email).await?;
+        match self.hasher.verify(current, Some(user.password_hash)).await {
+            Ok(true) => attempt.succeeded(),
+            Ok(false) => return Err(AuthError::InvalidCredentials),
+            Err(e) => {
+                attempt.not_counted();
+                return Err(e.into());
+            }
         }
         let hash = self.hasher.hash(new).await?;
         // Only if nothing revoked the caller's token meanwhile (another
@@ -275,7 +311,11 @@ impl AuthGrpc {
             .metadata()
             .get(CLIENT_ADDR_HEADER)
             .and_then(|v| v.to_str().ok());
-        self.limits.client(req.remote_addr(), named)
+        self.limits.client(Peer {
+            addr: svc_kit::tls::peer_addr(req),
+            mesh: req.extensions().get::<svc_kit::tls::MeshConnectInfo>(),
+            named,
+        })
     }
 }
 

@@ -1,5 +1,6 @@
-//! Holding up under abuse: login rate limits per address and per account,
-//! the trusted-proxy client address, and the bounded password-hashing queue.
+//! Holding up under abuse: login rate limits (failures per address, per
+//! account and address, per account), the trusted-proxy client address, and
+//! the bounded password-hashing queue.
 
 use crate::helpers::*;
 use mp3converter_proto::auth::v1::{LoginRequest, auth_service_client::AuthServiceClient};
@@ -124,13 +125,20 @@ async fn a_trusted_proxy_names_the_client_and_no_one_else_can() {
     login_via(&proxy, Some("198.51.100.8"), ADMIN_EMAIL, ADMIN_PASSWORD)
         .await
         .unwrap();
-    // The proxy calling for itself (naming no one) is limited by account
-    // only.
+    // The proxy calling for itself (naming no one) is counted by its own
+    // address like anyone: successes never count, failures do.
     for _ in 0..5 {
         login_via(&proxy, None, ADMIN_EMAIL, ADMIN_PASSWORD)
             .await
             .unwrap();
     }
+    for _ in 0..2 {
+        unauthenticated(login_via(&proxy, None, "x@example.com", "guess").await);
+    }
+    assert_limited(
+        login_via(&proxy, None, "x@example.com", "guess").await,
+        Duration::from_secs(30),
+    );
 
     // An untrusted peer's header is ignored: a new name each time does not
     // reset its budget.
@@ -158,6 +166,12 @@ async fn logins_are_limited_per_account_known_or_not() {
     let app = spawn_app_on(&db_url, &["--login-limit-per-account", "2/1m"]).await;
     let email = app.new_user("account password").await;
     let proxy = app.client_from("127.0.0.1").await;
+    // The owner logging in does not count.
+    for _ in 0..4 {
+        login_via(&proxy, Some("198.51.100.9"), &email, "account password")
+            .await
+            .unwrap();
+    }
 
     // Two guesses from two addresses; the third from a third address is
     // refused, and then so is the right password (case does not matter).
@@ -198,18 +212,76 @@ async fn change_password_counts_against_the_same_limits() {
     let app = spawn_app_on(&db_url, &["--login-limit-per-account", "2/1m"]).await;
     let email = app.new_user("account password").await;
     let token = app.login(&email, "account password").await.unwrap().token;
-    // The login took one attempt; one wrong guess through ChangePassword
-    // takes the other.
-    assert_code(
-        app.change_password(&token, "guess", "new password 1").await,
-        Code::Unauthenticated,
-    );
+    // The login was no failure; two wrong guesses through ChangePassword
+    // spend the account's two.
+    for _ in 0..2 {
+        assert_code(
+            app.change_password(&token, "guess", "new password 1").await,
+            Code::Unauthenticated,
+        );
+    }
     let s = assert_code(
         app.change_password(&token, "account password", "new password 1")
             .await,
         Code::ResourceExhausted,
     );
     assert!(retry_delay(&s).is_some());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_owner_is_never_locked_out_by_logging_in_or_by_a_strangers_guesses() {
+    let db_url = test_kit::Stack::from_env().fresh_database("auth").await;
+    // The defaults: 10 failures a minute per address, 5 per account and
+    // address, 50 an hour per account.
+    let app = spawn_app_on(
+        &db_url,
+        &[
+            "--login-limit-per-addr",
+            "10/1m",
+            "--login-limit-per-account-addr",
+            "5/1m",
+            "--login-limit-per-account",
+            "50/1h",
+        ],
+    )
+    .await;
+    let email = app.new_user("account password").await;
+    let proxy = app.client_from("127.0.0.1").await;
+    let (owner, stranger) = (Some("198.51.100.1"), Some("203.0.113.1"));
+    // Twenty logins in a row, far past any burst.
+    for _ in 0..20 {
+        login_via(&proxy, owner, &email, "account password")
+            .await
+            .unwrap();
+    }
+    // A stranger's five wrong guesses lock the stranger out of the
+    // account, not the owner.
+    for i in 0..5 {
+        unauthenticated(login_via(&proxy, stranger, &email, &format!("guess {i}")).await);
+    }
+    assert_limited(
+        login_via(&proxy, stranger, &email, "guess 5").await,
+        Duration::from_secs(15),
+    );
+    login_via(&proxy, owner, &email, "account password")
+        .await
+        .unwrap();
+    // The owner's own mistakes: four, a success that forgets them, four
+    // more are still fine.
+    for round in 0..2 {
+        for _ in 0..4 {
+            unauthenticated(login_via(&proxy, owner, &email, "typo").await);
+        }
+        if round == 0 {
+            login_via(&proxy, owner, &email, "account password")
+                .await
+                .unwrap();
+        }
+    }
+    login_via(&proxy, owner, &email, "account password")
+        .await
+        .unwrap();
     app.stop().await;
 }
 

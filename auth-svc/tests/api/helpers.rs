@@ -48,6 +48,8 @@ pub fn cli(db_url: &str, extra: &[&str]) -> Cli {
         "off",
         "--login-limit-per-account",
         "off",
+        "--login-limit-per-account-addr",
+        "off",
     ];
     args.extend_from_slice(extra);
     Cli::try_parse_from(args).expect("test config parses")

@@ -347,6 +347,7 @@ async fn flood_once(args: &Args, bin: &PathBuf, limits: &str) -> anyhow::Result<
     if limits == "off" {
         env.push(("LOGIN_LIMIT_PER_ADDR", "off".to_owned()));
         env.push(("LOGIN_LIMIT_PER_ACCOUNT", "off".to_owned()));
+        env.push(("LOGIN_LIMIT_PER_ACCOUNT_ADDR", "off".to_owned()));
     }
     let server = Server::start(bin, &env).await?;
     let proxy = AuthServiceClient::new(channel_from(&server.grpc, "127.0.0.1").await?);

@@ -27,6 +27,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, SystemTime},
@@ -559,13 +560,54 @@ impl ServerCertVerifier for Current {
 }
 
 /// An accepted TLS connection, holding its slot of the listener's
-/// connection limit. To tonic it looks like a TCP connection (the peer's
-/// address reaches handlers as usual); its identity was checked before it
-/// was handed over.
+/// connection limit. Its identity was checked before it was handed over;
+/// handlers find the peer in [`MeshConnectInfo`] (see [`peer_addr`]).
 pub struct TlsConn {
     inner: crate::accept::Rewind<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-    info: tonic::transport::server::TcpConnectInfo,
+    info: MeshConnectInfo,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// What a gRPC handler can know of a mutual-TLS peer: its address and the
+/// certificate it proved it holds (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct MeshConnectInfo {
+    pub remote_addr: Option<SocketAddr>,
+    pub local_addr: Option<SocketAddr>,
+    cert: Option<CertificateDer<'static>>,
+}
+
+impl MeshConnectInfo {
+    pub fn new(
+        remote_addr: Option<SocketAddr>,
+        local_addr: Option<SocketAddr>,
+        cert: Option<CertificateDer<'static>>,
+    ) -> Self {
+        Self {
+            remote_addr,
+            local_addr,
+            cert,
+        }
+    }
+
+    /// Whether the peer's verified certificate names `identity` (a DNS
+    /// name, as `TLS_ALLOWED_CLIENTS` does).
+    pub fn names(&self, identity: &str) -> bool {
+        let (Some(cert), Ok(name)) = (&self.cert, ServerName::try_from(identity)) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(cert)
+            .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+}
+
+/// The address of a gRPC request's peer, over mutual TLS or not.
+pub fn peer_addr<T>(req: &tonic::Request<T>) -> Option<SocketAddr> {
+    req.remote_addr().or_else(|| {
+        req.extensions()
+            .get::<MeshConnectInfo>()
+            .and_then(|i| i.remote_addr)
+    })
 }
 
 impl std::fmt::Debug for TlsConn {
@@ -609,7 +651,7 @@ impl tokio::io::AsyncWrite for TlsConn {
 }
 
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = MeshConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.info.clone()
     }
@@ -659,16 +701,14 @@ pub fn incoming(
                 return None;
             };
             tracing::debug!(%peer, %identity, "TLS client accepted");
+            let cert = certs.first().map(|c| c.clone().into_owned());
             let preface =
                 crate::accept::first_bytes(&mut stream, crate::accept::H2_PREFACE_LEN, first_bytes)
                     .await?
                     .ok()?;
             Some(TlsConn {
                 inner: crate::accept::Rewind::new(preface, stream),
-                info: tonic::transport::server::TcpConnectInfo {
-                    local_addr: local,
-                    remote_addr: Some(peer),
-                },
+                info: MeshConnectInfo::new(Some(peer), local, cert),
                 _permit: permit,
             })
         }
