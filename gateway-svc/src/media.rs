@@ -567,9 +567,17 @@ impl MediaService for Media {
             size_bytes: file.length,
         };
         // One cursor, 4 GridFS chunks (~1 MiB) per message and one message
-        // queued: a stalled client holds little, and not for long.
+        // queued: a stalled client holds little, and not for long. A second
+        // slot is kept for the status that ends a stalled download, so the
+        // client learns it was cut off rather than seeing OK after a short
+        // file (the slot is free however full the first one is).
         let mut reader = self.store.mp3_files.stream((&file).into(), 0, 4);
-        let (tx, rx) = mpsc::channel::<Result<DownloadResponse, Status>>(1);
+        let (tx, rx) = mpsc::channel::<Result<DownloadResponse, Status>>(2);
+        let last_word = tx
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| Status::internal("internal error"))?;
         let stall = self.download_stall;
         let span = tracing::info_span!(
             "gridfs.read",
@@ -606,6 +614,9 @@ impl MediaService for Media {
                         // The client went away or stopped reading.
                         metrics::counter!("mp3converter_gateway_downloads_dropped_total")
                             .increment(1);
+                        last_word.send(Err(Status::deadline_exceeded(format!(
+                            "the download was cut off: nothing was read for {stall:?}; download it again"
+                        ))));
                         return;
                     }
                 }

@@ -230,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
     let exported = receiver.spans().len();
 
     println!(
-        "\ngateway-svc upload throughput ({} cores, FerretDB/SQLite as the GridFS server)\n",
+        "\ngateway-svc upload throughput ({} cores, the stack's GridFS server: FerretDB on PostgreSQL)\n",
         std::thread::available_parallelism()?
     );
     println!("| size (MiB) | path | seconds | MiB/s | vs driver | gateway peak RSS (MiB) |");

@@ -3,8 +3,9 @@
 //! exposes neither a header-read timeout nor a connection limit.
 //!
 //! - HTTP/1: request headers must arrive within `HEADER_READ_TIMEOUT`
-//!   (slowloris; the first request of a connection is answered 408), and
-//!   bodies never pause longer than `BODY_IDLE_TIMEOUT`.
+//!   (slowloris: a head begun and not finished is answered 408; a kept-alive
+//!   connection that sends nothing is closed), and bodies never pause
+//!   longer than `BODY_IDLE_TIMEOUT`.
 //! - HTTP/2: at most `MAX_STREAMS_PER_CONNECTION` streams per connection.
 //! - At most `MAX_CONNECTIONS` connections; one more is answered 503 and
 //!   closed.
@@ -120,8 +121,9 @@ const MAX_HEAD: usize = 64 << 10;
 /// Serves one connection (after its TLS handshake, if any): the first
 /// request's head must arrive within `header_timeout`, or the client gets a
 /// 408 and the connection is closed. Later heads on a kept-alive connection
-/// are bounded by hyper's own timeout, which only closes (an idle
-/// connection is not owed an answer).
+/// are bounded by hyper's own timeout, which only closes: then a head that
+/// had begun is answered 408 here, and an idle connection (not owed an
+/// answer) is just closed.
 async fn serve_connection<S>(
     builder: &auto::Builder<TokioExecutor>,
     mut stream: S,
@@ -138,8 +140,12 @@ where
         request_timeout(stream, header_timeout).await;
         return Ok(());
     };
+    let head = head.map_err(|e| e.to_string())?;
+    // hyper's header timeout is HTTP/1's; an HTTP/2 connection is never
+    // answered in HTTP/1.
+    let http1 = !head.starts_with(b"PRI * HTTP/2.0");
     let (back, returned) = tokio::sync::oneshot::channel();
-    let stream = Returned::new(Rewind::new(head.map_err(|e| e.to_string())?, stream), back);
+    let stream = Returned::new(Rewind::new(head, stream), back);
     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(req.map(axum::body::Body::new))
@@ -147,12 +153,21 @@ where
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .into_owned();
-    let served = watcher.watch(conn).await.map_err(|e| e.to_string());
+    let served = watcher.watch(conn).await;
+    let head_timed_out = served.as_ref().is_err_and(|e| {
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+    });
     // hyper has answered and shut its side down; the socket is ours again.
-    if let Ok(stream) = returned.await {
+    if let Ok((stream, mid_head)) = returned.await {
+        if http1 && head_timed_out && mid_head {
+            count_header_timeout();
+            request_timeout(stream, header_timeout).await;
+            return Ok(());
+        }
         linger(stream).await;
     }
-    served
+    served.map_err(|e| e.to_string())
 }
 
 /// How long a closing connection waits for more of what the client sends.
@@ -177,17 +192,20 @@ async fn linger<S: AsyncRead + Unpin>(mut stream: S) {
 }
 
 /// An I/O stream handed back through a channel when the one using it drops
-/// it (hyper's connection owns it until then).
+/// it (hyper's connection owns it until then), with whether the client has
+/// sent anything since the last answer was written (a head begun).
 struct Returned<S> {
     inner: Option<S>,
-    back: Option<tokio::sync::oneshot::Sender<S>>,
+    back: Option<tokio::sync::oneshot::Sender<(S, bool)>>,
+    read_since_write: bool,
 }
 
 impl<S> Returned<S> {
-    fn new(inner: S, back: tokio::sync::oneshot::Sender<S>) -> Self {
+    fn new(inner: S, back: tokio::sync::oneshot::Sender<(S, bool)>) -> Self {
         Self {
             inner: Some(inner),
             back: Some(back),
+            read_since_write: false,
         }
     }
 
@@ -207,7 +225,7 @@ impl<S> Returned<S> {
 impl<S> Drop for Returned<S> {
     fn drop(&mut self) {
         if let (Some(inner), Some(back)) = (self.inner.take(), self.back.take()) {
-            let _ = back.send(inner);
+            let _ = back.send((inner, self.read_since_write));
         }
     }
 }
@@ -218,7 +236,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Returned<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        self.io().poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut *this).io().poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.read_since_write = true;
+        }
+        res
     }
 }
 
@@ -228,7 +252,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Returned<S> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.io().poll_write(cx, buf)
+        let this = self.get_mut();
+        let res = std::pin::Pin::new(&mut *this).io().poll_write(cx, buf);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.read_since_write = false;
+        }
+        res
     }
 
     fn poll_flush(
@@ -250,7 +279,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Returned<S> {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        self.io().poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let res = std::pin::Pin::new(&mut *this)
+            .io()
+            .poll_write_vectored(cx, bufs);
+        if matches!(res, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.read_since_write = false;
+        }
+        res
     }
 
     fn is_write_vectored(&self) -> bool {

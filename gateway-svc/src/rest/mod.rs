@@ -138,8 +138,10 @@ pub(crate) fn router(edge: Edge) -> Router {
         .route("/readyz", get(readyz))
         .merge(protected)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
+        // The request is well formed; the route does not offer the method:
+        // UNIMPLEMENTED, as gRPC-Gateway maps it, with HTTP's own 405.
         .method_not_allowed_fallback(|| async {
-            ApiError::new(Code::InvalidArgument, "method not allowed on this route")
+            ApiError::new(Code::Unimplemented, "method not allowed on this route")
                 .with_status(StatusCode::METHOD_NOT_ALLOWED)
         })
         .with_state(edge)

@@ -93,6 +93,31 @@ async fn slow_headers_and_silent_bodies_are_cut_off() {
     let (answer, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
+    // A kept-alive connection: its second head begun and never finished is
+    // answered 408 too; one that stays idle is closed without an answer.
+    for (second, answered) in [("GET /healthz HTTP/1.1\r\nHo", true), ("", false)] {
+        let mut s = tokio::net::TcpStream::connect(app.http).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = Vec::new();
+        while !first.ends_with(b"\r\n\r\nok") {
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&first));
+            first.extend_from_slice(&buf[..n]);
+        }
+        assert!(first.starts_with(b"HTTP/1.1 200"));
+        s.write_all(second.as_bytes()).await.unwrap();
+        let (answer, took) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(took < Duration::from_secs(4), "closed after {took:?}");
+        if answered {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        } else {
+            assert_eq!(answer, "");
+        }
+    }
+
     // A body that stops: 408, and nothing kept.
     let mut s = tokio::net::TcpStream::connect(app.http).await.unwrap();
     let head = format!(
@@ -395,11 +420,21 @@ async fn framework_rejections_are_json_too() {
         let res = req.send().await.unwrap();
         assert_eq!(res.status(), status);
         assert_eq!(res.headers()["content-type"], "application/json");
+        if status == 405 {
+            assert_eq!(res.headers()["allow"], "GET,HEAD");
+        }
         let body: serde_json::Value = res.json().await.unwrap();
         assert!(
             body["code"].is_string() && body["message"].is_string(),
             "{body}"
         );
+        let code = match status {
+            400 => "invalid_argument",
+            404 => "not_found",
+            405 => "unimplemented",
+            _ => unreachable!(),
+        };
+        assert_eq!(body["code"], code, "{body}");
     }
     app.stop().await;
     auth.stop().await;
@@ -441,6 +476,50 @@ async fn a_download_nobody_reads_is_dropped() {
         || async { (dropped().await > before).then_some(()) },
     )
     .await;
+    app.stop().await;
+    auth.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_grpc_download_ends_with_an_error_not_ok() {
+    use mp3converter_proto::media::v1::{DownloadRequest, download_response};
+    use tokio_stream::StreamExt;
+    let auth = Auth::start().await;
+    let app = spawn_app_with(&auth, &["--download-stall-timeout", "1s"]).await;
+    let user = app.user().await;
+    // Far more than the HTTP/2 windows and the queue hold.
+    let mp3 = random_bytes(40 << 20);
+    let mp3_id = app.put_mp3(&user, None, &mp3).await;
+    let mut stream = app
+        .media()
+        .await
+        .download(authed(&user, DownloadRequest { mp3_id }))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(matches!(
+        first.payload,
+        Some(download_response::Payload::Metadata(_))
+    ));
+    // Stop reading past the stall timeout, then read what is left.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = 0usize;
+    let end = loop {
+        match stream.next().await {
+            Some(Ok(msg)) => {
+                if let Some(download_response::Payload::Chunk(c)) = msg.payload {
+                    got += c.len();
+                }
+            }
+            Some(Err(status)) => break Some(status),
+            None => break None,
+        }
+    };
+    assert!(got < mp3.len(), "the stall cut the download short");
+    let status = end.expect("a cut-off download must not end OK");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("cut off"), "{status:?}");
     app.stop().await;
     auth.stop().await;
 }
