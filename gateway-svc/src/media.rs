@@ -115,8 +115,10 @@ fn caller<T>(req: &Request<T>) -> Result<Arc<Caller>, Status> {
         .ok_or_else(|| Status::unauthenticated("not authenticated"))
 }
 
+/// An id as the API gives it: 24 hex digits, nothing around them (the
+/// OpenAPI description's pattern).
 fn parse_id(field: &str, raw: &str) -> Result<ObjectId, Status> {
-    ObjectId::parse_str(raw.trim())
+    ObjectId::parse_str(raw)
         .map_err(|_| svc_kit::error::invalid_argument(field, "is not a valid id"))
 }
 

@@ -207,12 +207,14 @@ impl OutputOptions {
     }
 }
 
+// The form's words exactly, as the OpenAPI description lists them: one
+// spelling each, so what a client reads there is all it can send.
 impl Channels {
     pub fn parse(field: &'static str, s: &str) -> Result<Self, InvalidOption> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "source" => Ok(Self::Source),
-            "mono" | "1" => Ok(Self::Mono),
-            "stereo" | "2" => Ok(Self::Stereo),
+        match s {
+            "source" => Ok(Self::Source),
+            "mono" => Ok(Self::Mono),
+            "stereo" => Ok(Self::Stereo),
             other => Err(invalid(
                 field,
                 format!("must be one of source, mono, stereo; got {other:?}"),
@@ -223,10 +225,10 @@ impl Channels {
 
 impl SampleRate {
     pub fn parse(field: &'static str, s: &str) -> Result<Self, InvalidOption> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "source" => Ok(Self::Source),
-            "44100" | "44.1k" | "44.1khz" => Ok(Self::Hz44100),
-            "48000" | "48k" | "48khz" => Ok(Self::Hz48000),
+        match s {
+            "source" => Ok(Self::Source),
+            "44100" => Ok(Self::Hz44100),
+            "48000" => Ok(Self::Hz48000),
             other => Err(invalid(
                 field,
                 format!("must be one of source, 44100, 48000; got {other:?}"),
@@ -289,6 +291,20 @@ mod tests {
         assert_eq!(e.field, "trim_start");
         assert!(Channels::parse("channels", "quad").is_err());
         assert!(SampleRate::parse("sample_rate", "22050").is_err());
+        for loose in ["", "Mono", "1", " mono"] {
+            assert!(Channels::parse("channels", loose).is_err(), "{loose:?}");
+        }
+        for loose in ["", "44.1k", "48K"] {
+            assert!(
+                SampleRate::parse("sample_rate", loose).is_err(),
+                "{loose:?}"
+            );
+        }
+        assert_eq!(Channels::parse("channels", "mono").unwrap(), Channels::Mono);
+        assert_eq!(
+            SampleRate::parse("sample_rate", "48000").unwrap(),
+            SampleRate::Hz48000
+        );
     }
 
     #[test]

@@ -55,10 +55,18 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// The body of every error answer of the REST edge:
 /// `{"code": "not_found", "message": "…", "reason": "TOKEN_EXPIRED"}`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody {
+    /// The gRPC status code in snake case (`invalid_argument`, `not_found`,
+    /// `resource_exhausted`, …); the HTTP status follows it.
+    #[schema(example = "not_found")]
     pub code: String,
+    /// What went wrong, for people; safe to show.
+    #[schema(example = "no such job")]
     pub message: String,
+    /// A stable reason to branch on, when there is one (`TOKEN_EXPIRED`,
+    /// `USER_DISABLED`, `LOGIN_RATE_LIMITED`, `BUSY`, …).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
 }

@@ -15,8 +15,22 @@ use mp3converter_proto::auth::v1::{
     ChangePasswordRequest, LogoutRequest, SetUserDisabledRequest, set_user_disabled_request,
 };
 use serde::{Deserialize, Serialize};
+use svc_kit::error::ErrorBody;
+use utoipa::ToSchema;
 
-pub(super) async fn logout(
+/// Signs out: this token, and every other of the caller's, stop working.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "account",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 503, description = "The authentication service is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn logout(
     State(edge): State<Edge>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
@@ -30,20 +44,44 @@ pub(super) async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct NewPassword {
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct NewPassword {
+    #[schema(min_length = 1, max_length = 256)]
     current_password: String,
+    #[schema(min_length = 8, max_length = 256)]
     new_password: String,
 }
 
-#[derive(Debug, Serialize)]
-pub(super) struct TokenJson {
+/// A new token (earlier ones were revoked).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Token)]
+pub(crate) struct TokenJson {
+    /// The JWT, for `Authorization: Bearer`.
     token: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     expire_time: Option<String>,
 }
 
-pub(super) async fn change_password(
+/// Changes the caller's password; every earlier token is revoked, and the
+/// answer carries a new one. Counted against the login rate limits.
+#[utoipa::path(
+    post,
+    path = "/password",
+    tag = "account",
+    request_body = NewPassword,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed; a new token", body = TokenJson),
+        (status = 400, description = "A bad body or new password", body = ErrorBody),
+        (status = 401, description = "No valid token, or the current password is wrong", body = ErrorBody),
+        (status = 413, description = "A body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts; `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The authentication service is busy or unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn change_password(
     State(edge): State<Edge>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
@@ -75,13 +113,14 @@ pub(super) async fn change_password(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct Whom {
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct Whom {
     email: String,
 }
 
-#[derive(Debug, Serialize)]
-pub(super) struct UserJson {
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = User)]
+pub(crate) struct UserJson {
     id: String,
     email: String,
     admin: bool,
@@ -119,7 +158,26 @@ async fn set_disabled(
     }))
 }
 
-pub(super) async fn disable_user(
+/// (Admins) disables a user: their tokens stop working and they cannot log
+/// in until enabled again.
+#[utoipa::path(
+    post,
+    path = "/admin/users/disable",
+    tag = "admin",
+    request_body = Whom,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user, disabled", body = UserJson),
+        (status = 400, description = "A bad body or email; or the admin themselves", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 413, description = "A body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "The authentication service is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn disable_user(
     State(edge): State<Edge>,
     headers: HeaderMap,
     body: Result<Json<Whom>, axum::extract::rejection::JsonRejection>,
@@ -127,7 +185,25 @@ pub(super) async fn disable_user(
     set_disabled(edge, headers, body, true).await
 }
 
-pub(super) async fn enable_user(
+/// (Admins) enables a disabled user again.
+#[utoipa::path(
+    post,
+    path = "/admin/users/enable",
+    tag = "admin",
+    request_body = Whom,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user, enabled", body = UserJson),
+        (status = 400, description = "A bad body or email", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 413, description = "A body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "The authentication service is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn enable_user(
     State(edge): State<Edge>,
     headers: HeaderMap,
     body: Result<Json<Whom>, axum::extract::rejection::JsonRejection>,

@@ -20,84 +20,140 @@ use mp3converter_proto::media::v1::{
     WatchJobsRequest, download_response, watch_jobs_response,
 };
 use serde::{Deserialize, Serialize};
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
+use svc_kit::error::ErrorBody;
 use tonic::Code;
+use utoipa::{IntoParams, ToSchema};
 
 /// A job as the REST edge shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Job)]
 pub(crate) struct JobJson {
     job_id: String,
+    /// The uploaded video's id (its GridFS file).
     video_id: String,
+    /// The uploaded file's name, cleaned.
     filename: String,
     size_bytes: u64,
-    state: &'static str,
+    state: JobState,
+    /// Percent converted, while converting (one decimal).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
     progress: Option<f64>,
+    /// The MP3's id (`GET /download?fid=`), once done.
     #[serde(skip_serializing_if = "Option::is_none")]
     mp3_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mp3_size_bytes: Option<u64>,
+    /// The MP3's length, once done.
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_seconds: Option<f64>,
+    /// Why it failed, in words for the user.
     #[serde(skip_serializing_if = "Option::is_none")]
     failure_reason: Option<String>,
     /// What the user should know about a done job.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     notes: Vec<String>,
-    options: serde_json::Value,
+    options: OptionsJson,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
+    /// When the job, its video and MP3 are deleted (retention).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum JobState {
+    Queued,
+    Converting,
+    Done,
+    Failed,
+    /// A state this edge does not know (a newer server).
+    Unknown,
+}
+
+/// The output options a job was asked for.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = JobOptions)]
+pub(crate) struct OptionsJson {
+    /// Constant bitrate (kb/s), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bitrate_kbps: Option<u32>,
+    /// LAME VBR quality (0 best – 9), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quality: Option<u32>,
+    channels: ChannelsJson,
+    sample_rate: SampleRateJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trim_start: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trim_end: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Channels)]
+pub(crate) enum ChannelsJson {
+    Source,
+    Mono,
+    Stereo,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(as = SampleRate)]
+pub(crate) enum SampleRateJson {
+    #[serde(rename = "source")]
+    Source,
+    #[serde(rename = "44100")]
+    Hz44100,
+    #[serde(rename = "48000")]
+    Hz48000,
 }
 
 fn rfc3339(t: Option<prost_types::Timestamp>) -> String {
     t.map(|t| t.to_string()).unwrap_or_default()
 }
 
-fn options_json(o: Option<pb::OutputOptions>) -> serde_json::Value {
+fn options_json(o: Option<pb::OutputOptions>) -> OptionsJson {
     let o = o.unwrap_or_default();
-    let mut m = serde_json::Map::new();
-    match o.encoding {
-        Some(pb::output_options::Encoding::BitrateKbps(b)) => {
-            m.insert("bitrate_kbps".into(), b.into());
-        }
-        Some(pb::output_options::Encoding::Quality(q)) => {
-            m.insert("quality".into(), q.into());
-        }
-        None => {}
-    }
-    let channels = match pb::Channels::try_from(o.channels) {
-        Ok(pb::Channels::Mono) => "mono",
-        Ok(pb::Channels::Stereo) => "stereo",
-        _ => "source",
+    let (bitrate_kbps, quality) = match o.encoding {
+        Some(pb::output_options::Encoding::BitrateKbps(b)) => (Some(b), None),
+        Some(pb::output_options::Encoding::Quality(q)) => (None, Some(q)),
+        None => (None, None),
     };
-    let rate = match pb::SampleRate::try_from(o.sample_rate) {
-        Ok(pb::SampleRate::SampleRate44100) => "44100",
-        Ok(pb::SampleRate::SampleRate48000) => "48000",
-        _ => "source",
-    };
-    m.insert("channels".into(), channels.into());
-    m.insert("sample_rate".into(), rate.into());
-    if let Some(s) = o.trim_start_seconds {
-        m.insert("trim_start".into(), s.into());
+    OptionsJson {
+        bitrate_kbps,
+        quality,
+        channels: match pb::Channels::try_from(o.channels) {
+            Ok(pb::Channels::Mono) => ChannelsJson::Mono,
+            Ok(pb::Channels::Stereo) => ChannelsJson::Stereo,
+            _ => ChannelsJson::Source,
+        },
+        sample_rate: match pb::SampleRate::try_from(o.sample_rate) {
+            Ok(pb::SampleRate::SampleRate44100) => SampleRateJson::Hz44100,
+            Ok(pb::SampleRate::SampleRate48000) => SampleRateJson::Hz48000,
+            _ => SampleRateJson::Source,
+        },
+        trim_start: o.trim_start_seconds,
+        trim_end: o.trim_end_seconds,
     }
-    if let Some(e) = o.trim_end_seconds {
-        m.insert("trim_end".into(), e.into());
-    }
-    serde_json::Value::Object(m)
 }
 
 impl From<pb::Job> for JobJson {
     fn from(j: pb::Job) -> Self {
         let state = match pb::JobState::try_from(j.state) {
-            Ok(pb::JobState::Queued) => "queued",
-            Ok(pb::JobState::Converting) => "converting",
-            Ok(pb::JobState::Done) => "done",
-            Ok(pb::JobState::Failed) => "failed",
-            _ => "unknown",
+            Ok(pb::JobState::Queued) => JobState::Queued,
+            Ok(pb::JobState::Converting) => JobState::Converting,
+            Ok(pb::JobState::Done) => JobState::Done,
+            Ok(pb::JobState::Failed) => JobState::Failed,
+            _ => JobState::Unknown,
         };
-        let done = state == "done";
+        let done = state == JobState::Done;
         Self {
             job_id: j.job_id,
             video_id: j.video_id,
@@ -118,7 +174,22 @@ impl From<pb::Job> for JobJson {
     }
 }
 
-pub(super) async fn get(
+/// One of the caller's jobs.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[0-9a-fA-F]{24}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The job", body = JobJson),
+        (status = 400, description = "Not a valid id", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such job (or someone else's)", body = ErrorBody),
+        (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get(
     State(edge): State<Edge>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -134,7 +205,22 @@ pub(super) async fn get(
     Ok(Json(job.into()))
 }
 
-pub(super) async fn delete(
+/// Deletes one of the caller's jobs, its video and its MP3.
+#[utoipa::path(
+    delete,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[0-9a-fA-F]{24}$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a valid id", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such job (or someone else's)", body = ErrorBody),
+        (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete(
     State(edge): State<Edge>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -146,20 +232,43 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct ListQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Jobs per page (0 or absent: 20; over 100: 100).
+    #[param(value_type = u64, required = false, minimum = 0, maximum = 4294967295_u64, nullable = false)]
     page_size: Option<u32>,
+    /// The `next_page_token` of the previous page (empty: the first page).
+    #[param(pattern = r"^([0-9a-fA-F]{24})?$", nullable = false)]
     page_token: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub(super) struct JobList {
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobList {
     jobs: Vec<JobJson>,
+    /// Absent on the last page.
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[schema(required = false)]
     next_page_token: String,
 }
 
-pub(super) async fn list(
+/// The caller's jobs, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 400, description = "A bad query or page token", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
     State(edge): State<Edge>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -180,16 +289,41 @@ pub(super) async fn list(
     }))
 }
 
-/// `GET /jobs/events`: WatchJobs as Server-Sent Events — `job` (the job as
-/// JSON, first for each current job, then at every change), `deleted`
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventsQuery {
+    /// Only this job's events (absent: all of the caller's jobs).
+    #[param(pattern = r"^[0-9a-fA-F]{24}$", nullable = false)]
+    job_id: Option<String>,
+}
+
+/// The caller's jobs as they change, as Server-Sent Events: `job` (the job
+/// as JSON, first for each current job, then at every change), `deleted`
 /// (`{"job_id"}`), `resync` (missed changes: list again), and a keep-alive
-/// comment every 15 s.
-pub(super) async fn events(
+/// comment every 15 s. Open until the client leaves or its token stops
+/// being valid.
+#[utoipa::path(
+    get,
+    path = "/jobs/events",
+    tag = "jobs",
+    params(EventsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Not a valid job id", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 429, description = "Too many watchers for this user", body = ErrorBody),
+        (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn events(
     State(edge): State<Edge>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
-    let job_id = q.get("job_id").cloned().unwrap_or_default();
+    let job_id = q.job_id.unwrap_or_default();
     let stream = edge
         .media
         .clone()
@@ -245,12 +379,37 @@ pub(crate) fn content_disposition(name: &str) -> String {
     format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
-pub(super) async fn download(
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DownloadQuery {
+    /// The MP3's id (`mp3_id` of a done job; the email names it).
+    #[param(required = true, nullable = false, pattern = r"^[0-9a-fA-F]{24}$")]
+    fid: Option<String>,
+}
+
+/// Downloads one of the caller's MP3s.
+#[utoipa::path(
+    get,
+    path = "/download",
+    tag = "jobs",
+    params(DownloadQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The MP3", content_type = "audio/mpeg", body = super::openapi::Binary,
+         headers(("content-disposition" = String, description = "attachment; its file name"))),
+        (status = 400, description = "Missing or bad id", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such MP3 (or someone else's)", body = ErrorBody),
+        (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn download(
     State(edge): State<Edge>,
     headers: HeaderMap,
-    ApiQuery(q): ApiQuery<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<DownloadQuery>,
 ) -> Result<Response, ApiError> {
-    let Some(fid) = q.get("fid").filter(|f| !f.is_empty()) else {
+    let Some(fid) = q.fid.filter(|f| !f.is_empty()) else {
         return Err(ApiError::bad_request(
             "query parameter `fid` (the MP3's id) is required",
         ));
@@ -258,12 +417,7 @@ pub(super) async fn download(
     let mut stream = edge
         .media
         .clone()
-        .download(forward(
-            &headers,
-            DownloadRequest {
-                mp3_id: fid.clone(),
-            },
-        ))
+        .download(forward(&headers, DownloadRequest { mp3_id: fid }))
         .await?
         .into_inner();
     let meta = match stream.message().await? {

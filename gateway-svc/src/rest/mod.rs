@@ -12,6 +12,8 @@
 //!   DeleteJob; `GET /jobs/events` → WatchJobs as Server-Sent Events
 //!   ([`jobs`]).
 //! - `GET /healthz`, `GET /readyz`.
+//! - `GET /openapi.json`: all of the above in OpenAPI 3.1 ([`openapi`]);
+//!   `GET /docs` renders it.
 //!
 //! Every error, including the framework's own rejections (a body that is not
 //! multipart, a bad query, a method not allowed), is JSON `{code, message}`.
@@ -19,6 +21,7 @@
 mod account;
 mod form;
 mod jobs;
+pub(crate) mod openapi;
 mod upload;
 pub(crate) mod web;
 
@@ -58,13 +61,19 @@ pub(crate) struct Edge {
 }
 
 /// What the edge enforces and tells the page.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Limits {
+    /// The largest video accepted.
     pub(crate) max_upload_bytes: u64,
+    /// Uploads in flight per user.
     pub(crate) max_uploads_at_once: u64,
+    /// Jobs queued or converting per user.
     pub(crate) max_waiting_jobs: u64,
+    /// Videos and MP3s kept per user.
     pub(crate) max_stored_bytes: u64,
+    /// Live event streams per user.
     pub(crate) max_watchers: usize,
+    /// The longest part converted (after trimming), not of the whole file.
     pub(crate) max_duration_seconds: u64,
 }
 
@@ -121,7 +130,9 @@ pub(crate) fn router(edge: Edge) -> Router {
         .route_layer(AuthLayer::new(validator, JsonReject));
     Router::new()
         .route("/", get(web::index))
+        .route("/docs", get(web::reference))
         .route("/assets/{file}", get(web::asset))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/limits", get(limits))
         .route("/login", post(login))
         // auth-svc checks the token of these itself.
@@ -134,7 +145,7 @@ pub(crate) fn router(edge: Edge) -> Router {
                 // Their bodies are a few small JSON fields.
                 .layer(axum::extract::DefaultBodyLimit::max(16 << 10)),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(protected)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
@@ -149,6 +160,29 @@ pub(crate) fn router(edge: Edge) -> Router {
         .layer(svc_kit::observe::ServerLayer::http())
 }
 
+/// Liveness: the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: its dependencies answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String),
+        (status = 503, description = "Not ready", content_type = "text/plain", body = String),
+    )
+)]
 async fn readyz(State(edge): State<Edge>) -> impl IntoResponse {
     if edge.health.is_ready() {
         (StatusCode::OK, "ready")
@@ -157,26 +191,59 @@ async fn readyz(State(edge): State<Edge>) -> impl IntoResponse {
     }
 }
 
-async fn limits(State(edge): State<Edge>) -> Json<serde_json::Value> {
+/// What the edge enforces: the upload size, the per-user quotas, and the
+/// output options' ranges.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct LimitsJson {
+    #[serde(flatten)]
+    limits: Limits,
+    options: OptionLimits,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct OptionLimits {
+    /// The shortest a trimmed part may be (seconds).
+    min_trimmed_seconds: f64,
+    bitrate_kbps: Range,
+    quality: Range,
+    channels: Vec<&'static str>,
+    sample_rate: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Range {
+    min: u32,
+    max: u32,
+}
+
+/// The limits and the options' ranges, for a page or a client to check
+/// before uploading.
+#[utoipa::path(
+    get,
+    path = "/limits",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The limits", body = LimitsJson))
+)]
+async fn limits(State(edge): State<Edge>) -> Json<LimitsJson> {
     use media_store::options::MIN_TRIMMED;
     use media_store::options::{BITRATE_KBPS, QUALITY};
-    let l = &edge.limits;
-    Json(serde_json::json!({
-        "max_upload_bytes": l.max_upload_bytes,
-        "max_uploads_at_once": l.max_uploads_at_once,
-        "max_waiting_jobs": l.max_waiting_jobs,
-        "max_stored_bytes": l.max_stored_bytes,
-        "max_watchers": l.max_watchers,
-        // Of the part converted (after trimming), not of the whole file.
-        "max_duration_seconds": l.max_duration_seconds,
-        "options": {
-            "min_trimmed_seconds": MIN_TRIMMED,
-            "bitrate_kbps": { "min": BITRATE_KBPS.start(), "max": BITRATE_KBPS.end() },
-            "quality": { "min": QUALITY.start(), "max": QUALITY.end() },
-            "channels": ["source", "mono", "stereo"],
-            "sample_rate": ["source", "44100", "48000"],
+    Json(LimitsJson {
+        limits: edge.limits.clone(),
+        options: OptionLimits {
+            min_trimmed_seconds: MIN_TRIMMED,
+            bitrate_kbps: Range {
+                min: *BITRATE_KBPS.start(),
+                max: *BITRATE_KBPS.end(),
+            },
+            quality: Range {
+                min: *QUALITY.start(),
+                max: *QUALITY.end(),
+            },
+            channels: vec!["source", "mono", "stereo"],
+            sample_rate: vec!["source", "44100", "48000"],
         },
-    }))
+    })
 }
 
 /// A gRPC request carrying the caller's `Authorization` header on.
@@ -205,10 +272,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct LoginJson {
+    /// The JWT, for `Authorization: Bearer`.
     token: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     expire_time: Option<String>,
 }
 
@@ -237,6 +306,26 @@ pub(crate) fn name_client<T>(
     }
 }
 
+/// Logs in with HTTP Basic (`curl -u EMAIL:PASSWORD`): answers the JWT as
+/// plain text (the tutorial's `TOKEN=$(curl …)`), or `{token, expire_time}`
+/// with `Accept: application/json`.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "account",
+    security(("basic" = [])),
+    responses(
+        (status = 200, description = "The token", content(
+            (String = "text/plain"),
+            (LoginJson = "application/json"),
+        )),
+        (status = 400, description = "A malformed email or password", body = svc_kit::error::ErrorBody),
+        (status = 401, description = "Missing or wrong credentials", body = svc_kit::error::ErrorBody,
+         headers(("www-authenticate" = String))),
+        (status = 429, description = "Too many failed attempts; `Retry-After`", body = svc_kit::error::ErrorBody),
+        (status = 503, description = "The authentication service is busy or unavailable", body = svc_kit::error::ErrorBody),
+    )
+)]
 async fn login(
     State(edge): State<Edge>,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,

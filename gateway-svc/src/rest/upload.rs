@@ -19,6 +19,7 @@ use axum::{
 };
 use media_store::options::{Channels, InvalidOption, RawOptions, SampleRate};
 use mp3converter_proto::media::v1::{UploadCommit, UploadMetadata, UploadRequest, upload_request};
+use svc_kit::error::ErrorBody;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -37,10 +38,9 @@ fn invalid(e: InvalidOption) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
-/// Reads one option field into `raw`; unknown fields are ignored (forms
-/// carry submit buttons and the like).
+/// Reads one option field into `raw`. An unknown field is refused: a typo
+/// (`-F bitrat=128`) must not silently give another MP3 than asked for.
 fn set_option(raw: &mut RawOptions, name: &str, value: &str) -> Result<(), ApiError> {
-    let value = value.trim();
     let number = |field: &'static str| {
         value.parse::<f64>().map_err(|_| {
             invalid(InvalidOption {
@@ -66,12 +66,65 @@ fn set_option(raw: &mut RawOptions, name: &str, value: &str) -> Result<(), ApiEr
         }
         "trim_start" => raw.trim_start = Some(number("trim_start")?),
         "trim_end" => raw.trim_end = Some(number("trim_end")?),
-        _ => {}
+        _ => {
+            let shown: String = name.chars().take(64).collect();
+            return Err(ApiError::bad_request(format!(
+                "unknown form field `{shown}`: the options are bitrate, quality, channels, sample_rate, trim_start and trim_end, then the file"
+            )));
+        }
     }
     Ok(())
 }
 
-pub(super) async fn upload(
+/// The upload form: option fields first (they are checked before a byte of
+/// the file is stored), then exactly one file. Unknown fields are refused.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // The handler streams the multipart body; this describes it.
+pub(crate) struct UploadForm {
+    /// Constant bitrate in kb/s (64–320); or give `quality`, not both.
+    #[schema(minimum = 64, maximum = 320, required = false)]
+    bitrate: u32,
+    /// LAME VBR quality, 0 (best) – 9; or give `bitrate`, not both.
+    #[schema(minimum = 0, maximum = 9, required = false)]
+    quality: u32,
+    #[schema(required = false)]
+    channels: super::jobs::ChannelsJson,
+    #[schema(required = false)]
+    sample_rate: super::jobs::SampleRateJson,
+    /// Seconds into the video where the MP3 starts.
+    #[schema(minimum = 0, maximum = 86400, required = false)]
+    trim_start: f64,
+    /// Seconds into the video where the MP3 ends (at least 1 s after the
+    /// start).
+    #[schema(minimum = 1, maximum = 86400, required = false)]
+    trim_end: f64,
+    /// The video (any container ffmpeg reads), up to `max_upload_bytes`
+    /// (`GET /limits`); the part with a file name, or the part named `file`.
+    #[schema(value_type = String, content_media_type = "application/octet-stream", min_length = 1)]
+    file: Vec<u8>,
+}
+
+/// Uploads a video to convert: the job is answered once the whole file is
+/// stored; the MP3 follows (`GET /jobs/{id}`, `GET /jobs/events`, an email).
+#[utoipa::path(
+    post,
+    path = "/upload",
+    tag = "jobs",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Stored; the job", body = super::jobs::JobJson),
+        (status = 400, description = "Not one file, a bad option, not multipart, an empty file, a field after the file, a preamble over 4 KiB, a file name over 1 KiB", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 408, description = "The body sent nothing for too long; discarded", body = ErrorBody),
+        (status = 409, description = "The upload was abandoned; retry", body = ErrorBody),
+        (status = 413, description = "Over the size limit (`max_upload_bytes`)", body = ErrorBody),
+        (status = 429, description = "Over a per-user quota", body = ErrorBody),
+        (status = 431, description = "A part's headers over 8 KiB", body = ErrorBody),
+        (status = 503, description = "Queue or storage down, or shutting down", body = ErrorBody),
+    )
+)]
+pub(crate) async fn upload(
     State(edge): State<Edge>,
     headers: HeaderMap,
     body: Body,
@@ -216,12 +269,19 @@ mod tests {
     #[test]
     fn option_fields_are_read_and_checked() {
         let mut raw = RawOptions::default();
-        set_option(&mut raw, "bitrate", " 128 ").unwrap();
+        set_option(&mut raw, "bitrate", "128").unwrap();
         set_option(&mut raw, "channels", "mono").unwrap();
         set_option(&mut raw, "sample_rate", "48000").unwrap();
         set_option(&mut raw, "trim_start", "1.5").unwrap();
-        set_option(&mut raw, "submit", "Convert").unwrap();
         assert_eq!(raw.bitrate_kbps, Some(128));
+        // Exactly as described: no spaces around a value, no unknown field
+        // (a typo must not go unnoticed).
+        assert!(set_option(&mut raw, "bitrate", " 128 ").is_err());
+        let e = set_option(&mut raw, "bitrat", "128").unwrap_err();
+        assert!(
+            e.body.message.starts_with("unknown form field `bitrat`"),
+            "{e:?}"
+        );
         assert_eq!(raw.channels, Channels::Mono);
         assert_eq!(raw.trim_start, Some(1.5));
         let e = set_option(&mut raw, "quality", "high").unwrap_err();

@@ -59,9 +59,15 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "image/svg+xml",
         include_bytes!("../../web/favicon.svg"),
     ),
+    (
+        "reference.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/reference.js"),
+    ),
 ];
 
 const INDEX: &[u8] = include_bytes!("../../web/index.html");
+const REFERENCE: &[u8] = include_bytes!("../../web/reference.html");
 
 fn page(content_type: &'static str, body: &'static [u8]) -> Response {
     let mut res = body.into_response();
@@ -90,10 +96,42 @@ pub(crate) fn secure(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
+/// The web app.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "web",
+    security(()),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
 pub(crate) async fn index() -> Response {
     page("text/html; charset=utf-8", INDEX)
 }
 
+/// This API's reference, rendered from `/openapi.json` in the browser.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "web",
+    security(()),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
+pub(crate) async fn reference() -> Response {
+    page("text/html; charset=utf-8", REFERENCE)
+}
+
+/// The web app's scripts, styles and icon.
+#[utoipa::path(
+    get,
+    path = "/assets/{file}",
+    tag = "web",
+    security(()),
+    params(("file" = String, Path, description = "The file's name")),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = super::openapi::Binary),
+        (status = 404, description = "No such file", body = svc_kit::error::ErrorBody),
+    )
+)]
 pub(crate) async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(n, _, _)| *n == name) {
         Some((_, ty, body)) => page(ty, body),
@@ -108,7 +146,10 @@ mod tests {
     #[test]
     fn every_file_of_the_page_is_served() {
         // Every `/assets/...` the page and its modules refer to exists.
-        let mut texts = vec![String::from_utf8_lossy(INDEX).into_owned()];
+        let mut texts = vec![
+            String::from_utf8_lossy(INDEX).into_owned(),
+            String::from_utf8_lossy(REFERENCE).into_owned(),
+        ];
         texts.extend(
             ASSETS
                 .iter()

@@ -9,6 +9,7 @@ mod auth;
 mod jobs;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod probes;
 mod revocation;
 mod transfer;

@@ -231,7 +231,7 @@ async fn two_files_or_none_are_refused_and_nothing_is_kept() {
     let two = reqwest::multipart::Form::new()
         .part("file", part("a.mkv"))
         .part("file2", part("b.mkv"));
-    let none = reqwest::multipart::Form::new().text("note", "no file here");
+    let none = reqwest::multipart::Form::new().text("bitrate", "128");
     for form in [two, none] {
         let res = reqwest::Client::new()
             .post(app.url("/upload"))
