@@ -727,7 +727,8 @@ impl Jobs {
             .one(
                 &format!(
                     "UPDATE jobs SET state = 'converting', lease_holder = $2, \
-                       lease_until = now() + $3 * interval '1 ms', progress = 0, updated_at = now() \
+                       lease_until = now() + $3 * interval '1 ms', progress = COALESCE(progress, 0), \
+                       updated_at = now() \
                      WHERE id = $1 AND (state = 'queued' OR (state = 'converting' \
                        AND (lease_until < now() OR lease_holder = $2))) \
                      RETURNING {COLUMNS}"
@@ -765,6 +766,9 @@ impl Jobs {
     }
 
     /// Records conversion progress under our lease; the job after it.
+    /// Progress never goes backwards: an attempt that starts over (a live
+    /// attempt falling back to the stored file, a converter lost) shows the
+    /// furthest point reached until it passes it, as users expect of a bar.
     pub async fn progress(
         &self,
         id: ObjectId,
@@ -773,7 +777,7 @@ impl Jobs {
     ) -> Result<Option<Job>, Error> {
         self.one(
             &format!(
-                "UPDATE jobs SET progress = $3, updated_at = now() \
+                "UPDATE jobs SET progress = GREATEST(COALESCE(progress, 0), $3), updated_at = now() \
                  WHERE id = $1 AND state = 'converting' AND lease_holder = $2 \
                  RETURNING {COLUMNS}"
             ),
@@ -788,7 +792,7 @@ impl Jobs {
         self.one(
             &format!(
                 "UPDATE jobs SET state = 'queued', lease_holder = NULL, lease_until = NULL, \
-                   progress = NULL, updated_at = now() \
+                   updated_at = now() \
                  WHERE id = $1 AND state = 'converting' AND lease_holder = $2 \
                  RETURNING {COLUMNS}"
             ),

@@ -482,3 +482,38 @@ async fn the_janitors_queries_use_their_indexes() {
     }
     drop_db(&db).await;
 }
+
+#[tokio::test]
+async fn progress_never_goes_backwards_across_attempts() {
+    let (db, actors) = actors(1).await;
+    let jobs = &actors[0];
+    let j = job(JobState::Queued);
+    jobs.insert(&j).await.unwrap();
+    let progress = |p: Option<Job>| p.unwrap().progress.unwrap();
+    assert!(matches!(
+        jobs.claim(j.id, "a", TTL).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert_eq!(
+        progress(jobs.progress(j.id, "a", 40.0).await.unwrap()),
+        40.0
+    );
+    // The attempt gives up and another starts over: the job shows 40 % until
+    // the new attempt passes it.
+    jobs.release(j.id, "a").await.unwrap().unwrap();
+    assert!(matches!(
+        jobs.claim(j.id, "b", TTL).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert_eq!(
+        progress(jobs.progress(j.id, "b", 10.0).await.unwrap()),
+        40.0
+    );
+    assert_eq!(
+        progress(jobs.progress(j.id, "b", 55.0).await.unwrap()),
+        55.0
+    );
+    // Only the lease holder moves it.
+    assert!(jobs.progress(j.id, "a", 90.0).await.unwrap().is_none());
+    drop_db(&db).await;
+}

@@ -293,8 +293,8 @@ pub(crate) async fn list(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventsQuery {
-    /// Only this job's events (absent: all of the caller's jobs).
-    #[param(pattern = r"^[0-9a-fA-F]{24}$", nullable = false)]
+    /// Only this job's events (absent or empty: all of the caller's jobs).
+    #[param(pattern = r"^([0-9a-fA-F]{24})?$", nullable = false)]
     job_id: Option<String>,
 }
 
@@ -310,7 +310,7 @@ pub(crate) struct EventsQuery {
     params(EventsQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The event stream; each event's data is a JSON object: `job` a Job, `deleted` `{\"job_id\"}`, `resync` `{}`", content_type = "text/event-stream", body = Object),
         (status = 400, description = "Not a valid job id", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
