@@ -14,6 +14,25 @@ use std::time::Duration;
 /// 6 s of lossless 640×360 H.264 + AAC (about 3 MB): a dozen GridFS chunks.
 const CLIP: &str = "-f lavfi -i testsrc2=duration=6:size=640x360:rate=25 -f lavfi -i sine=frequency=440:duration=6 -shortest -c:v libx264 -preset ultrafast -qp 0 -c:a aac";
 
+/// MP3s stored by this mesh.
+async fn mp3_count(mesh: &Mesh) -> u64 {
+    mesh.store()
+        .await
+        .mp3_files
+        .files
+        .count_documents(media_store::mongodb::bson::doc! {})
+        .await
+        .unwrap()
+}
+
+/// Waits (at most `within`) for the converters' work directory to be empty.
+async fn empty_work_dir(mesh: &Mesh, within: Duration) {
+    test_kit::wait_until("an empty work directory", within, || async {
+        mesh.work_files().is_empty().then_some(())
+    })
+    .await;
+}
+
 async fn token(mesh: &Mesh) -> (String, String) {
     let (email, password) = mesh.user().await;
     (
@@ -76,15 +95,7 @@ async fn every_container_is_converted_as_it_arrives_and_leaves_nothing() {
         mesh.wait_notified(&job.job_id).await;
         // The live attempt and the queued VideoUploaded made one MP3 (and,
         // `email` checked, one email).
-        let mp3s = mesh
-            .store()
-            .await
-            .mp3_files
-            .files
-            .count_documents(media_store::mongodb::bson::doc! {})
-            .await
-            .unwrap();
-        assert_eq!(mp3s, 1, "{name}: one MP3");
+        assert_eq!(mp3_count(&mesh).await, 1, "{name}: one MP3");
         mesh.store()
             .await
             .mp3_files
@@ -93,12 +104,7 @@ async fn every_container_is_converted_as_it_arrives_and_leaves_nothing() {
             .await
             .unwrap();
         // The spool (and the MP3 as ffmpeg wrote it) went with the job.
-        test_kit::wait_until(
-            "an empty work directory",
-            Duration::from_secs(5),
-            || async { mesh.work_files().is_empty().then_some(()) },
-        )
-        .await;
+        empty_work_dir(&mesh, Duration::from_secs(5)).await;
     }
     mesh.stop().await;
 }
@@ -120,18 +126,12 @@ async fn an_upload_that_aborts_takes_its_conversion_and_spool_with_it() {
     )
     .await;
     assert!(res.is_err(), "{res:?}");
-    test_kit::wait_until("nothing left", Duration::from_secs(10), || async {
-        mesh.work_files().is_empty().then_some(())
-    })
-    .await;
-    let store = mesh.store().await;
-    let mp3s = store
-        .mp3_files
-        .files
-        .count_documents(media_store::mongodb::bson::doc! {})
-        .await
-        .unwrap();
-    assert_eq!(mp3s, 0, "no MP3 of an upload that never was");
+    empty_work_dir(&mesh, Duration::from_secs(10)).await;
+    assert_eq!(
+        mp3_count(&mesh).await,
+        0,
+        "no MP3 of an upload that never was"
+    );
     let jobs = mesh.jobs().await.all().await.unwrap();
     assert!(jobs.is_empty(), "{jobs:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -167,21 +167,8 @@ async fn a_spooled_video_that_cannot_be_converted_fails_once_and_leaves_nothing(
     let job = mesh.jobs().await.all().await.unwrap();
     assert_eq!(job.len(), 1);
     assert_eq!(job[0].state, media_store::JobState::Failed, "{job:?}");
-    let mp3s = mesh
-        .store()
-        .await
-        .mp3_files
-        .files
-        .count_documents(media_store::mongodb::bson::doc! {})
-        .await
-        .unwrap();
-    assert_eq!(mp3s, 0);
-    test_kit::wait_until(
-        "an empty work directory",
-        Duration::from_secs(5),
-        || async { mesh.work_files().is_empty().then_some(()) },
-    )
-    .await;
+    assert_eq!(mp3_count(&mesh).await, 0);
+    empty_work_dir(&mesh, Duration::from_secs(5)).await;
     mesh.stop().await;
 }
 
