@@ -54,6 +54,7 @@ impl App {
             media_store::Routes {
                 video_queue: config.video_queue.clone(),
                 mp3_queue: config.mp3_queue.clone(),
+                webhook_queue: config.webhook_queue.clone(),
                 delete_sources: config.delete_source,
             },
         )
@@ -68,7 +69,10 @@ impl App {
             config.amqp_url.clone(),
             "converter-svc",
             Duration::from_secs(10),
-            vec![config.topology.work_queue(&config.mp3_queue)],
+            vec![
+                config.topology.work_queue(&config.mp3_queue),
+                config.topology.outlet(&config.webhook_queue),
+            ],
         );
         let (sweeper, sweeps) = Sweeper::new();
         let converter = Converter {
@@ -145,7 +149,10 @@ impl App {
             url: self.config.amqp_url.clone(),
             name: "converter-svc".into(),
             queue: self.config.topology.work_queue(&self.config.video_queue),
-            also_declare: vec![self.config.topology.work_queue(&self.config.mp3_queue)],
+            also_declare: vec![
+                self.config.topology.work_queue(&self.config.mp3_queue),
+                self.config.topology.outlet(&self.config.webhook_queue),
+            ],
             concurrency: self.config.concurrency,
             grace: self.config.shutdown_grace,
         };

@@ -46,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
     pub mp3_queue: String,
 
+    /// Queue of webhook deliveries due (WebhookDue, read by notify-svc).
+    #[arg(long, env = "WEBHOOK_QUEUE", default_value = "webhooks")]
+    pub webhook_queue: String,
+
     /// Queue of `UploadStarted` hints, for converting videos while they are
     /// uploaded [default: <VIDEO_QUEUE>.live].
     #[arg(long, env = "LIVE_QUEUE")]

@@ -9,6 +9,7 @@ const FILES: &[&str] = &[
     "mp3converter/media/v1/media_service.proto",
     "mp3converter/events/v1/events.proto",
     "mp3converter/upload/v1/follow_service.proto",
+    "mp3converter/webhooks/v1/webhook_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -392,6 +392,7 @@ pub struct Mesh {
     pub video_queue: String,
     pub mp3_queue: String,
     pub notified_queue: String,
+    pub webhook_queue: String,
     pub stack: Stack,
     pub mailpit: Mailpit,
     pub token: CancellationToken,
@@ -487,6 +488,7 @@ impl Mesh {
         let video_queue = unique_name("video");
         let mp3_queue = unique_name("mp3");
         let notified_queue = unique_name("notified");
+        let webhook_queue = unique_name("webhooks");
         let delays = crate::RETRY_DELAYS;
         let mut tasks = Vec::new();
         let dir = tempfile::tempdir().unwrap();
@@ -555,8 +557,14 @@ impl Mesh {
                     &mp3_queue,
                     "--notified-queue",
                     &notified_queue,
+                    "--webhook-queue",
+                    &webhook_queue,
                     "--amqp-retry-delays",
                     delays,
+                    // The tests' receivers listen on 127.0.0.1, over HTTP.
+                    "--webhook-allowed-networks",
+                    "127.0.0.1/32",
+                    "--webhook-allow-http",
                 ],
                 more("gateway-svc"),
             ))
@@ -579,6 +587,8 @@ impl Mesh {
                     &video_queue,
                     "--mp3-queue",
                     &mp3_queue,
+                    "--webhook-queue",
+                    &webhook_queue,
                     "--amqp-retry-delays",
                     delays,
                     "--mongodb-uri",
@@ -628,6 +638,17 @@ impl Mesh {
                     "none",
                     "--download-base-url",
                     &base,
+                    "--media-database-url",
+                    &media_db,
+                    "--webhook-queue",
+                    &webhook_queue,
+                    "--webhook-retry-delays",
+                    delays,
+                    "--webhook-timeout",
+                    "2s",
+                    "--webhook-allowed-networks",
+                    "127.0.0.1/32",
+                    "--webhook-allow-http",
                 ],
                 more("notify-svc"),
             ))
@@ -645,6 +666,7 @@ impl Mesh {
             video_queue,
             mp3_queue,
             notified_queue,
+            webhook_queue,
             mailpit: Mailpit::new(&stack.mailpit_api_url),
             stack,
             token,
@@ -725,6 +747,7 @@ impl Mesh {
             media_store::Routes {
                 video_queue: self.video_queue.clone(),
                 mp3_queue: self.mp3_queue.clone(),
+                webhook_queue: self.webhook_queue.clone(),
                 delete_sources: true,
             },
         )
@@ -753,7 +776,12 @@ impl Mesh {
         }
         crate::delete_queues(
             &self.stack.amqp_url,
-            &[&self.video_queue, &self.mp3_queue, &self.notified_queue],
+            &[
+                &self.video_queue,
+                &self.mp3_queue,
+                &self.notified_queue,
+                &self.webhook_queue,
+            ],
         )
         .await;
     }

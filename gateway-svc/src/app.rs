@@ -10,6 +10,7 @@ use crate::{
     receipts::Receipts,
     rest::{self, Edge},
     watch::Hub,
+    webhooks::Webhooks,
 };
 use amqp_kit::{Publisher, broadcast::Broadcaster, consumer::ConsumerConfig};
 use media_store::{Jobs, Store};
@@ -19,6 +20,9 @@ use mp3converter_proto::{
         media_service_client::MediaServiceClient, media_service_server::MediaServiceServer,
     },
     upload::v1::upload_follow_service_server::UploadFollowServiceServer,
+    webhooks::v1::{
+        webhook_service_client::WebhookServiceClient, webhook_service_server::WebhookServiceServer,
+    },
 };
 use std::{net::SocketAddr, time::Duration};
 use svc_kit::{
@@ -36,6 +40,7 @@ use tonic::{
 use tower::Layer;
 
 const SERVICE_NAME: &str = "mp3converter.media.v1.MediaService";
+const WEBHOOK_SERVICE_NAME: &str = "mp3converter.webhooks.v1.WebhookService";
 
 /// The streams: no deadline (uploads and downloads of any size, watchers);
 /// their idle request bodies and the connection limits bound them instead.
@@ -109,6 +114,7 @@ impl App {
             media_store::Routes {
                 video_queue: config.video_queue.clone(),
                 mp3_queue: config.mp3_queue.clone(),
+                webhook_queue: config.webhook_queue.clone(),
                 delete_sources: config.janitor.delete_source,
             },
         )
@@ -123,6 +129,7 @@ impl App {
         let mut queues = vec![
             config.video_topology.work_queue(&config.video_queue),
             config.video_topology.work_queue(&config.mp3_queue),
+            config.video_topology.outlet(&config.webhook_queue),
         ];
         queues.extend(
             live_queue
@@ -166,6 +173,7 @@ impl App {
         );
         let follow_routes = Routes::new(UploadFollowServiceServer::new(follows.clone()));
         health.track_service(SERVICE_NAME).await;
+        health.track_service(WEBHOOK_SERVICE_NAME).await;
 
         let media = Media {
             store: store.clone(),
@@ -204,12 +212,19 @@ impl App {
         // grpcurl `list` carry no token.
         let media_server = MediaServiceServer::new(media.clone())
             .max_decoding_message_size(MAX_CHUNK + (64 << 10));
+        let webhook_server = WebhookServiceServer::new(Webhooks {
+            jobs: jobs.clone(),
+            egress: config.webhook_egress.clone(),
+            max_per_user: config.max_webhooks_per_user,
+        });
+        let authenticated = AuthLayer::new(validator.clone(), GrpcReject);
         let routes = Routes::new(health_server)
-            .add_service(AuthLayer::new(validator.clone(), GrpcReject).named_layer(media_server));
+            .add_service(authenticated.clone().named_layer(media_server))
+            .add_service(authenticated.named_layer(webhook_server));
         let routes = svc_kit::grpc::with_reflection(
             routes,
             &[mp3converter_proto::FILE_DESCRIPTOR_SET],
-            &[SERVICE_NAME],
+            &[SERVICE_NAME, WEBHOOK_SERVICE_NAME],
         )?;
 
         let grpc_listener = svc_kit::grpc::bind(config.grpc_addr).await?;
@@ -230,9 +245,10 @@ impl App {
             Some(tls) => own.connect_with_connector_lazy(Connector::new(tls, tls.identity())?),
             None => own.connect_lazy(),
         };
-        let media_client = MediaServiceClient::new(GrpcClientLayer.layer(own));
+        let own = GrpcClientLayer.layer(own);
         let edge = Edge {
-            media: media_client,
+            media: MediaServiceClient::new(own.clone()),
+            webhooks: WebhookServiceClient::new(own),
             auth: AuthServiceClient::new(GrpcClientLayer.layer(auth_channel)),
             health: health.clone(),
             limits: rest::Limits::from(&config),

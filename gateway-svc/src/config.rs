@@ -111,6 +111,10 @@ pub struct Config {
     #[arg(long, env = "MP3_QUEUE", default_value = "mp3")]
     pub mp3_queue: String,
 
+    /// Queue of webhook deliveries due (WebhookDue, read by notify-svc).
+    #[arg(long, env = "WEBHOOK_QUEUE", default_value = "webhooks")]
+    pub webhook_queue: String,
+
     /// Queue of notify-svc's UserNotified receipts: each marks its job's
     /// user as told.
     #[arg(long, env = "NOTIFIED_QUEUE", default_value = "notified")]
@@ -153,6 +157,14 @@ pub struct Config {
     /// Live watchers (WatchJobs, /jobs/events) per user on one replica.
     #[arg(long, env = "MAX_WATCHERS_PER_USER", default_value_t = 8)]
     pub max_watchers_per_user: usize,
+
+    /// Webhook endpoints a user may register.
+    #[arg(long, env = "MAX_WEBHOOKS_PER_USER", default_value_t = 10)]
+    pub max_webhooks_per_user: u32,
+
+    /// Where webhook endpoints may be (checked at registration).
+    #[command(flatten)]
+    pub webhook_egress: media_store::webhooks::EgressArgs,
 
     /// A download whose client reads nothing for this long is dropped.
     #[arg(long, env = "DOWNLOAD_STALL_TIMEOUT", value_parser = parse_duration, default_value = "60s")]

@@ -54,6 +54,8 @@ const BATCH: i64 = 100;
 
 /// Sent events are kept this long (to look at, then gone).
 const SENT_EVENTS_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// How long the users' webhook delivery log goes back.
+const WEBHOOK_DELIVERIES_KEPT: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn ago(d: Duration) -> SystemTime {
     SystemTime::now()
@@ -123,6 +125,10 @@ impl Janitor {
             .purge_sent_events(ago(SENT_EVENTS_KEPT))
             .await
             .map_err(doing("forgetting sent events"))?;
+        self.jobs()
+            .purge_webhook_deliveries(ago(WEBHOOK_DELIVERIES_KEPT))
+            .await
+            .map_err(doing("forgetting old webhook deliveries"))?;
         Ok(())
     }
 

@@ -17,6 +17,7 @@ mod quota;
 mod receipts;
 mod rest;
 mod watch;
+mod webhooks;
 
 /// The service as `main` runs it: until SIGTERM/SIGINT, then drained.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {

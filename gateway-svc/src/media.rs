@@ -106,7 +106,7 @@ impl StillSignedIn {
     }
 }
 
-fn caller<T>(req: &Request<T>) -> Result<Arc<Caller>, Status> {
+pub(crate) fn caller<T>(req: &Request<T>) -> Result<Arc<Caller>, Status> {
     // The auth layer always sets it; its absence is a wiring bug, not the
     // client's fault, and must never mean "let it through".
     req.extensions()

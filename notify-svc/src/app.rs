@@ -1,6 +1,12 @@
 //! Wiring: everything `main` and the tests start.
 
-use crate::{config::Config, handler::Notifier, mail::Mailer, sent_log};
+use crate::{
+    config::Config,
+    handler::Notifier,
+    mail::Mailer,
+    sent_log,
+    webhook::{Deliverer, Egress},
+};
 use amqp_kit::{
     Publisher,
     consumer::{self, ConsumerConfig},
@@ -15,6 +21,8 @@ pub struct App {
     admin_listener: TcpListener,
     health: Health,
     notifier: Notifier,
+    /// `None` without a media database (MEDIA_DATABASE_URL).
+    deliverer: Option<Deliverer>,
 }
 
 impl std::fmt::Debug for App {
@@ -38,6 +46,13 @@ impl App {
             config.publish_timeout,
             vec![config.topology.work_queue(&config.notified_queue)],
         );
+        let deliverer = match &config.media_database_url {
+            Some(url) => Some(deliverer(&config, url).await?),
+            None => {
+                tracing::warn!("MEDIA_DATABASE_URL is not set: webhooks are not delivered");
+                None
+            }
+        };
         let (health, _grpc_health) = Health::new(&["rabbitmq", "postgres", "smtp"]).await;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
         tracing::info!(admin = %admin_listener.local_addr()?, "notify-svc listening");
@@ -51,6 +66,7 @@ impl App {
                 receipts,
                 notified_queue,
             },
+            deliverer,
         })
     }
 
@@ -81,12 +97,61 @@ impl App {
             concurrency: self.config.concurrency,
             grace: self.config.shutdown_grace,
         };
+        let webhooks = self.deliverer.map(|deliverer| {
+            let cfg = ConsumerConfig {
+                url: self.config.amqp_url.clone(),
+                name: "notify-svc-webhooks".into(),
+                queue: amqp_kit::WorkQueue {
+                    retry_delays: self.config.webhook_retry_delays.clone(),
+                    ..self.config.topology.work_queue(&self.config.webhook_queue)
+                },
+                also_declare: Vec::new(),
+                concurrency: self.config.webhook_concurrency,
+                grace: self.config.shutdown_grace,
+            };
+            tokio::spawn(consumer::run(
+                cfg,
+                deliverer,
+                self.health.clone(),
+                token.clone(),
+            ))
+        });
         consumer::run(cfg, self.notifier, self.health.clone(), token).await;
+        if let Some(w) = webhooks {
+            let _ = w.await;
+        }
         probe.abort();
         admin.abort();
         tracing::info!("notify-svc stopped");
         Ok(())
     }
+}
+
+/// The webhook deliverer: the media database (its migrations are the
+/// jobs'; whoever starts first applies them) and the guarded HTTP client.
+async fn deliverer(config: &Config, url: &svc_kit::config::Secret) -> anyhow::Result<Deliverer> {
+    let jobs = media_store::Jobs::connect(
+        &media_store::DatabaseArgs {
+            database_url: url.clone(),
+            db_pool_size: usize::from(config.webhook_concurrency.max(1)) + 1,
+            db_timeout: config.db_timeout,
+        },
+        "notify-svc",
+        // notify-svc moves no job and writes no event: it only reads and
+        // settles deliveries, so no route is ever used.
+        media_store::Routes {
+            video_queue: String::new(),
+            mp3_queue: config.mp3_queue.clone(),
+            webhook_queue: config.webhook_queue.clone(),
+            delete_sources: false,
+        },
+    )
+    .await?;
+    Ok(Deliverer {
+        jobs,
+        egress: Egress::new(config.webhook_egress.clone(), config.webhook_timeout)?,
+        download_base_url: config.download_base_url.clone(),
+    })
 }
 
 /// Readiness follows PostgreSQL and the SMTP server (RabbitMQ is reported by

@@ -135,6 +135,40 @@ pub struct Config {
     )]
     pub download_base_url: String,
 
+    /// PostgreSQL URL of the media database, where users' webhook endpoints
+    /// and their deliveries are (media_store::webhooks). Unset: webhooks are
+    /// not delivered (their messages wait in WEBHOOK_QUEUE).
+    #[arg(long, env = "MEDIA_DATABASE_URL", hide_env_values = true)]
+    pub media_database_url: Option<Secret>,
+
+    /// Queue of webhook deliveries due (WebhookDue).
+    #[arg(long, env = "WEBHOOK_QUEUE", default_value = "webhooks")]
+    pub webhook_queue: String,
+
+    /// Delays before each retry of a webhook delivery that failed (no 2xx
+    /// answer), comma-separated; their number is the number of retries, after
+    /// which the delivery is failed and its message dead-lettered.
+    #[arg(
+        long,
+        env = "WEBHOOK_RETRY_DELAYS",
+        value_delimiter = ',',
+        value_parser = parse_duration,
+        default_value = "10s,1m,5m,30m,2h,8h"
+    )]
+    pub webhook_retry_delays: Vec<Duration>,
+
+    /// Deadline of one webhook attempt (connecting, sending, the answer).
+    #[arg(long, env = "WEBHOOK_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub webhook_timeout: Duration,
+
+    /// Webhook attempts made at once.
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value_t = 8)]
+    pub webhook_concurrency: u16,
+
+    /// Where webhooks may be delivered (checked again at every attempt).
+    #[command(flatten)]
+    pub webhook_egress: media_store::webhooks::EgressArgs,
+
     /// How often readiness checks PostgreSQL and SMTP.
     #[arg(long, env = "HEALTH_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub health_interval: Duration,

@@ -9,6 +9,7 @@ mod mail;
 mod render;
 mod sent_log;
 mod smtp;
+mod webhook;
 
 use config::{Cli, Command};
 

@@ -519,6 +519,7 @@ async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -> Outcome {
         media_store::Routes {
             video_queue: String::new(),
             mp3_queue: String::new(),
+            webhook_queue: String::new(),
             delete_sources: true,
         },
     );

@@ -31,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let routes = || Routes {
         video_queue: "video".into(),
         mp3_queue: "mp3".into(),
+        webhook_queue: "webhooks".into(),
         delete_sources: true,
     };
     let mut claimers = vec![

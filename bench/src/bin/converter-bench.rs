@@ -385,6 +385,7 @@ async fn main() -> anyhow::Result<()> {
         media_store::Routes {
             video_queue: video_queue.clone(),
             mp3_queue: mp3_queue.clone(),
+            webhook_queue: "webhooks".into(),
             delete_sources: true,
         },
     )

@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         Routes {
             video_queue: "video".into(),
             mp3_queue: "mp3".into(),
+            webhook_queue: "webhooks".into(),
             delete_sources: true,
         },
     )

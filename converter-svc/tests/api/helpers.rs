@@ -72,6 +72,7 @@ impl Env {
             media_store::Routes {
                 video_queue: video_queue.clone(),
                 mp3_queue: mp3_queue.clone(),
+                webhook_queue: "webhooks".into(),
                 delete_sources: true,
             },
         )

@@ -72,6 +72,17 @@ impl TopologyArgs {
         }
     }
 
+    /// A queue this service only publishes to, whose consumer has retries of
+    /// its own: the queue and its dead-letter queue (the arguments every
+    /// declarer must agree on), not the retry queues, which are the
+    /// consumer's to declare.
+    pub fn outlet(&self, name: &str) -> WorkQueue {
+        WorkQueue {
+            retry_delays: Vec::new(),
+            ..self.work_queue(name)
+        }
+    }
+
     /// A queue of hints: worth acting on only soon after they are sent, so
     /// they expire unread after [`HINT_TTL`], and are never retried or
     /// dead-lettered. (Every declarer must agree on the TTL: one constant.)

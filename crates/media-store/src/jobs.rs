@@ -373,6 +373,9 @@ pub struct Routes {
     pub video_queue: String,
     /// `Mp3Ready` and `ConversionFailed` (notify-svc's queue).
     pub mp3_queue: String,
+    /// `WebhookDue`: the deliveries of outcomes to users' endpoints
+    /// (notify-svc's too).
+    pub webhook_queue: String,
     /// Whether finished jobs' sources are deleted (`DELETE_SOURCE`): a
     /// failure's event says the video was not kept.
     pub delete_sources: bool,
@@ -508,7 +511,17 @@ impl Jobs {
             return Ok(None);
         };
         let job = Job::from_row(&row)?;
-        outbox::write(&tx, &event(&job, &self.routes)).await?;
+        let event = event(&job, &self.routes);
+        outbox::write(&tx, &event).await?;
+        if event.is_outcome() {
+            crate::webhooks::schedule_outcome(
+                &tx,
+                &job,
+                &event.event_id,
+                &self.routes.webhook_queue,
+            )
+            .await?;
+        }
         tx.commit().await?;
         self.outbox.wake();
         Ok(Some(job))

@@ -20,6 +20,7 @@ pub mod mp4;
 pub mod options;
 pub mod outbox;
 pub mod proto;
+pub mod webhooks;
 
 pub use gridfs::{Bucket, ChunkStream, ChunkWriter, FileInfo, ReadError};
 pub use jobs::{

@@ -39,6 +39,11 @@ pub struct Event {
 }
 
 impl Event {
+    /// An `Mp3Ready` or `ConversionFailed`: the users' webhooks hear of it.
+    pub fn is_outcome(&self) -> bool {
+        self.kind == Mp3Ready::TYPE || self.kind == ConversionFailed::TYPE
+    }
+
     /// The job's `VideoUploaded`, for the converters.
     pub fn video_uploaded(job: &Job, routes: &Routes) -> Self {
         let e = crate::proto::video_uploaded(job);

@@ -24,6 +24,7 @@ fn routes() -> Routes {
     Routes {
         video_queue: "video".into(),
         mp3_queue: "mp3".into(),
+        webhook_queue: "webhooks".into(),
         delete_sources: true,
     }
 }

@@ -27,6 +27,7 @@ async fn an_event_is_published_once_and_kept_until_the_broker_takes_it() {
         Routes {
             video_queue: queue.clone(),
             mp3_queue: "mp3".into(),
+            webhook_queue: "webhooks".into(),
             delete_sources: true,
         },
     )

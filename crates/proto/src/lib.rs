@@ -27,6 +27,12 @@ pub mod upload {
     }
 }
 
+pub mod webhooks {
+    pub mod v1 {
+        tonic::include_proto!("mp3converter.webhooks.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every contract, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/mp3converter_descriptor.bin"));
@@ -50,6 +56,9 @@ impl EventType for events::v1::ConversionFailed {
 }
 impl EventType for events::v1::UserNotified {
     const TYPE: &'static str = "mp3converter.events.v1.UserNotified";
+}
+impl EventType for events::v1::WebhookDue {
+    const TYPE: &'static str = "mp3converter.events.v1.WebhookDue";
 }
 impl EventType for events::v1::JobChanged {
     const TYPE: &'static str = "mp3converter.events.v1.JobChanged";

@@ -213,7 +213,10 @@ pub(crate) async fn enable_user(
 
 /// A JSON body the extractor refused: too large is 413, the wrong media type
 /// 415, anything else 400; each says what was expected.
-fn json_rejection(expected: &str, e: &axum::extract::rejection::JsonRejection) -> ApiError {
+pub(super) fn json_rejection(
+    expected: &str,
+    e: &axum::extract::rejection::JsonRejection,
+) -> ApiError {
     let message = format!("expected JSON {expected} ({})", e.body_text());
     match e.status() {
         http::StatusCode::PAYLOAD_TOO_LARGE => {

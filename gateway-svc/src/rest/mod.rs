@@ -11,6 +11,8 @@
 //! - `GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}` → ListJobs, GetJob,
 //!   DeleteJob; `GET /jobs/events` → WatchJobs as Server-Sent Events
 //!   ([`jobs`]).
+//! - `/webhooks…` → WebhookService: endpoints, tests, the delivery log
+//!   ([`webhooks`]).
 //! - `GET /healthz`, `GET /readyz`.
 //! - `GET /openapi.json`: all of the above in OpenAPI 3.1 ([`openapi`]);
 //!   `GET /docs` renders it.
@@ -24,6 +26,7 @@ mod jobs;
 pub(crate) mod openapi;
 mod upload;
 pub(crate) mod web;
+mod webhooks;
 
 use crate::{
     auth::{AuthFailure, AuthLayer, Reject, Validator, failure_status},
@@ -42,6 +45,7 @@ use base64::Engine;
 use mp3converter_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     media::v1::media_service_client::MediaServiceClient,
+    webhooks::v1::webhook_service_client::WebhookServiceClient,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use std::net::SocketAddr;
@@ -52,6 +56,7 @@ use tonic::Code;
 #[derive(Clone, Debug)]
 pub(crate) struct Edge {
     pub(crate) media: MediaServiceClient<TracedChannel>,
+    pub(crate) webhooks: WebhookServiceClient<TracedChannel>,
     pub(crate) auth: AuthServiceClient<TracedChannel>,
     pub(crate) health: Health,
     pub(crate) limits: Limits,
@@ -127,6 +132,19 @@ pub(crate) fn router(edge: Edge) -> Router {
         .route("/jobs", get(jobs::list))
         .route("/jobs/events", get(jobs::events))
         .route("/jobs/{id}", get(jobs::get).delete(jobs::delete))
+        .route(
+            "/webhooks",
+            get(webhooks::list)
+                .post(webhooks::create)
+                // A small JSON body.
+                .layer(axum::extract::DefaultBodyLimit::max(16 << 10)),
+        )
+        .route("/webhooks/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/test", post(webhooks::test))
         .route_layer(AuthLayer::new(validator, JsonReject));
     Router::new()
         .route("/", get(web::index))

@@ -3,7 +3,7 @@
 //! at `/docs`, linted (Redocly) and fuzzed against the live edge
 //! (Schemathesis) by the test command. `gateway-svc openapi` prints it.
 
-use super::{account, jobs, upload, web};
+use super::{account, jobs, upload, web, webhooks};
 use std::sync::OnceLock;
 use utoipa::{
     Modify, OpenApi, ToSchema,
@@ -14,7 +14,7 @@ use utoipa::{
 #[openapi(
     info(
         title = "mp3converter",
-        description = "Convert videos to MP3: log in, upload a video, hear when its MP3 is ready, download it. Errors are always `Error` JSON; the same operations exist over gRPC (mp3converter.media.v1.MediaService).",
+        description = "Convert videos to MP3: log in, upload a video, hear when its MP3 is ready, download it. Errors are always `Error` JSON; the same operations exist over gRPC (mp3converter.media.v1.MediaService, mp3converter.webhooks.v1.WebhookService).",
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(
@@ -29,6 +29,12 @@ use utoipa::{
         jobs::delete,
         jobs::events,
         jobs::download,
+        webhooks::create,
+        webhooks::list,
+        webhooks::get,
+        webhooks::delete,
+        webhooks::test,
+        webhooks::deliveries,
         super::limits,
         super::healthz,
         super::readyz,
@@ -41,6 +47,7 @@ use utoipa::{
     tags(
         (name = "account", description = "Logging in and out, the password"),
         (name = "jobs", description = "Uploading videos, following their conversion, downloading MP3s"),
+        (name = "webhooks", description = "Callbacks instead of polling: signed Standard Webhooks messages (`webhook-id`, `webhook-timestamp`, `webhook-signature`: `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under the endpoint's secret) POSTed to the caller's endpoints for every job outcome, at least once"),
         (name = "admin", description = "Admins only"),
         (name = "service", description = "Limits, health, this description"),
         (name = "web", description = "The web app"),

@@ -154,6 +154,7 @@ pub async fn test_jobs(url: &str, queue: &str) -> Jobs {
         media_store::Routes {
             video_queue: queue.to_owned(),
             mp3_queue: "mp3".to_owned(),
+            webhook_queue: "webhooks".into(),
             delete_sources: true,
         },
     )

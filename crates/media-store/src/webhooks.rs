@@ -1,0 +1,742 @@
+//! Webhooks: the endpoints users register and the deliveries made to them,
+//! in the `media` database beside the jobs (migration V3).
+//!
+//! A job's outcome makes one delivery per endpoint of its owner, written in
+//! the transaction of the transition itself ([`schedule_outcome`]), with a
+//! `WebhookDue` in the outbox for each: an outcome and its deliveries commit
+//! together or not at all, and an outcome announced again (the janitor)
+//! makes none twice. notify-svc attempts them ([`Jobs::webhook_due`],
+//! [`Jobs::webhook_attempted`]); users read the log
+//! ([`Jobs::webhook_deliveries`]).
+//!
+//! Where a delivery may go is the operator's [`EgressArgs`]: https only, and
+//! no loopback, private, link-local or otherwise special address unless a
+//! network is allowed explicitly. The gateway checks at registration and
+//! notify-svc again on every attempt, on the addresses a name resolves to.
+
+use crate::{
+    Job, JobState,
+    jobs::{Error, Jobs},
+    outbox,
+};
+use base64::Engine;
+use deadpool_postgres::Transaction;
+use ipnet::IpNet;
+use mp3converter_proto::{EventType, events::v1::WebhookDue};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, SystemTime},
+};
+use tokio_postgres::Row;
+
+/// The longest endpoint URL.
+pub const MAX_URL_BYTES: usize = 2048;
+/// The longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 256;
+
+/// A registered endpoint (its secret is only ever returned at creation).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub id: String,
+    pub owner_id: String,
+    pub url: String,
+    pub description: String,
+    pub created_at: SystemTime,
+}
+
+impl Endpoint {
+    fn from_row(r: &Row) -> Result<Self, Error> {
+        Ok(Self {
+            id: r.try_get("id")?,
+            owner_id: r.try_get("owner_id")?,
+            url: r.try_get("url")?,
+            description: r.try_get("description")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+}
+
+/// Where a delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Retrying,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    fn parse(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "pending" => Self::Pending,
+            "retrying" => Self::Retrying,
+            "delivered" => Self::Delivered,
+            "failed" => Self::Failed,
+            other => return Err(Error::Other(format!("unknown delivery state {other:?}"))),
+        })
+    }
+
+    /// No attempt will be made any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed)
+    }
+}
+
+/// One message to one endpoint, and how its attempts went.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub endpoint_id: String,
+    pub owner_id: String,
+    /// The `webhook-id` header: the event's id.
+    pub message_id: String,
+    /// `job.done`, `job.failed` or `webhook.test`.
+    pub event_type: String,
+    pub job_id: Option<String>,
+    /// The message's `data`.
+    pub data: serde_json::Value,
+    pub occurred_at: SystemTime,
+    pub state: DeliveryState,
+    pub attempts: i32,
+    pub response_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.owner_id, d.message_id, d.event_type, \
+    d.job_id, d.data, d.occurred_at, d.state, d.attempts, d.response_status, d.last_error, \
+    d.created_at, d.updated_at";
+
+impl Delivery {
+    fn from_row(r: &Row) -> Result<Self, Error> {
+        Ok(Self {
+            id: r.try_get("id")?,
+            endpoint_id: r.try_get("endpoint_id")?,
+            owner_id: r.try_get("owner_id")?,
+            message_id: r.try_get("message_id")?,
+            event_type: r.try_get("event_type")?,
+            job_id: r.try_get("job_id")?,
+            data: r.try_get("data")?,
+            occurred_at: r.try_get("occurred_at")?,
+            state: DeliveryState::parse(r.try_get("state")?)?,
+            attempts: r.try_get("attempts")?,
+            response_status: r.try_get("response_status")?,
+            last_error: r.try_get("last_error")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+}
+
+/// What an attempt needs: the delivery, where it goes, and the signing key.
+pub struct Due {
+    pub delivery: Delivery,
+    pub url: String,
+    /// `whsec_…`: never logged (redacted in `Debug`).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Due {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Due")
+            .field("delivery", &self.delivery)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The endpoint answered 2xx.
+    Delivered { status: u16 },
+    /// Anything else: `status` if an answer came.
+    Failed { status: Option<u16>, error: String },
+}
+
+/// Why an endpoint was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("at most {0} webhook endpoints per user; delete one first")]
+    TooMany(u32),
+}
+
+/// The event types of an outcome's message.
+pub const JOB_DONE: &str = "job.done";
+pub const JOB_FAILED: &str = "job.failed";
+pub const WEBHOOK_TEST: &str = "webhook.test";
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh signing secret: 32 random bytes, as Standard Webhooks spells it.
+fn new_secret() -> String {
+    let key: [u8; 32] = rand::random();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+/// The message `data` of a finished job.
+fn outcome_data(job: &Job) -> serde_json::Value {
+    let mut data = serde_json::json!({
+        "job_id": job.id.to_hex(),
+        "filename": job.filename,
+    });
+    if job.state == JobState::Done {
+        data["mp3_id"] = job.mp3_id.map(|m| m.to_hex()).into();
+        data["mp3_size_bytes"] = job.mp3_size_bytes.into();
+        data["duration_seconds"] = job.duration_seconds.into();
+        data["notes"] = job.notes.clone().into();
+    } else {
+        data["reason"] = job.failure_reason.clone().into();
+    }
+    data
+}
+
+/// Writes, in the transaction of `job`'s finishing move, one delivery of its
+/// outcome (message id `event_id`) per endpoint of its owner, each with its
+/// `WebhookDue` for `queue`. Deliveries made before (an outcome announced
+/// again) are left alone.
+pub(crate) async fn schedule_outcome(
+    tx: &Transaction<'_>,
+    job: &Job,
+    event_id: &str,
+    queue: &str,
+) -> Result<(), Error> {
+    let event_type = if job.state == JobState::Done {
+        JOB_DONE
+    } else {
+        JOB_FAILED
+    };
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO webhook_deliveries \
+                 (id, endpoint_id, owner_id, message_id, event_type, job_id, data, occurred_at) \
+             SELECT 'dlv_' || replace(gen_random_uuid()::text, '-', ''), e.id, e.owner_id, \
+                    $2, $3, $4, $5, $6 \
+             FROM webhook_endpoints e WHERE e.owner_id = $1 \
+             ON CONFLICT (endpoint_id, message_id) DO NOTHING \
+             RETURNING id",
+        )
+        .await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &job.owner_id,
+                &event_id,
+                &event_type,
+                &job.id.to_hex(),
+                &outcome_data(job),
+                &job.updated_at,
+            ],
+        )
+        .await?;
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        outbox::write(tx, &due_event(&id, Some(job.id.to_hex()), queue)).await?;
+    }
+    Ok(())
+}
+
+fn due_event(delivery_id: &str, job_id: Option<String>, queue: &str) -> outbox::Event {
+    let e = WebhookDue {
+        event_id: format!("due-{delivery_id}"),
+        delivery_id: delivery_id.to_owned(),
+    };
+    outbox::Event {
+        queue: queue.to_owned(),
+        kind: WebhookDue::TYPE,
+        event_id: e.event_id.clone(),
+        job_id,
+        payload: prost::Message::encode_to_vec(&e),
+    }
+}
+
+impl Jobs {
+    /// Registers `url` (already checked against the egress policy) for
+    /// `owner`, unless they have `max` already; the endpoint and its secret.
+    pub async fn create_webhook(
+        &self,
+        owner: &str,
+        url: &str,
+        description: &str,
+        max: u32,
+    ) -> Result<Result<(Endpoint, String), Refusal>, Error> {
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        // One registration per owner at a time, so the count holds.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('webhooks:' || $1, 0))",
+            &[&owner],
+        )
+        .await?;
+        let n: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM webhook_endpoints WHERE owner_id = $1",
+                &[&owner],
+            )
+            .await?
+            .try_get(0)?;
+        if n >= i64::from(max) {
+            return Ok(Err(Refusal::TooMany(max)));
+        }
+        let secret = new_secret();
+        let row = tx
+            .query_one(
+                "INSERT INTO webhook_endpoints (id, owner_id, url, description, secret) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 RETURNING id, owner_id, url, description, created_at",
+                &[&new_id("wh"), &owner, &url, &description, &secret],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Ok((Endpoint::from_row(&row)?, secret)))
+    }
+
+    /// `owner`'s endpoints, newest first.
+    pub async fn webhooks_of(&self, owner: &str) -> Result<Vec<Endpoint>, Error> {
+        let client = self.pool().get().await?;
+        client
+            .query(
+                "SELECT id, owner_id, url, description, created_at FROM webhook_endpoints \
+                 WHERE owner_id = $1 ORDER BY created_at DESC, id",
+                &[&owner],
+            )
+            .await?
+            .iter()
+            .map(Endpoint::from_row)
+            .collect()
+    }
+
+    /// One of `owner`'s endpoints.
+    pub async fn webhook_of(&self, owner: &str, id: &str) -> Result<Option<Endpoint>, Error> {
+        let client = self.pool().get().await?;
+        client
+            .query_opt(
+                "SELECT id, owner_id, url, description, created_at FROM webhook_endpoints \
+                 WHERE owner_id = $1 AND id = $2",
+                &[&owner, &id],
+            )
+            .await?
+            .as_ref()
+            .map(Endpoint::from_row)
+            .transpose()
+    }
+
+    /// Removes one of `owner`'s endpoints and its deliveries; whether it was
+    /// there.
+    pub async fn delete_webhook(&self, owner: &str, id: &str) -> Result<bool, Error> {
+        let client = self.pool().get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM webhook_endpoints WHERE owner_id = $1 AND id = $2",
+                &[&owner, &id],
+            )
+            .await?
+            == 1)
+    }
+
+    /// A `webhook.test` delivery to one of `owner`'s endpoints, due at once;
+    /// `None` if it is not theirs.
+    pub async fn send_test_webhook(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<Delivery>, Error> {
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        let data = serde_json::json!({ "webhook_id": id });
+        let row = tx
+            .query_opt(
+                "INSERT INTO webhook_deliveries \
+                     (id, endpoint_id, owner_id, message_id, event_type, data) \
+                 SELECT $3, e.id, e.owner_id, $4, $5, $6 \
+                 FROM webhook_endpoints e WHERE e.owner_id = $1 AND e.id = $2 \
+                 RETURNING *",
+                &[
+                    &owner,
+                    &id,
+                    &new_id("dlv"),
+                    &new_id("msg"),
+                    &WEBHOOK_TEST,
+                    &data,
+                ],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let delivery = Delivery::from_row(&row)?;
+        outbox::write(
+            &tx,
+            &due_event(&delivery.id, None, &self.routes().webhook_queue),
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox_signal().wake();
+        Ok(Some(delivery))
+    }
+
+    /// `owner`'s latest deliveries (of one endpoint, if given), newest first.
+    pub async fn webhook_deliveries(
+        &self,
+        owner: &str,
+        endpoint: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, Error> {
+        let client = self.pool().get().await?;
+        client
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d \
+                     WHERE d.owner_id = $1 AND ($2::text IS NULL OR d.endpoint_id = $2) \
+                     ORDER BY d.created_at DESC, d.id LIMIT $3"
+                ),
+                &[&owner, &endpoint, &limit],
+            )
+            .await?
+            .iter()
+            .map(Delivery::from_row)
+            .collect()
+    }
+
+    /// A delivery with where it goes; `None` once its endpoint is deleted.
+    pub async fn webhook_due(&self, delivery_id: &str) -> Result<Option<Due>, Error> {
+        let client = self.pool().get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS}, e.url, e.secret FROM webhook_deliveries d \
+                     JOIN webhook_endpoints e ON e.id = d.endpoint_id WHERE d.id = $1"
+                ),
+                &[&delivery_id],
+            )
+            .await?;
+        row.map(|r| {
+            Ok(Due {
+                delivery: Delivery::from_row(&r)?,
+                url: r.try_get("url")?,
+                secret: r.try_get("secret")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records an attempt: delivered, or to be retried (once the retries run
+    /// out, [`Self::webhook_given_up`]). A delivery already final stays as
+    /// it is.
+    pub async fn webhook_attempted(
+        &self,
+        delivery_id: &str,
+        attempt: &Attempt,
+    ) -> Result<(), Error> {
+        let (state, status, error) = match attempt {
+            Attempt::Delivered { status } => ("delivered", Some(i32::from(*status)), None),
+            Attempt::Failed { status, error } => {
+                ("retrying", status.map(i32::from), Some(error.as_str()))
+            }
+        };
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, \
+                     response_status = $3, last_error = $4, updated_at = now() \
+                 WHERE id = $1 AND state IN ('pending', 'retrying')",
+                &[&delivery_id, &state, &status, &error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// No attempt will be made any more (the retries, or the broker's
+    /// delivery limit, ran out).
+    pub async fn webhook_given_up(&self, delivery_id: &str, reason: &str) -> Result<(), Error> {
+        let client = self.pool().get().await?;
+        client
+            .execute(
+                "UPDATE webhook_deliveries SET state = 'failed', \
+                     last_error = coalesce(last_error, $2), updated_at = now() \
+                 WHERE id = $1 AND state IN ('pending', 'retrying')",
+                &[&delivery_id, &reason],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets deliveries made before `before` (the log's retention).
+    pub async fn purge_webhook_deliveries(&self, before: SystemTime) -> Result<u64, Error> {
+        let client = self.pool().get().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM webhook_deliveries WHERE created_at < $1 \
+                 AND state IN ('delivered', 'failed')",
+                &[&before],
+            )
+            .await?)
+    }
+}
+
+/// Where webhooks may be delivered: the operator's choice, read by the
+/// gateway (at registration) and notify-svc (at every attempt) alike.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EgressArgs {
+    /// Networks webhook endpoints may be in although they are not public
+    /// (loopback, private, link-local…), comma-separated CIDRs, e.g. an
+    /// in-cluster receiver's. Unset: public addresses only.
+    #[arg(
+        long = "webhook-allowed-networks",
+        env = "WEBHOOK_ALLOWED_NETWORKS",
+        value_delimiter = ','
+    )]
+    pub allowed_networks: Vec<IpNet>,
+
+    /// Accept http:// endpoints too (development only: the messages are
+    /// signed, not encrypted).
+    #[arg(long = "webhook-allow-http", env = "WEBHOOK_ALLOW_HTTP")]
+    pub allow_http: bool,
+}
+
+/// How long a name may take to resolve.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl EgressArgs {
+    /// `raw` as an endpoint URL, or why not. Names are not resolved here
+    /// ([`Self::resolve`] does).
+    pub fn check_url(&self, raw: &str) -> Result<url::Url, String> {
+        if raw.len() > MAX_URL_BYTES {
+            return Err(format!("the URL is over {MAX_URL_BYTES} bytes"));
+        }
+        let url = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            "http" => return Err("the URL must be https://".into()),
+            other => return Err(format!("the URL must be https://, not {other}://")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("the URL must not carry a user name or password".into());
+        }
+        if url.fragment().is_some() {
+            return Err("the URL must not have a #fragment".into());
+        }
+        let ip = match url.host() {
+            None => return Err("the URL has no host".into()),
+            Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
+            Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
+            Some(url::Host::Domain(_)) => None,
+        };
+        if let Some(ip) = ip
+            && !self.address_allowed(ip)
+        {
+            return Err(format!("{ip} is not a public address"));
+        }
+        Ok(url)
+    }
+
+    /// The addresses of `url`'s host that deliveries may go to; an error if
+    /// it has none (it does not resolve, or only to addresses not allowed).
+    pub async fn resolve(&self, url: &url::Url) -> Result<Vec<std::net::SocketAddr>, String> {
+        let host = url.host_str().ok_or("the URL has no host")?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        self.resolve_host(host.trim_start_matches('[').trim_end_matches(']'), port)
+            .await
+    }
+
+    /// The addresses of `host` that deliveries may go to (see
+    /// [`Self::resolve`]).
+    pub async fn resolve_host(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<std::net::SocketAddr>, String> {
+        let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| format!("{host} did not resolve in time"))?
+            .map_err(|e| format!("{host} does not resolve: {e}"))?;
+        let (allowed, refused): (Vec<_>, Vec<_>) =
+            found.partition(|a| self.address_allowed(a.ip()));
+        match (allowed.is_empty(), refused.first()) {
+            (false, _) => Ok(allowed),
+            (true, Some(a)) => Err(format!(
+                "{host} resolves to {}, not a public address",
+                a.ip()
+            )),
+            (true, None) => Err(format!("{host} does not resolve")),
+        }
+    }
+
+    /// Public, or in a network the operator allowed.
+    pub fn address_allowed(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        is_public(ip) || self.allowed_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// An IPv4 address written as IPv6 (mapped, or NAT64) is judged as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            // 64:ff9b::/96 (NAT64) carries an IPv4 address in its low bits.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let o = v6.octets();
+                return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            IpAddr::V6(v6)
+        }
+        v4 => v4,
+    }
+}
+
+/// Reachable on the public internet: not loopback, private, link-local
+/// (cloud metadata lives there), shared, documentation, benchmarking,
+/// multicast, reserved or unspecified.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let [o0, o1, o2, _] = a.octets();
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || a.is_multicast()
+                || o0 == 0
+                || o0 >= 240 // reserved
+                || (o0 == 100 && (64..128).contains(&o1)) // shared (CGNAT)
+                || (o0 == 192 && o1 == 0 && o2 == 0) // IETF protocol assignments
+                || (o0 == 198 && (o1 == 18 || o1 == 19))) // benchmarking
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || s[0] == 0x2002 // 6to4: an IPv4 address inside
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard
+                || a.to_ipv4().is_some()) // ::a.b.c.d (IPv4-compatible)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allowed: &[&str], http: bool) -> EgressArgs {
+        EgressArgs {
+            allowed_networks: allowed.iter().map(|n| n.parse().unwrap()).collect(),
+            allow_http: http,
+        }
+    }
+
+    #[test]
+    fn only_public_addresses_unless_allowed() {
+        let p = policy(&[], false);
+        for ip in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.0.170",
+            "198.18.0.1",
+            "192.0.2.1",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "::127.0.0.1",
+            "2001:db8::1",
+            "2002:7f00:1::",
+        ] {
+            assert!(!p.address_allowed(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:1.1.1.1",
+            "64:ff9b::808:808",
+        ] {
+            assert!(p.address_allowed(ip.parse().unwrap()), "{ip}");
+        }
+        let p = policy(&["127.0.0.1/32", "10.0.0.0/8"], false);
+        assert!(p.address_allowed("127.0.0.1".parse().unwrap()));
+        assert!(p.address_allowed("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(p.address_allowed("10.9.9.9".parse().unwrap()));
+        assert!(!p.address_allowed("127.0.0.2".parse().unwrap()));
+        assert!(!p.address_allowed("169.254.169.254".parse().unwrap()));
+    }
+
+    #[test]
+    fn urls_are_https_to_a_public_host_without_credentials() {
+        let p = policy(&[], false);
+        assert!(p.check_url("https://hooks.example.com/mp3?x=1").is_ok());
+        assert!(p.check_url("https://1.1.1.1:8443/").is_ok());
+        for (raw, why) in [
+            ("http://hooks.example.com/", "https"),
+            ("ftp://hooks.example.com/", "https"),
+            ("file:///etc/passwd", "https"),
+            ("https://user:pw@hooks.example.com/", "user name"),
+            ("https://hooks.example.com/#x", "fragment"),
+            ("https://127.0.0.1/", "not a public address"),
+            ("https://[::1]/", "not a public address"),
+            (
+                "https://169.254.169.254/latest/meta-data/",
+                "not a public address",
+            ),
+            ("https://2130706433/", "not a public address"), // 127.0.0.1 as a number
+            ("https://0x7f.1/", "not a public address"),
+            ("not a url", "not a URL"),
+        ] {
+            let err = p.check_url(raw).expect_err(raw);
+            assert!(err.contains(why), "{raw}: {err}");
+        }
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
+        assert!(p.check_url(&long).unwrap_err().contains("over"));
+        let dev = policy(&["127.0.0.1/32"], true);
+        assert!(dev.check_url("http://127.0.0.1:8080/hook").is_ok());
+        assert!(dev.check_url("http://127.0.0.2:8080/hook").is_err());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused() {
+        let p = policy(&[], true);
+        let url = p.check_url("http://localhost:9/").unwrap();
+        let err = p.resolve(&url).await.unwrap_err();
+        assert!(err.contains("not a public address"), "{err}");
+        let p = policy(&["127.0.0.0/8", "::1/128"], true);
+        let addrs = p.resolve(&url).await.unwrap();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+    }
+}
