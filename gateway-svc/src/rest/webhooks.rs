@@ -159,6 +159,7 @@ fn internal() -> ApiError {
 #[utoipa::path(
     post,
     path = "/webhooks",
+    operation_id = "create_webhook",
     tag = "webhooks",
     request_body = NewWebhook,
     security(("bearer" = [])),
@@ -204,6 +205,7 @@ pub(crate) async fn create(
 #[utoipa::path(
     get,
     path = "/webhooks",
+    operation_id = "list_webhooks",
     tag = "webhooks",
     security(("bearer" = [])),
     responses(
@@ -231,6 +233,7 @@ pub(crate) async fn list(
 #[utoipa::path(
     get,
     path = "/webhooks/{id}",
+    operation_id = "get_webhook",
     tag = "webhooks",
     params(("id" = String, Path, description = "The endpoint's id", pattern = r"^wh_[0-9a-f]{32}$")),
     security(("bearer" = [])),
@@ -261,6 +264,7 @@ pub(crate) async fn get(
 #[utoipa::path(
     delete,
     path = "/webhooks/{id}",
+    operation_id = "delete_webhook",
     tag = "webhooks",
     params(("id" = String, Path, description = "The endpoint's id", pattern = r"^wh_[0-9a-f]{32}$")),
     security(("bearer" = [])),
@@ -289,6 +293,7 @@ pub(crate) async fn delete(
 #[utoipa::path(
     post,
     path = "/webhooks/{id}/test",
+    operation_id = "send_test_webhook",
     tag = "webhooks",
     params(("id" = String, Path, description = "The endpoint's id", pattern = r"^wh_[0-9a-f]{32}$")),
     security(("bearer" = [])),
@@ -334,6 +339,7 @@ pub(crate) struct DeliveriesQuery {
 #[utoipa::path(
     get,
     path = "/webhooks/deliveries",
+    operation_id = "list_webhook_deliveries",
     tag = "webhooks",
     params(DeliveriesQuery),
     security(("bearer" = [])),
