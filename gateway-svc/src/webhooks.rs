@@ -6,7 +6,7 @@
 use crate::{error::jobs_error, media::caller};
 use media_store::{
     Jobs,
-    webhooks::{self, Delivery, DeliveryState as State, EgressArgs, Endpoint, Refusal},
+    webhooks::{self, Delivery, DeliveryState as State, EgressArgs, Endpoint},
 };
 use mp3converter_proto::webhooks::v1::{
     CreateWebhookRequest, CreateWebhookResponse, DeleteWebhookRequest, DeleteWebhookResponse,
@@ -120,7 +120,7 @@ impl WebhookService for Webhooks {
                 webhook: Some(webhook(endpoint)),
                 secret,
             })),
-            Err(e @ Refusal::TooMany(_)) => Err(Status::resource_exhausted(e.to_string())),
+            Err(e) => Err(Status::resource_exhausted(e.to_string())),
         }
     }
 
@@ -189,7 +189,8 @@ impl WebhookService for Webhooks {
             .send_test_webhook(&caller.user_id, id)
             .await
             .map_err(|e| jobs_error("testing a webhook", &e))?
-            .ok_or_else(|| Status::not_found("no such webhook"))?;
+            .ok_or_else(|| Status::not_found("no such webhook"))?
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(Response::new(SendTestWebhookResponse {
             delivery: Some(delivery(sent)),
         }))

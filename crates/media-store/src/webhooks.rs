@@ -156,12 +156,17 @@ pub enum Attempt {
     Failed { status: Option<u16>, error: String },
 }
 
-/// Why an endpoint was not registered.
+/// Why an endpoint was not registered, or a test not sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("at most {0} webhook endpoints per user; delete one first")]
     TooMany(u32),
+    #[error("at most {0} test messages a minute per endpoint; wait a little")]
+    TestsTooOften(i64),
 }
+
+/// Test messages an endpoint may be sent per minute.
+pub const TESTS_PER_MINUTE: i64 = 5;
 
 /// The event types of an outcome's message.
 pub const JOB_DONE: &str = "job.done";
@@ -343,35 +348,52 @@ impl Jobs {
     }
 
     /// A `webhook.test` delivery to one of `owner`'s endpoints, due at once;
-    /// `None` if it is not theirs.
+    /// `None` if it is not theirs. At most [`TESTS_PER_MINUTE`] per endpoint,
+    /// so the button cannot be turned into a flood.
     pub async fn send_test_webhook(
         &self,
         owner: &str,
         id: &str,
-    ) -> Result<Option<Delivery>, Error> {
+    ) -> Result<Option<Result<Delivery, Refusal>>, Error> {
         let mut client = self.pool().get().await?;
         let tx = client.transaction().await?;
+        let Some(endpoint) = tx
+            .query_opt(
+                "SELECT id FROM webhook_endpoints WHERE owner_id = $1 AND id = $2 FOR UPDATE",
+                &[&owner, &id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let endpoint: String = endpoint.try_get(0)?;
+        let recent: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 \
+                 AND event_type = $2 AND created_at > now() - interval '1 minute'",
+                &[&endpoint, &WEBHOOK_TEST],
+            )
+            .await?
+            .try_get(0)?;
+        if recent >= TESTS_PER_MINUTE {
+            return Ok(Some(Err(Refusal::TestsTooOften(TESTS_PER_MINUTE))));
+        }
         let data = serde_json::json!({ "webhook_id": id });
         let row = tx
-            .query_opt(
+            .query_one(
                 "INSERT INTO webhook_deliveries \
                      (id, endpoint_id, owner_id, message_id, event_type, data) \
-                 SELECT $3, e.id, e.owner_id, $4, $5, $6 \
-                 FROM webhook_endpoints e WHERE e.owner_id = $1 AND e.id = $2 \
-                 RETURNING *",
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
                 &[
-                    &owner,
-                    &id,
                     &new_id("dlv"),
+                    &endpoint,
+                    &owner,
                     &new_id("msg"),
                     &WEBHOOK_TEST,
                     &data,
                 ],
             )
             .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
         let delivery = Delivery::from_row(&row)?;
         outbox::write(
             &tx,
@@ -380,7 +402,7 @@ impl Jobs {
         .await?;
         tx.commit().await?;
         self.outbox_signal().wake();
-        Ok(Some(delivery))
+        Ok(Some(Ok(delivery)))
     }
 
     /// `owner`'s latest deliveries (of one endpoint, if given), newest first.

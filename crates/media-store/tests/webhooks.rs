@@ -175,6 +175,12 @@ async fn owners_reach_only_their_own_endpoints() {
     let id = register(&jobs, "alice").await;
     assert!(jobs.webhook_of("bob", &id).await.unwrap().is_none());
     assert!(jobs.send_test_webhook("bob", &id).await.unwrap().is_none());
+    assert!(
+        jobs.send_test_webhook("alice", "wh_nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(!jobs.delete_webhook("bob", &id).await.unwrap());
     assert!(jobs.webhooks_of("bob").await.unwrap().is_empty());
     assert!(
@@ -183,9 +189,29 @@ async fn owners_reach_only_their_own_endpoints() {
             .unwrap()
             .is_empty()
     );
-    let test = jobs.send_test_webhook("alice", &id).await.unwrap().unwrap();
+    let test = jobs
+        .send_test_webhook("alice", &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(test.event_type, "webhook.test");
     assert_eq!(dues(&jobs).await, 1);
+    // Five a minute, then refused.
+    for _ in 1..5 {
+        assert!(
+            jobs.send_test_webhook("alice", &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_ok()
+        );
+    }
+    assert!(matches!(
+        jobs.send_test_webhook("alice", &id).await.unwrap().unwrap(),
+        Err(Refusal::TestsTooOften(5))
+    ));
+    assert_eq!(dues(&jobs).await, 5);
     assert!(jobs.webhook_of("alice", &id).await.unwrap().is_some());
     test_kit::Stack::from_env().drop_database(&db).await;
 }

@@ -302,6 +302,7 @@ pub(crate) async fn delete(
         (status = 400, description = "Not a valid id", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No such endpoint (or someone else's)", body = ErrorBody),
+        (status = 429, description = "Over 5 test messages a minute to this endpoint", body = ErrorBody),
         (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
     )
 )]
