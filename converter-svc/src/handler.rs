@@ -67,12 +67,7 @@ pub(crate) struct Converter {
 
 /// The job a `VideoUploaded` is about (the job holds everything else).
 fn decode(d: &Delivery) -> Result<ObjectId, String> {
-    let kind = d.properties.kind().as_ref().map(|k| k.as_str());
-    if kind.is_some_and(|k| k != VideoUploaded::TYPE) {
-        return Err(format!("unexpected message type {kind:?}"));
-    }
-    let event = <VideoUploaded as prost::Message>::decode(d.data.as_slice())
-        .map_err(|e| format!("undecodable VideoUploaded: {e}"))?;
+    let event = amqp_kit::decode::<VideoUploaded>(d).map_err(|e| e.to_string())?;
     ObjectId::parse_str(&event.video_id)
         .map_err(|_| format!("VideoUploaded with a bad video_id {:?}", event.video_id))
 }
@@ -459,11 +454,7 @@ pub(crate) struct Live(pub(crate) Converter);
 
 /// The upload an `UploadStarted` announces, and where to follow it.
 fn decode_started(d: &Delivery) -> Option<(ObjectId, String)> {
-    let kind = d.properties.kind().as_ref().map(|k| k.as_str());
-    if kind.is_some_and(|k| k != UploadStarted::TYPE) {
-        return None;
-    }
-    let event = <UploadStarted as prost::Message>::decode(d.data.as_slice()).ok()?;
+    let event = amqp_kit::decode::<UploadStarted>(d).ok()?;
     Some((ObjectId::parse_str(&event.video_id).ok()?, event.follow_url))
 }
 

@@ -10,7 +10,7 @@ use amqp_kit::{
 };
 use media_store::{Jobs, mongodb::bson::oid::ObjectId};
 
-use mp3converter_proto::{EventType, events::v1::UserNotified};
+use mp3converter_proto::events::v1::UserNotified;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -20,13 +20,9 @@ pub(crate) struct Receipts {
 
 impl Handler for Receipts {
     async fn handle(&self, delivery: &Delivery, _abandon: CancellationToken) -> Outcome {
-        let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
-        if kind != Some(UserNotified::TYPE) {
-            return Outcome::DeadLetter(format!("unexpected message type {kind:?}"));
-        }
-        let receipt = match <UserNotified as prost::Message>::decode(delivery.data.as_slice()) {
+        let receipt = match amqp_kit::decode::<UserNotified>(delivery) {
             Ok(r) => r,
-            Err(e) => return Outcome::DeadLetter(format!("undecodable UserNotified: {e}")),
+            Err(e) => return Outcome::DeadLetter(e.to_string()),
         };
         let Ok(id) = receipt.job_id.parse::<ObjectId>() else {
             return Outcome::DeadLetter(format!("receipt for a bad job id {:?}", receipt.job_id));

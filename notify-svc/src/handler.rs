@@ -7,7 +7,6 @@ use crate::{
 use amqp_kit::{
     Publisher,
     consumer::{Handler, Outcome},
-    event_properties,
     lapin::message::Delivery,
 };
 use deadpool_postgres::Pool;
@@ -42,18 +41,12 @@ impl Event {
 }
 
 fn decode(d: &Delivery) -> Result<Event, String> {
-    let kind = d.properties.kind().as_ref().map(|k| k.as_str().to_owned());
-    match kind.as_deref() {
-        Some(Mp3Ready::TYPE) => <Mp3Ready as prost::Message>::decode(d.data.as_slice())
-            .map(Event::Ready)
-            .map_err(|e| format!("undecodable Mp3Ready: {e}")),
-        Some(ConversionFailed::TYPE) => {
-            <ConversionFailed as prost::Message>::decode(d.data.as_slice())
-                .map(Event::Failed)
-                .map_err(|e| format!("undecodable ConversionFailed: {e}"))
-        }
-        other => Err(format!("unexpected message type {other:?}")),
-    }
+    let event = match amqp_kit::event::kind(d) {
+        Some(Mp3Ready::TYPE) => amqp_kit::decode(d).map(Event::Ready),
+        Some(ConversionFailed::TYPE) => amqp_kit::decode(d).map(Event::Failed),
+        other => return Err(format!("unexpected message type {other:?}")),
+    };
+    event.map_err(|e| e.to_string())
 }
 
 impl Notifier {
@@ -70,11 +63,7 @@ impl Notifier {
         };
         let published = self
             .receipts
-            .publish(
-                &self.notified_queue,
-                &prost::Message::encode_to_vec(&receipt),
-                event_properties(UserNotified::TYPE, &receipt.event_id, Default::default()),
-            )
+            .publish_event(&self.notified_queue, &receipt.event_id, &receipt)
             .await;
         match published {
             Ok(()) => Outcome::Ack,

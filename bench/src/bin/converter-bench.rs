@@ -24,7 +24,7 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use amqp_kit::{Publisher, event_properties, lapin};
+use amqp_kit::{Publisher, lapin};
 use bench::clips::{make_clip, plain_ffmpeg, spec};
 use bench::{Proc, free_port};
 use clap::Parser;
@@ -33,10 +33,7 @@ use media_store::{
     Job, JobState, Store,
     mongodb::bson::{doc, oid::ObjectId},
 };
-use mp3converter_proto::{
-    EventType,
-    events::v1::{Mp3Ready, VideoUploaded},
-};
+use mp3converter_proto::events::v1::{Mp3Ready, VideoUploaded};
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -254,13 +251,13 @@ async fn consume_ready(ch: &lapin::Channel, queue: &str, mut more: impl FnMut(Mp
             .expect("an outcome within 15 min")
             .unwrap()
             .unwrap();
-        assert_eq!(
-            d.properties.kind().as_ref().map(|k| k.as_str()),
-            Some(Mp3Ready::TYPE),
-            "a conversion failed: {:?}",
-            String::from_utf8_lossy(&d.data)
-        );
-        if !more(<Mp3Ready as prost::Message>::decode(d.data.as_slice()).unwrap()) {
+        let ready = amqp_kit::decode::<Mp3Ready>(&d).unwrap_or_else(|e| {
+            panic!(
+                "a conversion failed ({e}): {:?}",
+                String::from_utf8_lossy(&d.data)
+            )
+        });
+        if !more(ready) {
             break;
         }
     }
@@ -747,19 +744,12 @@ impl Env<'_> {
 
     async fn publish_to(&self, id: ObjectId, owner_email: &str) {
         let ev = VideoUploaded {
-            event_id: format!("video-{}", id.to_hex()),
-            job_id: id.to_hex(),
-            video_id: id.to_hex(),
             owner_id: "bench".into(),
             owner_email: owner_email.into(),
-            ..Default::default()
+            ..media_store::proto::video_uploaded_of(id)
         };
         self.publisher
-            .publish(
-                &self.video_queue,
-                &prost::Message::encode_to_vec(&ev),
-                event_properties(VideoUploaded::TYPE, &ev.event_id, Default::default()),
-            )
+            .publish_event(&self.video_queue, &ev.event_id, &ev)
             .await
             .unwrap();
     }

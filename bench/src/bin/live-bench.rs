@@ -20,7 +20,6 @@ use bench::{
 use clap::Parser;
 use futures::StreamExt;
 use mp3converter_proto::{
-    EventType,
     auth::v1::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
     events::v1::Mp3Ready,
     media::v1::{
@@ -275,9 +274,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
                 let at = Instant::now();
-                if d.properties.kind().as_ref().map(|k| k.as_str()) == Some(Mp3Ready::TYPE)
-                    && let Ok(e) = <Mp3Ready as prost::Message>::decode(d.data.as_slice())
-                {
+                if let Ok(e) = amqp_kit::decode::<Mp3Ready>(&d) {
                     ready.lock().unwrap().insert(e.job_id, at);
                 }
                 let _ = d.acker.ack(Default::default()).await;

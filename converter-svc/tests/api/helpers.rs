@@ -232,22 +232,14 @@ impl Env {
 
     pub async fn publish_uploaded_to(&self, queue: &str, id: ObjectId, filename: &str, size: u64) {
         let event = VideoUploaded {
-            event_id: format!("video-{}", id.to_hex()),
-            job_id: id.to_hex(),
-            video_id: id.to_hex(),
             owner_id: "user-1".into(),
             owner_email: "user@example.com".into(),
             filename: filename.into(),
-            content_type: String::new(),
             size_bytes: size,
-            occur_time: None,
+            ..media_store::proto::video_uploaded_of(id)
         };
         self.publisher
-            .publish(
-                queue,
-                &prost::Message::encode_to_vec(&event),
-                event_properties(VideoUploaded::TYPE, &event.event_id, Default::default()),
-            )
+            .publish_event(queue, &event.event_id, &event)
             .await
             .unwrap();
     }

@@ -10,10 +10,12 @@
 pub mod broadcast;
 pub mod consumer;
 pub mod dlq;
+pub mod event;
 mod publisher;
 mod topology;
 pub mod trace;
 
+pub use event::{DecodeError, decode};
 pub use publisher::{PublishError, Publisher};
 pub use topology::{HINT_TTL, TopologyArgs, WorkQueue, declare_work_queue};
 

@@ -145,15 +145,27 @@ pub fn upload_started(
 /// from it, so a repeat (the janitor's) is recognisably the same event.
 pub fn video_uploaded(j: &Job) -> mp3converter_proto::events::v1::VideoUploaded {
     mp3converter_proto::events::v1::VideoUploaded {
-        event_id: format!("video-{}", j.id.to_hex()),
-        job_id: j.id.to_hex(),
-        video_id: j.id.to_hex(),
         owner_id: j.owner_id.clone(),
         owner_email: j.owner_email.clone(),
         filename: j.filename.clone(),
         content_type: j.content_type.clone(),
         size_bytes: u64::try_from(j.size_bytes).unwrap_or_default(),
+        ..video_uploaded_of(j.id)
+    }
+}
+
+/// The `VideoUploaded` of job `id`, its other fields empty (converters read
+/// the job itself): its event id derives from the job, so every announcement
+/// of it is the same event. Tests and benches fill in what they need.
+pub fn video_uploaded_of(
+    id: mongodb::bson::oid::ObjectId,
+) -> mp3converter_proto::events::v1::VideoUploaded {
+    mp3converter_proto::events::v1::VideoUploaded {
+        event_id: format!("video-{}", id.to_hex()),
+        job_id: id.to_hex(),
+        video_id: id.to_hex(),
         occur_time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        ..Default::default()
     }
 }
 

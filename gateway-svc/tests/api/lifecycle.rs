@@ -918,11 +918,7 @@ async fn publish_receipt(app: &TestApp, job: &Job) {
             ..app.topology.clone()
         }],
     )
-    .publish(
-        &queue,
-        &prost::Message::encode_to_vec(&receipt),
-        amqp_kit::event_properties(UserNotified::TYPE, &receipt.event_id, Default::default()),
-    )
+    .publish_event(&queue, &receipt.event_id, &receipt)
     .await
     .unwrap();
 }

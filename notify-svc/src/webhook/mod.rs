@@ -18,7 +18,7 @@ use media_store::{
     Jobs,
     webhooks::{Attempt, Delivery, Due},
 };
-use mp3converter_proto::{EventType, events::v1::WebhookDue};
+use mp3converter_proto::events::v1::WebhookDue;
 use std::time::SystemTime;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_util::sync::CancellationToken;
@@ -32,11 +32,7 @@ pub(crate) struct Deliverer {
 }
 
 fn decode(d: &AmqpDelivery) -> Result<WebhookDue, String> {
-    match d.properties.kind().as_ref().map(|k| k.as_str()) {
-        Some(WebhookDue::TYPE) => <WebhookDue as prost::Message>::decode(d.data.as_slice())
-            .map_err(|e| format!("undecodable WebhookDue: {e}")),
-        other => Err(format!("unexpected message type {other:?}")),
-    }
+    amqp_kit::decode(d).map_err(|e| e.to_string())
 }
 
 fn rfc3339(t: SystemTime) -> String {

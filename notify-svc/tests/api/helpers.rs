@@ -153,11 +153,7 @@ impl Env {
 
     pub async fn publish<E: EventType>(&self, event: &E, event_id: &str) {
         self.publisher
-            .publish(
-                &self.queue,
-                &event.encode_to_vec(),
-                event_properties(E::TYPE, event_id, Default::default()),
-            )
+            .publish_event(&self.queue, event_id, event)
             .await
             .unwrap();
     }
@@ -237,11 +233,7 @@ impl Env {
             .await
             .unwrap()
         {
-            assert_eq!(
-                m.delivery.properties.kind().as_ref().map(|k| k.as_str()),
-                Some(UserNotified::TYPE)
-            );
-            out.push(<UserNotified as prost::Message>::decode(m.delivery.data.as_slice()).unwrap());
+            out.push(amqp_kit::decode::<UserNotified>(&m.delivery).unwrap());
         }
         out
     }
