@@ -43,6 +43,16 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// How the conversion ended, for `mp3converter_conversions_total`.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            Self::Permanent(_) => "invalid_input",
+            Self::Transient(_) => "retry",
+            Self::Abandoned => "abandoned",
+            Self::LostLease => "lost_lease",
+        }
+    }
+
     /// (error.type, reason) for the span, for real failures.
     pub(crate) fn error_kind(&self) -> Option<(&'static str, &str)> {
         match self {

@@ -14,6 +14,10 @@ use crate::{
     convert::{Converted, Failure},
     workdir::WorkDir,
 };
+use crate::{
+    lease::{LeaseGuard, Progress},
+    observe,
+};
 use amqp_kit::{
     broadcast::Broadcaster,
     consumer::{Handler, Outcome},
@@ -33,7 +37,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// What a user is told when every try failed for a reason of ours.
 const RETRIES_EXHAUSTED: &str = "we could not convert it after several tries because of a problem on our side; please upload it again later";
@@ -123,8 +126,7 @@ impl Handler for Converter {
         let Ok(id) = decode(delivery) else {
             return Ok(()); // nothing to tell anyone about
         };
-        metrics::counter!("mp3converter_conversions_total", "outcome" => "retries_exhausted")
-            .increment(1);
+        observe::ended("retries_exhausted");
         // The last error is ours to read, not the user's (paths, driver
         // messages): the user hears what happened in their words.
         tracing::warn!(job_id = %id, last_error = %reason, "the conversion kept failing; failing the job");
@@ -141,70 +143,79 @@ impl Handler for Converter {
 }
 
 impl Converter {
+    #[tracing::instrument(
+        name = "convert",
+        skip_all,
+        fields(
+            job_id = %id,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        )
+    )]
     async fn process(&self, id: ObjectId, abandon: CancellationToken) -> Outcome {
-        let claim = match self.jobs.claim(id, &self.instance, self.lease_ttl).await {
-            Ok(c) => c,
-            Err(e) => return Outcome::Retry(transient("claiming the job")(e)),
+        let job = match self.claim(id).await {
+            Ok(job) => job,
+            Err(outcome) => return outcome,
         };
-        let job = match claim {
-            Claim::Claimed(job) => job,
+        self.notify(&job, false);
+        let _busy = observe::in_progress();
+        let started = std::time::Instant::now();
+        let result = self
+            .convert_leased(&job, crate::convert::Source::Stored, abandon)
+            .await;
+        observe::converted(&result, started);
+        let outcome = self.settle(&job, result).await;
+        tracing::debug!(job_id = %id, ?outcome, elapsed = ?started.elapsed(), "job handled");
+        outcome
+    }
+
+    /// The job, ours to convert; or what to do with its event instead.
+    async fn claim(&self, id: ObjectId) -> Result<Job, Outcome> {
+        let claim = self
+            .jobs
+            .claim(id, &self.instance, self.lease_ttl)
+            .await
+            .map_err(|e| Outcome::Retry(transient("claiming the job")(e)))?;
+        match claim {
+            Claim::Claimed(job) => Ok(job),
             Claim::HeldElsewhere(until) => {
                 let left = until.duration_since(SystemTime::now()).unwrap_or_default();
                 tracing::info!(job_id = %id, ?left, "another converter holds the job; deferring");
-                return Outcome::Defer(left + Duration::from_secs(1));
+                Err(Outcome::Defer(left + Duration::from_secs(1)))
             }
             Claim::Gone => {
                 // Deleted by its owner, or an upload rolled back after the
                 // event went out.
                 tracing::info!(job_id = %id, "the job is gone; dropping the event");
-                return Outcome::Ack;
+                Err(Outcome::Ack)
             }
             Claim::Finished(job) => {
                 // Its outcome went out with the transition; only the source
                 // may still be ours to delete (a crash before it was).
                 self.delete_source(&job).await;
-                return Outcome::Ack;
+                Err(Outcome::Ack)
             }
-        };
-        self.notify(&job, false);
-        let started = std::time::Instant::now();
-        let _busy = svc_kit::observe::InFlight::new(metrics::gauge!(
-            "mp3converter_conversions_in_progress"
-        ));
-        let span = tracing::info_span!(
-            "convert",
-            job_id = %id,
-            otel.status_code = tracing::field::Empty,
-            otel.status_description = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
-        let result = self
-            .convert_leased(&job, crate::convert::Source::Stored, abandon)
-            .instrument(span.clone())
-            .await;
-        if let Err(f) = &result
-            && let Some((kind, reason)) = f.error_kind()
-        {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", reason);
-            span.record("error.type", kind);
         }
-        // Finishing (done or failed, and saying so) is part of the
-        // conversion's span.
-        let outcome = async { match result {
-            Ok(converted) => {
-                metrics::histogram!("mp3converter_conversion_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                self.complete(&job, converted).await
-            }
+    }
+
+    /// Finishes the job as the conversion ended: done, failed for good, or
+    /// given back to be tried again.
+    async fn settle(&self, job: &Job, result: Result<Converted, Failure>) -> Outcome {
+        let id = job.id;
+        match result {
+            Ok(converted) => self.complete(job, converted).await,
             Err(Failure::Permanent(reason)) => {
-                metrics::counter!("mp3converter_conversions_total", "outcome" => "invalid_input")
-                    .increment(1);
                 tracing::info!(job_id = %id, %reason, "conversion failed for good");
-                match self
-                    .fail(id, Some(&self.instance), &reason, media_store::FailureKind::InvalidInput)
-                    .await
-                {
+                let failed = self
+                    .fail(
+                        id,
+                        Some(&self.instance),
+                        &reason,
+                        media_store::FailureKind::InvalidInput,
+                    )
+                    .await;
+                match failed {
                     Ok(()) => Outcome::Ack,
                     Err(e) => {
                         self.release(id).await;
@@ -213,106 +224,57 @@ impl Converter {
                 }
             }
             Err(Failure::Transient(reason)) => {
-                metrics::counter!("mp3converter_conversions_total", "outcome" => "retry")
-                    .increment(1);
                 self.release(id).await;
                 Outcome::Retry(reason)
             }
-            Err(Failure::LostLease) => {
-                metrics::counter!("mp3converter_conversions_total", "outcome" => "lost_lease")
-                    .increment(1);
-                // Deleted meanwhile, or taken over: either way not a failure
-                // of ours; the next look decides.
-                Outcome::Defer(Duration::from_secs(1))
-            }
+            // Deleted meanwhile, or taken over: either way not a failure of
+            // ours; the next look decides.
+            Err(Failure::LostLease) => Outcome::Defer(Duration::from_secs(1)),
             Err(Failure::Abandoned) => {
-                metrics::counter!("mp3converter_conversions_total", "outcome" => "abandoned")
-                    .increment(1);
                 self.release(id).await;
                 Outcome::Requeue
             }
-        } }
-        .instrument(span)
-        .await;
-        tracing::debug!(job_id = %id, ?outcome, elapsed = ?started.elapsed(), "job handled");
-        outcome
+        }
     }
 
-    /// Runs the conversion while renewing the lease; losing the lease (the
-    /// job was deleted, or taken over after we failed to renew in time)
-    /// stops it.
+    /// Runs the conversion under the job's lease (losing it stops the
+    /// conversion), its progress written as it goes.
     async fn convert_leased(
         &self,
         job: &Job,
         source: crate::convert::Source,
         abandon: CancellationToken,
     ) -> Result<Converted, Failure> {
-        let id = job.id;
         // Stored by a converter that died before recording it: adopt it.
         if let Some(file) = self
             .store
-            .mp3_for(id)
+            .mp3_for(job.id)
             .await
             .map_err(|e| Failure::Transient(transient("finding the MP3")(e)))?
         {
             return Ok(Converted::adopted(&file));
         }
-        let lost = CancellationToken::new();
         let live = matches!(source, crate::convert::Source::Live { .. });
-        let renewer = {
-            let (jobs, lost, me, ttl) = (
-                self.jobs.clone(),
-                lost.clone(),
-                self.instance.clone(),
-                self.lease_ttl,
-            );
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(ttl / 3);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    // A live conversion holds its claim until the commit and
-                    // the job's lease after it.
-                    let renewed = async {
-                        if live && jobs.renew_live(id, &me, ttl).await? {
-                            return Ok(true);
-                        }
-                        jobs.renew(id, &me, ttl).await
-                    };
-                    match renewed.await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(job_id = %id, "lost the job's lease");
-                            lost.cancel();
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(job_id = %id, error = %e, "renewing the lease failed")
-                        }
-                    }
-                }
-            })
-        };
-        // Progress goes out from a task of its own, in order, the latest
-        // value winning if MongoDB is slower than ffmpeg.
-        let (progress, mut latest) = tokio::sync::watch::channel(None::<f64>);
-        let reporter = {
-            let this = self.clone();
-            tokio::spawn(async move {
-                while latest.changed().await.is_ok() {
-                    let Some(percent) = *latest.borrow_and_update() else {
-                        continue;
-                    };
+        let lease = LeaseGuard::start(
+            self.jobs.clone(),
+            job.id,
+            self.instance.clone(),
+            self.lease_ttl,
+            live,
+        );
+        let progress = Progress::start({
+            let (this, id) = (self.clone(), job.id);
+            move |percent| {
+                let this = this.clone();
+                async move {
                     if let Ok(Some(job)) = this.jobs.progress(id, &this.instance, percent).await {
                         this.notify(&job, false);
                     }
                 }
-            })
-        };
+            }
+        });
         let res = {
-            let report = |percent| {
-                let _ = progress.send(Some(percent));
-            };
+            let report = |percent| progress.report(percent);
             let ctx = crate::convert::Context {
                 store: &self.store,
                 work: &self.work,
@@ -322,14 +284,11 @@ impl Converter {
             tokio::select! {
                 r = crate::convert::run(&ctx, job, source) => r,
                 () = abandon.cancelled() => Err(Failure::Abandoned),
-                () = lost.cancelled() => Err(Failure::LostLease),
+                () = lease.lost() => Err(Failure::LostLease),
             }
         };
-        renewer.abort();
-        // The last report is out before the job is finished, so no watcher
-        // sees "converting" after "done".
-        drop(progress);
-        let _ = reporter.await;
+        drop(lease);
+        progress.finish().await;
         res
     }
 
@@ -368,7 +327,7 @@ impl Converter {
                 return Outcome::Retry(transient("marking the job done")(e));
             }
         };
-        metrics::counter!("mp3converter_conversions_total", "outcome" => "done").increment(1);
+        observe::ended("done");
         tracing::info!(job_id = %id, seconds = mp3.duration_seconds, bytes = mp3.size_bytes, "converted");
         self.notify(&done, false);
         // Deleting the source (retention) follows, off this slot and batched
@@ -469,9 +428,7 @@ impl Handler for Live {
             return Outcome::Ack;
         }
         if let Some(active) = Active::take(&self.0.active, id) {
-            let outcome = self.0.process_live(id, url, abandon).await;
-            metrics::counter!("mp3converter_live_conversions_total", "outcome" => outcome)
-                .increment(1);
+            observe::live_ended(self.0.process_live(id, url, abandon).await);
             drop(active);
         }
         Outcome::Ack
@@ -495,6 +452,7 @@ enum Committed {
 impl Converter {
     /// Converts an upload as it arrives; the outcome, for the metric. Any
     /// failure gives the job back to the `VideoUploaded` path.
+    #[tracing::instrument(name = "convert", skip_all, fields(job_id = %id, live = true))]
     async fn process_live(
         &self,
         id: ObjectId,
@@ -515,58 +473,52 @@ impl Converter {
             }
         };
         let started = std::time::Instant::now();
-        let _busy = svc_kit::observe::InFlight::new(metrics::gauge!(
-            "mp3converter_conversions_in_progress"
-        ));
-        let span = tracing::info_span!("convert", job_id = %id, live = true);
-        let result = self
-            .convert_leased(
-                &job,
-                crate::convert::Source::Live {
-                    settings: self.live,
-                    url,
-                    connect: self.connect.clone(),
-                },
-                abandon.clone(),
-            )
-            .instrument(span.clone())
-            .await;
-        let outcome = async {
-            match result {
-                Ok(converted) => {
-                    let outcome = self.finish_live(id, converted, started).await;
-                    self.drop_claim(id).await;
-                    outcome
-                }
-                Err(f) => {
-                    let reason = match &f {
-                        Failure::Permanent(r) | Failure::Transient(r) => r.as_str(),
-                        Failure::Abandoned => "shutting down",
-                        Failure::LostLease => "lost the lease",
-                    };
-                    tracing::info!(job_id = %id, reason, "left to the job's own event");
-                    // From now on a commit queues the job. One that came
-                    // before handed it to us: convert it from storage now
-                    // rather than leave it to its event's next look.
-                    self.drop_claim(id).await;
-                    if matches!(f, Failure::Abandoned) {
-                        // Shutting down: a committed job goes back to the
-                        // queue, as any abandoned conversion does.
-                        self.release(id).await;
-                        return "gave_up";
-                    }
-                    if !self.committed_to_us(id).await {
-                        return "gave_up";
-                    }
-                    let _ = self.process(id, abandon).await;
-                    "fell_back"
-                }
+        let _busy = observe::in_progress();
+        let source = crate::convert::Source::Live {
+            settings: self.live,
+            url,
+            connect: self.connect.clone(),
+        };
+        let outcome = match self.convert_leased(&job, source, abandon.clone()).await {
+            Ok(converted) => {
+                let outcome = self.finish_live(id, converted, started).await;
+                self.drop_claim(id).await;
+                outcome
             }
-        }
-        .instrument(span)
-        .await;
+            Err(f) => self.fall_back(id, f, abandon).await,
+        };
         tracing::debug!(job_id = %id, outcome, elapsed = ?started.elapsed(), "live conversion handled");
         outcome
+    }
+
+    /// A live conversion that did not make it: the job is left to its own
+    /// event, or, if the commit already handed it to us, converted from
+    /// storage now rather than at its event's next look.
+    async fn fall_back(
+        &self,
+        id: ObjectId,
+        f: Failure,
+        abandon: CancellationToken,
+    ) -> &'static str {
+        let reason = match &f {
+            Failure::Permanent(r) | Failure::Transient(r) => r.as_str(),
+            Failure::Abandoned => "shutting down",
+            Failure::LostLease => "lost the lease",
+        };
+        tracing::info!(job_id = %id, reason, "left to the job's own event");
+        // From now on a commit queues the job.
+        self.drop_claim(id).await;
+        if matches!(f, Failure::Abandoned) {
+            // Shutting down: a committed job goes back to the queue, as any
+            // abandoned conversion does.
+            self.release(id).await;
+            return "gave_up";
+        }
+        if !self.committed_to_us(id).await {
+            return "gave_up";
+        }
+        let _ = self.process(id, abandon).await;
+        "fell_back"
     }
 
     /// The MP3 of a live conversion is stored: once the gateway has committed
@@ -579,8 +531,7 @@ impl Converter {
     ) -> &'static str {
         match self.committed(id).await {
             Committed::Yes(job) => {
-                metrics::histogram!("mp3converter_conversion_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                observe::took(started);
                 match self.complete(&job, converted).await {
                     Outcome::Ack => "done",
                     // Given back (complete released it): the job's event
