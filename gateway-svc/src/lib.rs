@@ -13,6 +13,7 @@ mod error;
 mod follow;
 mod janitor;
 mod media;
+mod names;
 mod quota;
 mod receipts;
 mod rest;

@@ -5,7 +5,7 @@
 //! both have it ([`media_store::Jobs::start_upload`]); here only what a
 //! refusal says.
 
-use crate::media::human_bytes;
+use crate::names::human_bytes;
 use media_store::{OverQuota, Quotas as Limits};
 use tonic::Status;
 

@@ -183,7 +183,7 @@ pub(crate) async fn upload(
                 .content_type()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            crate::media::check_names(&file_name, &content_type)?;
+            crate::names::check_names(&file_name, &content_type)?;
             let options = options.clone().validate().map_err(invalid)?;
             if let Some(req) = req.take() {
                 let mut client = client.clone();
