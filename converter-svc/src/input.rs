@@ -8,13 +8,13 @@
 //!   piped as they are.
 //! - MP4/MOV: piped too; if the index (`moov`) sits after the media data, it
 //!   is fetched from the end of the file first (one more query) and moved in
-//!   front (see [`crate::mp4`]).
+//!   front (see [`mp4_index`]).
 //! - Anything else (or an MP4 we cannot rearrange) is spooled to a file, so
 //!   ffmpeg may seek in it.
 
 use bytes::Bytes;
-use media_store::mp4::{self, Layout};
 use media_store::{Bucket, ChunkStream, FileInfo, ReadError};
+use mp4_index::{self as mp4, Layout};
 use std::path::Path;
 use tokio::io::AsyncWriteExt;
 

@@ -157,7 +157,7 @@ impl Env<'_> {
         let id = ObjectId::new();
         let t = Instant::now();
         let mut up = self.open_upload(id, name).await?;
-        let mut scanner = media_store::mp4::Scanner::default();
+        let mut scanner = mp4_index::Scanner::default();
         for c in bytes.chunks(1 << 20) {
             scanner.feed(c);
             if let Err(e) = up.write_all(c).await {

@@ -203,7 +203,7 @@ impl Env {
         // As the gateway does: an MP4's late index is kept beside it (unless
         // a test asks to see the converter read it back itself).
         if !filename.contains("no-kept-index") {
-            let mut scanner = media_store::mp4::Scanner::default();
+            let mut scanner = mp4_index::Scanner::default();
             scanner.feed(&bytes);
             if let Some(index) = scanner.finish() {
                 media_store::gridfs::keep_mp4_index(&self.store.video_files, id, &index)

@@ -495,7 +495,7 @@ pub async fn older_files(
 pub async fn keep_mp4_index(
     bucket: &Bucket,
     id: ObjectId,
-    index: &crate::mp4::LateIndex,
+    index: &mp4_index::LateIndex,
 ) -> Result<(), mongodb::error::Error> {
     bucket
         .files
@@ -512,9 +512,9 @@ pub async fn keep_mp4_index(
 }
 
 /// The late index kept with a video, if any.
-pub fn kept_mp4_index(file: &FilesCollectionDocument) -> Option<crate::mp4::LateIndex> {
+pub fn kept_mp4_index(file: &FilesCollectionDocument) -> Option<mp4_index::LateIndex> {
     let m = file.metadata.as_ref()?.get_document("mp4_index").ok()?;
-    Some(crate::mp4::LateIndex {
+    Some(mp4_index::LateIndex {
         insert_at: u64::try_from(m.get_i64("insert_at").ok()?).ok()?,
         moov_start: u64::try_from(m.get_i64("moov_start").ok()?).ok()?,
         moov: m.get_binary_generic("moov").ok()?.clone(),

@@ -16,7 +16,6 @@
 
 pub mod gridfs;
 pub mod jobs;
-pub mod mp4;
 pub mod options;
 pub mod outbox;
 pub mod proto;

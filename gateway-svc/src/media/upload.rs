@@ -184,7 +184,7 @@ impl Media {
             .await
             .map_err(|e| store_error("opening a GridFS upload", &e))?;
         let id = new.id;
-        let mut scanner = media_store::mp4::Scanner::default();
+        let mut scanner = mp4_index::Scanner::default();
         let received = tokio::select! {
             r = self.receive_chunks(id, limit, rx, &mut upload, &mut scanner, tee) => r,
             () = self.abort_uploads.cancelled() => {
@@ -224,7 +224,7 @@ impl Media {
         limit: u64,
         rx: &mut mpsc::Receiver<Result<UploadRequest, Status>>,
         upload: &mut media_store::mongodb::gridfs::GridFsUploadStream,
-        scanner: &mut media_store::mp4::Scanner,
+        scanner: &mut mp4_index::Scanner,
         tee: &TeeWriter,
     ) -> Result<u64, Status> {
         use upload_request::Payload;
