@@ -394,6 +394,24 @@ async fn a_test_message_is_signed_and_failures_are_retried_then_given_up() {
     );
     assert_eq!(receiver.at("/moved").len(), 4);
     assert_eq!(receiver.at("/ok").len(), 1, "the redirect was not followed");
+    // Its message is dead-lettered; an operator's replay attempts it again.
+    let url = svc_kit::config::Secret::new(mesh.stack.amqp_url.clone());
+    let dlq = format!("{}.dlq", mesh.webhook_queue);
+    let due = format!("due-{}", m[0]["id"].as_str().unwrap());
+    test_kit::wait_until("the dead letter", T, || async {
+        let l = amqp_kit::dlq::list(&url, &dlq, 100).await.ok()?;
+        let mine = l
+            .iter()
+            .filter(|d| d.message_id.as_deref() == Some(due.as_str()));
+        (mine.count() == 1).then_some(())
+    })
+    .await;
+    let replayed = amqp_kit::dlq::replay(&url, &dlq, &mesh.webhook_queue, Some(&due))
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    user.deliveries_when(&moved, |l| l[0]["attempts"].as_u64() > Some(4))
+        .await;
     let s = user.deliveries_when(&slow, |l| settled(l, 1)).await;
     assert_eq!(s[0]["state"], "failed", "{s:?}");
     assert!(

@@ -31,11 +31,24 @@ pub struct Cli {
 pub enum Command {
     /// Send emails (the default).
     Serve,
-    /// Look at and replay the dead letters of the mp3 queue.
+    /// Look at and replay dead letters: the emails' (mp3 queue) or the
+    /// webhook deliveries' (webhooks queue).
     Dlq {
+        /// Whose dead letters.
+        #[arg(long, value_enum, default_value_t = DlqOf::Mp3)]
+        of: DlqOf,
         #[command(subcommand)]
         action: amqp_kit::dlq::DlqCommand,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DlqOf {
+    /// Outcome events whose email could not be sent (MP3_QUEUE).
+    Mp3,
+    /// Webhook deliveries that failed for good (WEBHOOK_QUEUE); a replay
+    /// attempts them again.
+    Webhooks,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -32,8 +32,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Some(Command::Dlq { action }) => {
-            amqp_kit::dlq::run(action, &config.amqp_url, &config.mp3_queue, describe_event)
+        Some(Command::Dlq { of, action }) => {
+            let queue = match of {
+                config::DlqOf::Mp3 => &config.mp3_queue,
+                config::DlqOf::Webhooks => &config.webhook_queue,
+            };
+            amqp_kit::dlq::run(action, &config.amqp_url, queue, describe_event)
                 .await
                 .map_err(anyhow::Error::msg)
         }
@@ -44,7 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn describe_event(kind: Option<&str>, payload: &[u8]) -> String {
     use mp3converter_proto::{
         EventType,
-        events::v1::{ConversionFailed, Mp3Ready},
+        events::v1::{ConversionFailed, Mp3Ready, WebhookDue},
     };
     let decoded = match kind {
         Some(Mp3Ready::TYPE) => {
@@ -52,6 +56,9 @@ fn describe_event(kind: Option<&str>, payload: &[u8]) -> String {
         }
         Some(ConversionFailed::TYPE) => {
             <ConversionFailed as prost::Message>::decode(payload).map(|e| format!("{e:?}"))
+        }
+        Some(WebhookDue::TYPE) => {
+            <WebhookDue as prost::Message>::decode(payload).map(|e| format!("{e:?}"))
         }
         other => return format!("unexpected type {other:?}: {} bytes", payload.len()),
     };

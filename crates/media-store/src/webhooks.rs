@@ -451,8 +451,8 @@ impl Jobs {
     }
 
     /// Records an attempt: delivered, or to be retried (once the retries run
-    /// out, [`Self::webhook_given_up`]). A delivery already final stays as
-    /// it is.
+    /// out, [`Self::webhook_given_up`]). A delivered one stays delivered; a
+    /// failed one attempted again (its dead letter replayed) moves on.
     pub async fn webhook_attempted(
         &self,
         delivery_id: &str,
@@ -469,7 +469,7 @@ impl Jobs {
             .execute(
                 "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, \
                      response_status = $3, last_error = $4, updated_at = now() \
-                 WHERE id = $1 AND state IN ('pending', 'retrying')",
+                 WHERE id = $1 AND state <> 'delivered'",
                 &[&delivery_id, &state, &status, &error],
             )
             .await?;

@@ -160,6 +160,15 @@ async fn an_outcome_makes_one_delivery_per_endpoint_once() {
     let d = jobs.webhook_due(other).await.unwrap().unwrap();
     assert_eq!(d.delivery.state, DeliveryState::Failed);
     assert_eq!(d.delivery.last_error.as_deref(), Some("answered 500"));
+    // Its dead letter replayed, it is attempted again, and may succeed.
+    jobs.webhook_attempted(other, &Attempt::Delivered { status: 200 })
+        .await
+        .unwrap();
+    let d = jobs.webhook_due(other).await.unwrap().unwrap();
+    assert_eq!(
+        (d.delivery.state, d.delivery.attempts),
+        (DeliveryState::Delivered, 2)
+    );
 
     // A deleted endpoint takes its deliveries with it.
     assert!(jobs.delete_webhook("alice", &a).await.unwrap());

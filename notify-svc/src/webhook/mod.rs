@@ -16,7 +16,7 @@ use amqp_kit::{
 };
 use media_store::{
     Jobs,
-    webhooks::{Attempt, Delivery, Due},
+    webhooks::{Attempt, Delivery, DeliveryState, Due},
 };
 use mp3converter_proto::events::v1::WebhookDue;
 use std::time::SystemTime;
@@ -103,8 +103,10 @@ impl Handler for Deliverer {
             // Its endpoint was deleted: nothing to do.
             return Outcome::Ack;
         };
-        if found.delivery.state.is_final() {
-            // A duplicate of a settled delivery (the outbox sends at least once).
+        if found.delivery.state == DeliveryState::Delivered {
+            // A duplicate of a settled delivery (the outbox sends at least
+            // once). A failed one is attempted again: an operator replayed
+            // its dead letter (`notify-svc dlq --of webhooks replay`).
             return Outcome::Ack;
         }
         let attempt = tokio::select! {
@@ -150,7 +152,6 @@ impl Handler for Deliverer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use media_store::webhooks::DeliveryState;
 
     fn delivery(data: serde_json::Value) -> Delivery {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
