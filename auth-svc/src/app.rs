@@ -13,6 +13,7 @@ use crate::{
 use deadpool_postgres::Pool;
 use mp3converter_proto::auth::v1::auth_service_server::AuthServiceServer;
 use std::net::SocketAddr;
+use svc_kit::service::Standard;
 use svc_kit::{config::Secret, health::Health, tls::MeshTls};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -135,28 +136,27 @@ impl App {
 
     /// Serves until `token` is cancelled, then drains within the grace period.
     pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
-        let probe = tokio::spawn(probe_database(
-            self.pool.clone(),
-            self.health.clone(),
-            self.config.db_health_interval,
-            self.config.db_timeout,
-            token.clone(),
-        ));
+        let standard = Standard::start(
+            self.admin_listener,
+            &self.health,
+            &token,
+            probe_database(
+                self.pool.clone(),
+                self.health.clone(),
+                self.config.db_health_interval,
+                self.config.db_timeout,
+                token.clone(),
+            ),
+        );
         let housekeeping = tokio::spawn(housekeep(
             self.pool.clone(),
             self.limits.clone(),
             self.config.housekeeping_interval,
             token.clone(),
         ));
-        let admin = tokio::spawn(svc_kit::admin::serve(
-            self.admin_listener,
-            svc_kit::admin::router(self.health.clone()),
-            token.clone(),
-        ));
         if let Some(tls) = &self.tls {
             tls.spawn_reloader(token.clone());
         }
-        self.health.drain_on(token.clone());
         let served = svc_kit::shutdown::drain_within(
             &token,
             self.config.shutdown_grace,
@@ -170,9 +170,8 @@ impl App {
             ),
         )
         .await;
-        probe.abort();
+        drop(standard);
         housekeeping.abort();
-        admin.abort();
         if let Some(res) = served {
             res?;
         }
@@ -245,4 +244,15 @@ async fn seed_admin(config: &Config, pool: &Pool, hasher: &Hasher) -> anyhow::Re
         Err(e) => return Err(e.into()),
     }
     Ok(())
+}
+
+impl svc_kit::service::Service for App {
+    const NAME: &'static str = "auth-svc";
+
+    fn run_until(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        App::run_until(self, shutdown)
+    }
 }

@@ -17,26 +17,21 @@ pub mod token;
 /// manage users.
 pub async fn run(cli: config::Cli) -> anyhow::Result<()> {
     let telemetry = cli.config.telemetry.clone();
+    let Some(config::Command::User { action }) = cli.command else {
+        return svc_kit::service::serve(&telemetry, || app::App::build(cli.config)).await;
+    };
     svc_kit::telemetry::run(
         "auth-svc",
         &telemetry,
         Box::pin(async {
-            match cli.command {
-                None | Some(config::Command::Serve) => {
-                    app::App::build(cli.config)
-                        .await?
-                        .run_until(svc_kit::shutdown::on_signal())
-                        .await
+            match action {
+                config::UserCommand::Add(args) => cli::add_user(&cli.config, args).await,
+                config::UserCommand::Disable(user) => {
+                    cli::set_disabled(&cli.config, user, true).await
                 }
-                Some(config::Command::User { action }) => match action {
-                    config::UserCommand::Add(args) => cli::add_user(&cli.config, args).await,
-                    config::UserCommand::Disable(user) => {
-                        cli::set_disabled(&cli.config, user, true).await
-                    }
-                    config::UserCommand::Enable(user) => {
-                        cli::set_disabled(&cli.config, user, false).await
-                    }
-                },
+                config::UserCommand::Enable(user) => {
+                    cli::set_disabled(&cli.config, user, false).await
+                }
             }
         }),
     )

@@ -10,7 +10,7 @@ use amqp_kit::{
 };
 use media_store::{Jobs, Store};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use svc_kit::health::Health;
+use svc_kit::{health::Health, service::Standard};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -129,22 +129,22 @@ impl App {
     /// Consumes until `token` is cancelled; a conversion in progress then has
     /// the grace period to finish before it is abandoned and requeued.
     pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
-        let admin = tokio::spawn(svc_kit::admin::serve(
-            self.admin_listener,
-            svc_kit::admin::router(self.health.clone()),
-            token.clone(),
-        ));
         let relay = tokio::spawn(
             media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).run(token.clone()),
         );
         self.converter.connect.reload_until(token.clone());
-        let probe = tokio::spawn(probe(
-            self.store.clone(),
-            self.jobs.clone(),
-            self.health.clone(),
-            self.config.health_interval,
-            token.clone(),
-        ));
+        let standard = Standard::start(
+            self.admin_listener,
+            &self.health,
+            &token,
+            probe(
+                self.store.clone(),
+                self.jobs.clone(),
+                self.health.clone(),
+                self.config.health_interval,
+                token.clone(),
+            ),
+        );
         let cfg = ConsumerConfig {
             url: self.config.amqp_url.clone(),
             name: "converter-svc".into(),
@@ -161,7 +161,6 @@ impl App {
             self.jobs.clone(),
             self.sweeps,
         ));
-        self.health.drain_on(token.clone());
         let live = (self.config.live_concurrency > 0).then(|| {
             let cfg = ConsumerConfig {
                 name: "converter-svc-live".into(),
@@ -199,8 +198,7 @@ impl App {
             media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).drain(),
         )
         .await;
-        probe.abort();
-        admin.abort();
+        drop(standard);
         tracing::info!("converter-svc stopped");
         Ok(())
     }
@@ -229,4 +227,15 @@ async fn probe(
         health.set("postgresql", pg).await;
     })
     .await;
+}
+
+impl svc_kit::service::Service for App {
+    const NAME: &'static str = "converter-svc";
+
+    fn run_until(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        App::run_until(self, shutdown)
+    }
 }

@@ -26,17 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None | Some(Command::Serve) => {
             let telemetry = config.telemetry.clone();
-            svc_kit::telemetry::run(
-                "converter-svc",
-                &telemetry,
-                Box::pin(async {
-                    app::App::build(config)
-                        .await?
-                        .run_until(svc_kit::shutdown::on_signal())
-                        .await
-                }),
-            )
-            .await
+            svc_kit::service::serve(&telemetry, || app::App::build(config)).await
         }
         Some(Command::Dlq { action }) => amqp_kit::dlq::run(
             action,

@@ -25,6 +25,7 @@ use mp3converter_proto::{
     },
 };
 use std::{net::SocketAddr, time::Duration};
+use svc_kit::service::Standard;
 use svc_kit::{
     health::Health,
     limits::{BodyIdleTimeoutLayer, InFlightLimitLayer, Protocol},
@@ -339,19 +340,19 @@ impl App {
         let relay = tokio::spawn(
             media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).run(token.clone()),
         );
-        let probe = tokio::spawn(probe(
-            self.store.clone(),
-            self.jobs.clone(),
-            self.publisher.clone(),
-            self.health.clone(),
-            self.config.health_interval,
-            token.clone(),
-        ));
-        let admin = tokio::spawn(svc_kit::admin::serve(
+        let standard = Standard::start(
             self.admin_listener,
-            svc_kit::admin::router(self.health.clone()),
-            token.clone(),
-        ));
+            &self.health,
+            &token,
+            probe(
+                self.store.clone(),
+                self.jobs.clone(),
+                self.publisher.clone(),
+                self.health.clone(),
+                self.config.health_interval,
+                token.clone(),
+            ),
+        );
         let watch_listener = {
             let hub = self.media.hub.clone();
             tokio::spawn(amqp_kit::broadcast::listen(
@@ -380,7 +381,6 @@ impl App {
             self.health.clone(),
             token.clone(),
         ));
-        self.health.drain_on(token.clone());
         let limits = &self.config.listener;
         let rest = self
             .rest
@@ -447,8 +447,7 @@ impl App {
         {
             tracing::warn!("uploads did not abort in time; the janitor will clean up after them");
         }
-        probe.abort();
-        admin.abort();
+        drop(standard);
         watch_listener.abort();
         let _ = janitor.await;
         let _ = receipts.await;
@@ -513,4 +512,15 @@ async fn probe(
         health.set("rabbitmq", amqp).await;
     })
     .await;
+}
+
+impl svc_kit::service::Service for App {
+    const NAME: &'static str = "gateway-svc";
+
+    fn run_until(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        App::run_until(self, shutdown)
+    }
 }

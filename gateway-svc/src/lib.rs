@@ -23,15 +23,5 @@ mod webhooks;
 /// The service as `main` runs it: until SIGTERM/SIGINT, then drained.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let telemetry = config.telemetry.clone();
-    svc_kit::telemetry::run(
-        "gateway-svc",
-        &telemetry,
-        Box::pin(async {
-            app::App::build(config)
-                .await?
-                .run_until(svc_kit::shutdown::on_signal())
-                .await
-        }),
-    )
-    .await
+    svc_kit::service::serve(&telemetry, || app::App::build(config)).await
 }

@@ -12,7 +12,7 @@ use amqp_kit::{
     consumer::{self, ConsumerConfig},
 };
 use std::{net::SocketAddr, time::Duration};
-use svc_kit::health::Health;
+use svc_kit::{health::Health, service::Standard};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -77,18 +77,17 @@ impl App {
     }
 
     pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
-        let admin = tokio::spawn(svc_kit::admin::serve(
+        let standard = Standard::start(
             self.admin_listener,
-            svc_kit::admin::router(self.health.clone()),
-            token.clone(),
-        ));
-        let probe = tokio::spawn(probe(
-            self.notifier.clone(),
-            self.health.clone(),
-            self.config.health_interval,
-            token.clone(),
-        ));
-        self.health.drain_on(token.clone());
+            &self.health,
+            &token,
+            probe(
+                self.notifier.clone(),
+                self.health.clone(),
+                self.config.health_interval,
+                token.clone(),
+            ),
+        );
         let cfg = ConsumerConfig {
             url: self.config.amqp_url.clone(),
             name: "notify-svc".into(),
@@ -120,8 +119,7 @@ impl App {
         if let Some(w) = webhooks {
             let _ = w.await;
         }
-        probe.abort();
-        admin.abort();
+        drop(standard);
         tracing::info!("notify-svc stopped");
         Ok(())
     }
@@ -171,4 +169,15 @@ async fn probe(n: Notifier, health: Health, interval: Duration, token: Cancellat
         health.set("smtp", matches!(smtp, Ok(true))).await;
     })
     .await;
+}
+
+impl svc_kit::service::Service for App {
+    const NAME: &'static str = "notify-svc";
+
+    fn run_until(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
+        App::run_until(self, shutdown)
+    }
 }

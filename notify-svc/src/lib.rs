@@ -20,17 +20,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None | Some(Command::Serve) => {
             let telemetry = config.telemetry.clone();
-            svc_kit::telemetry::run(
-                "notify-svc",
-                &telemetry,
-                Box::pin(async {
-                    app::App::build(config)
-                        .await?
-                        .run_until(svc_kit::shutdown::on_signal())
-                        .await
-                }),
-            )
-            .await
+            svc_kit::service::serve(&telemetry, || app::App::build(config)).await
         }
         Some(Command::Dlq { of, action }) => {
             let queue = match of {

@@ -11,6 +11,8 @@
 //! - [`health`]: readiness of a service's dependencies, reported over
 //!   grpc.health.v1 and over HTTP.
 //! - [`admin`]: the HTTP listener for `/livez`, `/readyz` and `/metrics`.
+//! - [`service`]: how every service starts and runs ([`service::serve`]),
+//!   and the tasks each runs beside its work ([`service::Standard`]).
 //! - [`grpc`]: reflection services and serving helpers.
 //! - [`serve`]: serving HTTP with the listener limits of [`limits`]
 //!   (timeouts, connection and request limits).
@@ -34,6 +36,7 @@ pub mod observe;
 pub mod pg;
 pub mod runtime;
 pub mod serve;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
