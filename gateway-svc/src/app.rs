@@ -232,21 +232,14 @@ impl App {
         let http_listener = svc_kit::grpc::bind(config.http_addr).await?;
         let admin_listener = svc_kit::grpc::bind(config.admin_addr).await?;
 
-        // The REST edge calls our own gRPC API over loopback, exactly as an
-        // outside gRPC client would.
-        // Under mTLS it presents our certificate and expects our own
-        // identity from the server (it is us).
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let own = Endpoint::from_shared(format!(
-            "{scheme}://{}",
-            loopback(grpc_listener.local_addr()?)
-        ))?
-        .connect_timeout(Duration::from_secs(2));
-        let own = match &tls {
-            Some(tls) => own.connect_with_connector_lazy(Connector::new(tls, tls.identity())?),
-            None => own.connect_lazy(),
-        };
-        let own = GrpcClientLayer.layer(own);
+        // The REST edge calls our own gRPC API in this process, through the
+        // same layers as a call over the network (auth, limits, spans), with
+        // no socket in between.
+        let own = GrpcClientLayer.layer(svc_kit::grpc::in_process(
+            routes.clone(),
+            &config.listener,
+            STREAMING,
+        ));
         let edge = Edge {
             media: MediaServiceClient::new(own.clone()),
             webhooks: WebhookServiceClient::new(own),

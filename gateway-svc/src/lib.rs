@@ -1,7 +1,7 @@
 //! gateway-svc: the MediaService gRPC API and the REST edge in front of it.
 //!
 //! ```text
-//! curl ──HTTP :8080──► rest (axum) ──gRPC (loopback)──► media (tonic) ──► GridFS, RabbitMQ
+//! curl ──HTTP :8080──► rest (axum) ──gRPC (in-process)──► media (tonic) ──► GridFS, RabbitMQ
 //!                        │ AuthLayer                      │ AuthLayer
 //!                        └──────────────► auth-svc Validate ◄┘  (cached until exp)
 //! ```

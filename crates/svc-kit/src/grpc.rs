@@ -121,3 +121,39 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
+
+/// A channel to `routes` within this process (see [`in_process`]).
+pub type InProcess = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    std::convert::Infallible,
+>;
+
+/// `routes` as a channel within this process: the layers of [`serve_with`]
+/// (the span and metrics, requests in flight, the unary deadline, idle
+/// request bodies) without the socket, HTTP/2 framing or TLS in between. A
+/// process calling its own gRPC API (the gateway's REST edge) uses it: the
+/// same semantics as a client over the network, none of the cost.
+pub fn in_process(
+    routes: Routes,
+    limits: &ListenerArgs,
+    streaming: &'static [&'static str],
+) -> InProcess {
+    use tower::ServiceExt;
+    let stack = tower::ServiceBuilder::new()
+        .layer(crate::observe::ServerLayer::grpc())
+        .layer(InFlightLimitLayer::new(
+            limits.max_requests_in_flight,
+            Protocol::Grpc,
+        ))
+        .layer(UnaryDeadlineLayer::new(limits.request_timeout, streaming))
+        .layer(BodyIdleTimeoutLayer::new(
+            limits.body_idle_timeout,
+            Protocol::Grpc,
+        ))
+        .service(routes);
+    let stack = ServiceExt::<http::Request<tonic::body::Body>>::map_response(stack, |res| {
+        res.map(tonic::body::Body::new)
+    });
+    tower::util::BoxCloneSyncService::new(stack)
+}

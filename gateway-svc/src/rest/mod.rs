@@ -1,5 +1,6 @@
 //! The REST edge: the tutorial's routes and the web app, translated into
-//! MediaService and AuthService calls (over loopback, as any gRPC client).
+//! MediaService and WebhookService calls (in-process, through the gRPC
+//! server's own layers, as any gRPC client) and AuthService calls.
 //!
 //! - `GET /`, `GET /assets/{file}`: the web app ([`web`]).
 //! - `GET /limits`: what the page needs to know (size limit, options).
@@ -53,10 +54,14 @@ use svc_kit::health::Health;
 use svc_kit::observe::TracedChannel;
 use tonic::Code;
 
+/// A client of our own gRPC API, in this process.
+pub(crate) type Own = svc_kit::observe::GrpcClient<svc_kit::grpc::InProcess>;
+
 #[derive(Clone, Debug)]
 pub(crate) struct Edge {
-    pub(crate) media: MediaServiceClient<TracedChannel>,
-    pub(crate) webhooks: WebhookServiceClient<TracedChannel>,
+    /// Our own gRPC API, in this process.
+    pub(crate) media: MediaServiceClient<Own>,
+    pub(crate) webhooks: WebhookServiceClient<Own>,
     pub(crate) auth: AuthServiceClient<TracedChannel>,
     pub(crate) health: Health,
     pub(crate) limits: Limits,
