@@ -5,11 +5,13 @@ use crate::limits::{
     Admitted, BodyIdleTimeoutLayer, ConnLimit, InFlightLimitLayer, ListenerArgs, Protocol,
     UnaryDeadlineLayer,
 };
+use crate::observe::ServerLayer;
 use crate::tls::MeshTls;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tower::layer::util::{Identity, Stack};
 
 /// Adds server reflection in both versions: grpcurl >= 1.8.8 asks for
 /// `grpc.reflection.v1`, while grpcurl 1.8.6 (the one on PyPI), Postman and
@@ -59,18 +61,7 @@ pub async fn serve_with(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
-        // Outermost: the span and the metrics cover the limits, auth and the
-        // handler.
-        .layer(crate::observe::ServerLayer::grpc())
-        .layer(InFlightLimitLayer::new(
-            limits.max_requests_in_flight,
-            Protocol::Grpc,
-        ))
-        .layer(UnaryDeadlineLayer::new(limits.request_timeout, streaming))
-        .layer(BodyIdleTimeoutLayer::new(
-            limits.body_idle_timeout,
-            Protocol::Grpc,
-        ))
+        .layer(request_layers(limits, streaming))
         .add_routes(routes);
     if let Some(tls) = tls {
         let config = tls.server_config(&[b"h2"])?;
@@ -140,8 +131,28 @@ pub fn in_process(
     streaming: &'static [&'static str],
 ) -> InProcess {
     use tower::ServiceExt;
-    let stack = tower::ServiceBuilder::new()
-        .layer(crate::observe::ServerLayer::grpc())
+    let stack = request_layers(limits, streaming).service(routes);
+    let stack = ServiceExt::<http::Request<tonic::body::Body>>::map_response(stack, |res| {
+        res.map(tonic::body::Body::new)
+    });
+    tower::util::BoxCloneSyncService::new(stack)
+}
+
+/// The stack [`request_layers`] builds, innermost first.
+type RequestLayers = Stack<
+    BodyIdleTimeoutLayer,
+    Stack<UnaryDeadlineLayer, Stack<InFlightLimitLayer, Stack<ServerLayer, Identity>>>,
+>;
+
+/// The layers every gRPC request meets, over the network or in-process.
+/// Outermost first: the span and the metrics cover the limits, auth and the
+/// handler.
+fn request_layers(
+    limits: &ListenerArgs,
+    streaming: &'static [&'static str],
+) -> tower::ServiceBuilder<RequestLayers> {
+    tower::ServiceBuilder::new()
+        .layer(ServerLayer::grpc())
         .layer(InFlightLimitLayer::new(
             limits.max_requests_in_flight,
             Protocol::Grpc,
@@ -151,9 +162,4 @@ pub fn in_process(
             limits.body_idle_timeout,
             Protocol::Grpc,
         ))
-        .service(routes);
-    let stack = ServiceExt::<http::Request<tonic::body::Body>>::map_response(stack, |res| {
-        res.map(tonic::body::Body::new)
-    });
-    tower::util::BoxCloneSyncService::new(stack)
 }
