@@ -200,6 +200,11 @@ impl App {
             max_watchers_per_user: config.max_watchers_per_user,
             uploads: TaskTracker::new(),
             abort_uploads: CancellationToken::new(),
+            resumable: crate::media::Resumable {
+                expires_in: config.upload_expires,
+                writer_lease: config.upload_writer_lease,
+            },
+            parked: crate::media::Parked::default(),
             validator: validator.clone(),
             // A token revoked elsewhere stops working within the cache's
             // lifetime; a stream's check follows the same clock.

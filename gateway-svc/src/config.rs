@@ -136,6 +136,16 @@ pub struct Config {
     #[arg(long, env = "MAX_UPLOAD_SIZE", value_parser = parse_size, default_value = "2GiB")]
     pub max_upload_size: u64,
 
+    /// A resumable upload (tus, CreateUpload) not continued for this long is
+    /// removed with its bytes (`Upload-Expires`).
+    #[arg(long, env = "UPLOAD_EXPIRES", value_parser = parse_duration, default_value = "24h")]
+    pub upload_expires: Duration,
+
+    /// How long a resumable upload stays locked to an append whose gateway
+    /// died mid-way (renewed every third of it while the append works).
+    #[arg(long, env = "UPLOAD_WRITER_LEASE", value_parser = parse_duration, default_value = "30s")]
+    pub upload_writer_lease: Duration,
+
     /// Uploads at once per user.
     #[arg(long, env = "MAX_UPLOADS_PER_USER", default_value_t = 3)]
     pub max_uploads_per_user: u64,

@@ -16,7 +16,8 @@
 //!   (notify's sent-log sends at most one email), up to `MAX_REANNOUNCE`
 //!   times; then it is counted (`gave_up_notifying`) for an operator.
 //! - **abandoned uploads**: an upload whose heartbeat stopped (the gateway
-//!   died mid-upload) is removed with its chunks.
+//!   died mid-upload), or a resumable one not continued by its expiry
+//!   (`UPLOAD_EXPIRES`), is removed with its chunks.
 //! - **retention**: source videos of finished jobs (if the converter could
 //!   not delete them), MP3s past their expiry (the job goes too), old
 //!   tombstones of deleted jobs, and sent events.
@@ -235,21 +236,31 @@ impl Janitor {
     }
 
     async fn abandoned_uploads(&self) -> Result<(), String> {
+        let before = ago(self.settings.upload_stale);
         let jobs = self
             .jobs()
-            .abandoned_uploads(ago(self.settings.upload_stale), BATCH)
+            .abandoned_uploads(before, BATCH)
             .await
             .map_err(doing("finding abandoned uploads"))?;
+        let mut removed = 0;
         for job in &jobs {
+            // The job first, if it is still abandoned (a resumable upload may
+            // have been continued since), then its bytes: chunks left by a
+            // failure here are orphans of no job, which the sweep removes.
+            if !self
+                .jobs()
+                .remove_abandoned(job.id, before)
+                .await
+                .map_err(doing("removing an abandoned upload"))?
+            {
+                continue;
+            }
             gridfs::delete_file(&self.media.store.video_files, &job.id.into())
                 .await
                 .map_err(|e| e.to_string())?;
-            self.jobs()
-                .discard_upload(job.id)
-                .await
-                .map_err(doing("removing an abandoned upload"))?;
+            removed += 1;
         }
-        count("removed_abandoned_uploads", jobs.len());
+        count("removed_abandoned_uploads", removed);
         Ok(())
     }
 
@@ -326,9 +337,18 @@ impl Janitor {
             (&store.video_files, "removed_orphan_video_chunks"),
             (&store.mp3_files, "removed_orphan_mp3_chunks"),
         ] {
-            let ids = gridfs::orphans(bucket, age)
+            let mut ids = gridfs::orphans(bucket, age)
                 .await
                 .map_err(|e| e.to_string())?;
+            // A resumable upload's chunks have no files document until its
+            // last byte, however long it pauses: its job says when it goes.
+            let uploads: Vec<_> = ids.iter().filter_map(|id| id.as_object_id()).collect();
+            let live = self
+                .jobs()
+                .live_ids(&uploads)
+                .await
+                .map_err(doing("looking up the jobs of chunks"))?;
+            ids.retain(|id| id.as_object_id().is_none_or(|id| !live.contains(&id)));
             for id in &ids {
                 gridfs::delete_chunks(bucket, id)
                     .await

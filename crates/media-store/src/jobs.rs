@@ -80,7 +80,7 @@ impl JobState {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, Error> {
+    pub(crate) fn parse(s: &str) -> Result<Self, Error> {
         Ok(match s {
             "uploading" => Self::Uploading,
             "queued" => Self::Queued,
@@ -409,6 +409,13 @@ pub struct Jobs {
     outbox: outbox::Signal,
 }
 
+/// An upload given up (`$1`: when a streaming upload's heartbeat must have
+/// come by).
+const ABANDONED: &str = "state = 'uploading' AND \
+    ((upload_length IS NULL AND updated_at <= $1) \
+     OR (upload_length IS NOT NULL AND upload_expires_at <= now() \
+         AND (writer_until IS NULL OR writer_until < now())))";
+
 /// Who may finish a job: its lease holder (`$2`), or anyone if no live
 /// lease exists (`$2` NULL).
 const FINISHABLE: &str = "(state = 'queued' \
@@ -574,6 +581,28 @@ impl Jobs {
         new: &NewUpload,
         quotas: Quotas,
     ) -> Result<Result<Started, OverQuota>, Error> {
+        self.start(new, quotas, None).await
+    }
+
+    /// As [`Self::start_upload`], for a resumable upload of `length` bytes:
+    /// its whole length counts against the stored bytes from the start, and
+    /// it counts as an upload at once until it completes or expires.
+    pub async fn start_resumable(
+        &self,
+        new: &NewUpload,
+        quotas: Quotas,
+        length: u64,
+        expires_in: Duration,
+    ) -> Result<Result<Started, OverQuota>, Error> {
+        self.start(new, quotas, Some((length, expires_in))).await
+    }
+
+    async fn start(
+        &self,
+        new: &NewUpload,
+        quotas: Quotas,
+        resumable: Option<(u64, Duration)>,
+    ) -> Result<Result<Started, OverQuota>, Error> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
@@ -586,9 +615,11 @@ impl Jobs {
         let counts = tx
             .query_one(
                 "SELECT \
-                   count(*) FILTER (WHERE state = 'uploading' AND updated_at > $2) AS uploading, \
+                   count(*) FILTER (WHERE state = 'uploading' \
+                                      AND (updated_at > $2 OR upload_expires_at > now())) AS uploading, \
                    count(*) FILTER (WHERE state IN ('queued', 'converting')) AS waiting, \
-                   coalesce(sum(CASE WHEN source_deleted THEN 0 ELSE size_bytes END \
+                   coalesce(sum(CASE WHEN source_deleted THEN 0 \
+                                     ELSE greatest(size_bytes, coalesce(upload_length, 0)) END \
                                 + coalesce(mp3_size_bytes, 0)) \
                             FILTER (WHERE state <> 'deleted'), 0)::bigint AS stored \
                  FROM jobs WHERE owner_id = $1",
@@ -610,7 +641,7 @@ impl Jobs {
             }));
         }
         let room = quotas.max_stored.saturating_sub(used);
-        if room == 0 {
+        if room == 0 || resumable.is_some_and(|(length, _)| length > room) {
             return Ok(Err(OverQuota::Stored {
                 max: quotas.max_stored,
                 used,
@@ -621,8 +652,10 @@ impl Jobs {
         let row = tx
             .query_one(
                 &format!(
-                    "INSERT INTO jobs (id, owner_id, owner_email, filename, content_type, state, options) \
-                     VALUES ($1, $2, $3, $4, $5, 'uploading', $6) RETURNING {COLUMNS}"
+                    "INSERT INTO jobs (id, owner_id, owner_email, filename, content_type, state, \
+                                       options, upload_length, upload_expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'uploading', $6, $7, now() + make_interval(secs => $8)) \
+                     RETURNING {COLUMNS}"
                 ),
                 &[
                     &new.id.to_hex(),
@@ -631,6 +664,8 @@ impl Jobs {
                     &new.filename,
                     &new.content_type,
                     &options,
+                    &resumable.map(|(length, _)| i64::try_from(length).unwrap_or(i64::MAX)),
+                    &resumable.map(|(_, expires)| expires.as_secs_f64()),
                 ],
             )
             .await?;
@@ -663,7 +698,8 @@ impl Jobs {
                lease_holder = CASE WHEN live_until > now() THEN live_holder END, \
                lease_until = CASE WHEN live_until > now() THEN live_until END, \
                progress = CASE WHEN live_until > now() THEN 0 END, \
-               live_holder = NULL, live_until = NULL, \
+               live_holder = NULL, live_until = NULL, writer = NULL, writer_until = NULL, \
+               received_bytes = coalesce(upload_length, 0), \
                size_bytes = $2, updated_at = now() \
              WHERE id = $1 AND state = 'uploading' RETURNING {COLUMNS}"
         );
@@ -1034,20 +1070,29 @@ impl Jobs {
         .map(drop)
     }
 
-    /// Uploads whose heartbeat stopped before `before`.
+    /// Uploads given up: streaming ones whose heartbeat stopped before
+    /// `before`, resumable ones past their expiry with nobody appending.
     pub async fn abandoned_uploads(
         &self,
         before: SystemTime,
         limit: i64,
     ) -> Result<Vec<Job>, Error> {
         self.many(
-            &format!(
-                "SELECT {COLUMNS} FROM jobs WHERE state = 'uploading' AND updated_at <= $1 \
-                 ORDER BY updated_at LIMIT $2"
-            ),
+            &format!("SELECT {COLUMNS} FROM jobs WHERE {ABANDONED} ORDER BY updated_at LIMIT $2"),
             &[&before, &limit],
         )
         .await
+    }
+
+    /// Removes the job of an abandoned upload if it still is one (an upload
+    /// resumed in the meantime is kept); its chunks go after.
+    pub async fn remove_abandoned(&self, id: ObjectId, before: SystemTime) -> Result<bool, Error> {
+        self.count(
+            &format!("DELETE FROM jobs WHERE id = $2 AND {ABANDONED}"),
+            &[&before, &id.to_hex()],
+        )
+        .await
+        .map(|n| n > 0)
     }
 
     /// Finished jobs (since before `before`) whose source is still stored.

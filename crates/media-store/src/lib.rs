@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod options;
 pub mod outbox;
 pub mod proto;
+pub mod resumable;
 pub mod webhooks;
 
 pub use gridfs::{Bucket, ChunkStream, ChunkWriter, FileInfo, ReadError};

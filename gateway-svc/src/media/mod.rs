@@ -18,8 +18,10 @@ use mp3converter_proto::{
     EventType,
     events::v1::JobChanged,
     media::v1::{
-        self as pb, DeleteJobRequest, DeleteJobResponse, DownloadRequest, DownloadResponse,
-        GetJobRequest, GetJobResponse, ListJobsRequest, ListJobsResponse, Mp3Metadata,
+        self as pb, AppendUploadRequest, AppendUploadResponse, CancelUploadRequest,
+        CancelUploadResponse, CreateUploadRequest, CreateUploadResponse, DeleteJobRequest,
+        DeleteJobResponse, DownloadRequest, DownloadResponse, GetJobRequest, GetJobResponse,
+        GetUploadRequest, GetUploadResponse, ListJobsRequest, ListJobsResponse, Mp3Metadata,
         UploadRequest, UploadResponse, WatchJobsRequest, WatchJobsResponse, download_response,
         media_service_server::MediaService, watch_jobs_response,
     },
@@ -34,7 +36,10 @@ use tracing::Instrument;
 /// Largest chunk in either direction.
 pub(crate) const MAX_CHUNK: usize = 1 << 20;
 
+mod resumable;
 mod upload;
+
+pub(crate) use resumable::{Parked, Resumable};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Media {
@@ -58,6 +63,10 @@ pub(crate) struct Media {
     pub(crate) uploads: TaskTracker,
     /// Cancelled when shutdown gives up on the uploads still running.
     pub(crate) abort_uploads: CancellationToken,
+    /// How resumable uploads are kept.
+    pub(crate) resumable: Resumable,
+    /// Their follow windows between appends.
+    pub(crate) parked: Parked,
     /// Checks the tokens of long streams again.
     pub(crate) validator: Validator,
     /// How often a stream's token is checked again.
@@ -134,6 +143,17 @@ impl Media {
     }
 }
 
+/// Hands a client stream's messages to the worker storing them, up to the
+/// first error (which the worker sees too).
+async fn forward_stream<T>(mut inbound: Streaming<T>, tx: mpsc::Sender<Result<T, Status>>) {
+    while let Some(msg) = inbound.next().await {
+        let failed = msg.is_err();
+        if tx.send(msg).await.is_err() || failed {
+            break; // the worker has finished (with an error) or the stream broke
+        }
+    }
+}
+
 type DownloadStream = Pin<Box<dyn futures::Stream<Item = Result<DownloadResponse, Status>> + Send>>;
 type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WatchJobsResponse, Status>> + Send>>;
 
@@ -144,22 +164,70 @@ impl MediaService for Media {
         req: Request<Streaming<UploadRequest>>,
     ) -> Result<Response<UploadResponse>, Status> {
         let caller = caller(&req)?;
-        let mut inbound = req.into_inner();
+        let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let worker = self
             .uploads
             .spawn(self.clone().store_upload(caller, rx).in_current_span());
-        while let Some(msg) = inbound.next().await {
-            let failed = msg.is_err();
-            if tx.send(msg).await.is_err() || failed {
-                break; // the worker has finished (with an error) or the stream broke
-            }
-        }
-        drop(tx);
+        forward_stream(inbound, tx).await;
         let job = worker
             .await
             .map_err(|_| Status::internal("internal error"))??;
         Ok(Response::new(UploadResponse { job: Some(job) }))
+    }
+
+    async fn create_upload(
+        &self,
+        req: Request<CreateUploadRequest>,
+    ) -> Result<Response<CreateUploadResponse>, Status> {
+        let caller = caller(&req)?;
+        let upload = self.create_resumable(&caller, req.into_inner()).await?;
+        Ok(Response::new(CreateUploadResponse {
+            upload: Some(upload),
+        }))
+    }
+
+    async fn get_upload(
+        &self,
+        req: Request<GetUploadRequest>,
+    ) -> Result<Response<GetUploadResponse>, Status> {
+        let caller = caller(&req)?;
+        let id = parse_id("job_id", &req.get_ref().job_id)?;
+        let upload = self.get_resumable(&caller, id).await?;
+        Ok(Response::new(GetUploadResponse {
+            upload: Some(upload),
+        }))
+    }
+
+    async fn append_upload(
+        &self,
+        req: Request<Streaming<AppendUploadRequest>>,
+    ) -> Result<Response<AppendUploadResponse>, Status> {
+        let caller = caller(&req)?;
+        let inbound = req.into_inner();
+        // As Upload: the storage work is not in this future, which a client
+        // that goes away drops mid-await.
+        let (tx, rx) = mpsc::channel(4);
+        let worker = self
+            .uploads
+            .spawn(self.clone().append(caller, rx).in_current_span());
+        forward_stream(inbound, tx).await;
+        let upload = worker
+            .await
+            .map_err(|_| Status::internal("internal error"))??;
+        Ok(Response::new(AppendUploadResponse {
+            upload: Some(upload),
+        }))
+    }
+
+    async fn cancel_upload(
+        &self,
+        req: Request<CancelUploadRequest>,
+    ) -> Result<Response<CancelUploadResponse>, Status> {
+        let caller = caller(&req)?;
+        let id = parse_id("job_id", &req.get_ref().job_id)?;
+        self.cancel_resumable(&caller, id).await?;
+        Ok(Response::new(CancelUploadResponse {}))
     }
 
     type DownloadStream = DownloadStream;

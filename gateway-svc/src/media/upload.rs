@@ -23,7 +23,7 @@ use media_store::{
 use mp3converter_proto::{
     EventType,
     events::v1::UploadStarted,
-    media::v1::{self as pb, UploadRequest, upload_request},
+    media::v1::{self as pb, UploadMetadata, UploadRequest, upload_request},
 };
 use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc;
@@ -37,7 +37,32 @@ fn too_big_chunk() -> Status {
     Status::invalid_argument(format!("upload chunks must be at most {MAX_CHUNK} bytes"))
 }
 
-fn too_large(limit: u64) -> Status {
+/// The job an upload described by `meta` becomes, its names cleaned and its
+/// options checked before a byte is stored.
+pub(super) fn new_upload(caller: &Caller, meta: UploadMetadata) -> Result<NewUpload, Status> {
+    check_names(&meta.filename, &meta.content_type)?;
+    let options = media_store::proto::parse_options(meta.options.as_ref())
+        .map_err(|e| svc_kit::error::invalid_argument(e.field, e.why))?;
+    let content_type = if meta.content_type.trim().is_empty() {
+        "application/octet-stream".to_owned()
+    } else {
+        meta.content_type
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect()
+    };
+    Ok(NewUpload {
+        id: ObjectId::new(),
+        owner_id: caller.user_id.clone(),
+        owner_email: caller.email.clone(),
+        filename: clean_filename(&meta.filename),
+        content_type,
+        options,
+    })
+}
+
+pub(super) fn too_large(limit: u64) -> Status {
     Status::resource_exhausted(format!(
         "the file is larger than the limit of {} ({limit} bytes)",
         human_bytes(limit)
@@ -73,43 +98,23 @@ impl Media {
             }
             None => return Err(Status::aborted("the upload ended before its metadata")),
         };
-        check_names(&meta.filename, &meta.content_type)?;
-        let options = media_store::proto::parse_options(meta.options.as_ref())
-            .map_err(|e| svc_kit::error::invalid_argument(e.field, e.why))?;
         if let Some(declared) = meta.declared_size_bytes
             && declared > self.max_upload
         {
             return Err(too_large(self.max_upload));
         }
-        let filename = clean_filename(&meta.filename);
-        let content_type = if meta.content_type.trim().is_empty() {
-            "application/octet-stream".to_owned()
-        } else {
-            meta.content_type
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(100)
-                .collect()
-        };
-
+        let declared = meta.declared_size_bytes;
         // The job first, under the owner's quotas (so concurrent uploads
         // count), then the bytes: an upload over quota stores nothing.
-        let id = ObjectId::new();
-        let new = NewUpload {
-            id,
-            owner_id: caller.user_id.clone(),
-            owner_email: caller.email.clone(),
-            filename,
-            content_type,
-            options,
-        };
+        let new = new_upload(&caller, meta)?;
+        let id = new.id;
         let Started { job, room } = self
             .jobs
             .start_upload(&new, self.quotas.limits)
             .await
             .map_err(|e| jobs_error("recording an upload", &e))?
             .map_err(|over| self.quotas.refused(over))?;
-        if meta.declared_size_bytes.is_some_and(|d| d > room) {
+        if declared.is_some_and(|d| d > room) {
             self.discard(id).await;
             return Err(self.quotas.stored_exceeded());
         }
@@ -325,7 +330,7 @@ impl Media {
     /// Tells converters an upload has begun, so one can convert it as it
     /// arrives. A hint, off the upload's path: if it is lost, the video is
     /// converted after its upload, as it would be anyway.
-    fn announce_start(&self, job: &Job) {
+    pub(super) fn announce_start(&self, job: &Job) {
         let Some(queue) = self.live_queue.clone() else {
             return;
         };

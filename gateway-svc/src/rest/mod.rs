@@ -12,6 +12,8 @@
 //! - `GET /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}` → ListJobs, GetJob,
 //!   DeleteJob; `GET /jobs/events` → WatchJobs as Server-Sent Events
 //!   ([`jobs`]).
+//! - `/uploads…`: resumable uploads over tus 1.0.0 → CreateUpload,
+//!   GetUpload, AppendUpload, CancelUpload ([`tus`]).
 //! - `/webhooks…` → WebhookService: endpoints, tests, the delivery log
 //!   ([`webhooks`]).
 //! - `GET /healthz`, `GET /readyz`.
@@ -25,6 +27,7 @@ mod account;
 mod form;
 mod jobs;
 pub(crate) mod openapi;
+mod tus;
 mod upload;
 pub(crate) mod web;
 mod webhooks;
@@ -150,7 +153,20 @@ pub(crate) fn router(edge: Edge) -> Router {
             get(webhooks::get).delete(webhooks::delete),
         )
         .route("/webhooks/{id}/test", post(webhooks::test))
-        .route_layer(AuthLayer::new(validator, JsonReject));
+        .route_layer(AuthLayer::new(validator.clone(), JsonReject));
+    let uploads = Router::new()
+        .route("/uploads", post(tus::create))
+        .route(
+            "/uploads/{id}",
+            axum::routing::head(tus::offset)
+                .patch(tus::append)
+                .delete(tus::terminate),
+        )
+        .route_layer(AuthLayer::new(validator, JsonReject))
+        // tus discovery and browsers' preflights carry no token.
+        .route("/uploads", axum::routing::options(tus::discover))
+        .route("/uploads/{id}", axum::routing::options(tus::discover_one))
+        .layer(axum::middleware::map_response(tus::headers));
     Router::new()
         .route("/", get(web::index))
         .route("/docs", get(web::reference))
@@ -171,6 +187,7 @@ pub(crate) fn router(edge: Edge) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(protected)
+        .merge(uploads)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
         // The request is well formed; the route does not offer the method:
         // UNIMPLEMENTED, as gRPC-Gateway maps it, with HTTP's own 405.

@@ -3,7 +3,7 @@
 //! at `/docs`, linted (Redocly) and fuzzed against the live edge
 //! (Schemathesis) by the test command. `gateway-svc openapi` prints it.
 
-use super::{account, jobs, upload, web, webhooks};
+use super::{account, jobs, tus, upload, web, webhooks};
 use std::sync::OnceLock;
 use utoipa::{
     Modify, OpenApi, ToSchema,
@@ -24,6 +24,12 @@ use utoipa::{
         account::disable_user,
         account::enable_user,
         upload::upload,
+        tus::discover,
+        tus::discover_one,
+        tus::create,
+        tus::offset,
+        tus::append,
+        tus::terminate,
         jobs::list,
         jobs::get,
         jobs::delete,
@@ -47,6 +53,7 @@ use utoipa::{
     tags(
         (name = "account", description = "Logging in and out, the password"),
         (name = "jobs", description = "Uploading videos, following their conversion, downloading MP3s"),
+        (name = "uploads", description = "Resumable uploads over tus 1.0.0 (creation, termination, expiration, checksum sha256): create with `POST /uploads`, send with `PATCH` from the offset `HEAD` gives, after any drop; the job (same id) is queued when the last byte is stored. Any tus client (tus-js-client, Uppy, tuspy) works with a bearer token header"),
         (name = "webhooks", description = "Callbacks instead of polling: signed Standard Webhooks messages (`webhook-id`, `webhook-timestamp`, `webhook-signature`: `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body` under the endpoint's secret) POSTed to the caller's endpoints for every job outcome, at least once"),
         (name = "admin", description = "Admins only"),
         (name = "service", description = "Limits, health, this description"),

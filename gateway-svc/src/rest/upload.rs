@@ -40,7 +40,7 @@ fn invalid(e: InvalidOption) -> ApiError {
 
 /// Reads one option field into `raw`. An unknown field is refused: a typo
 /// (`-F bitrat=128`) must not silently give another MP3 than asked for.
-fn set_option(raw: &mut RawOptions, name: &str, value: &str) -> Result<(), ApiError> {
+pub(super) fn set_option(raw: &mut RawOptions, name: &str, value: &str) -> Result<(), ApiError> {
     let number = |field: &'static str| {
         value.parse::<f64>().map_err(|_| {
             invalid(InvalidOption {

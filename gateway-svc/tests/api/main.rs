@@ -11,5 +11,6 @@ mod lifecycle;
 mod limits;
 mod openapi;
 mod probes;
+mod resumable;
 mod revocation;
 mod transfer;
