@@ -6,16 +6,22 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
-use tokio::{net::TcpListener, sync::broadcast};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::broadcast,
+};
 
 #[derive(Debug)]
 pub struct Proxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     cut: broadcast::Sender<()>,
+    /// Bytes clients sent through it.
+    sent: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -25,26 +31,63 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = broadcast::channel(1);
-        let (up2, cut2, target) = (up.clone(), cut.clone(), target.to_owned());
+        let sent = Arc::new(AtomicU64::new(0));
+        let (up2, cut2, sent2, target) = (up.clone(), cut.clone(), sent.clone(), target.to_owned());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
                     continue; // refused: dropped at once
                 }
                 let mut stop = cut2.subscribe();
-                let target = target.clone();
+                let (target, sent) = (target.clone(), sent2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (mut from_client, mut to_client) = client.split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let upstream = async {
+                        let mut buf = vec![0; 64 << 10];
+                        loop {
+                            match from_client.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    // Counted as the client sent them: what a
+                                    // cut swallows, the client must send again.
+                                    sent.fetch_add(n as u64, Ordering::Relaxed);
+                                    if to_server.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = to_server.shutdown().await;
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = async {
+                            tokio::join!(upstream, tokio::io::copy(&mut from_server, &mut to_client))
+                        } => {}
                         _ = stop.recv() => {}
                     }
                 });
             }
         });
-        Self { addr, up, cut }
+        Self {
+            addr,
+            up,
+            cut,
+            sent,
+        }
+    }
+
+    /// The bytes clients have sent to it so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The network drops: open connections are cut; new ones go through.
+    pub fn cut(&self) {
+        let _ = self.cut.send(());
     }
 
     /// The dependency dies: open connections are cut, new ones refused.
