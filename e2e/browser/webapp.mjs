@@ -4,7 +4,7 @@
 // cancels an upload, checks the phone layout, the CSP and the console, and
 // signs out. One line per step with its duration; exit code 0 on success.
 //
-// Inputs (env): BASE_URL EMAIL PASSWORD VIDEO_A VIDEO_B VIDEO_LONG VIDEO_BIG
+// Inputs (env): BASE_URL EMAIL PASSWORD VIDEO_A VIDEO_B VIDEO_LONG VIDEO_BIG VIDEO_RESUME
 // NOT_A_VIDEO DOWNLOAD_DIR SCREENSHOT_DIR, optionally CHROMIUM (the binary).
 
 import assert from 'node:assert/strict';
@@ -31,11 +31,12 @@ const VIDEO_A = env('VIDEO_A');
 const VIDEO_B = env('VIDEO_B');
 const VIDEO_LONG = env('VIDEO_LONG');
 const VIDEO_BIG = env('VIDEO_BIG');
+const VIDEO_RESUME = env('VIDEO_RESUME');
 const NOT_A_VIDEO = env('NOT_A_VIDEO');
 const DOWNLOAD_DIR = env('DOWNLOAD_DIR');
 const SCREENSHOT_DIR = env('SCREENSHOT_DIR');
 
-for (const file of [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, NOT_A_VIDEO]) {
+for (const file of [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, VIDEO_RESUME, NOT_A_VIDEO]) {
   if (!fs.existsSync(file)) {
     console.error(`FAIL: input file ${file} does not exist`);
     process.exit(2);
@@ -44,7 +45,7 @@ for (const file of [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, NOT_A_VIDEO]) {
 fs.mkdirSync(DOWNLOAD_DIR, { recursive: true });
 fs.mkdirSync(SCREENSHOT_DIR, { recursive: true });
 
-const names = [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, NOT_A_VIDEO].map((f) => path.basename(f));
+const names = [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, VIDEO_RESUME, NOT_A_VIDEO].map((f) => path.basename(f));
 if (new Set(names).size !== names.length) {
   console.error(`FAIL: the input files need distinct names, got ${names.join(', ')}`);
   process.exit(2);
@@ -121,10 +122,12 @@ page.setDefaultTimeout(15_000);
 // run provokes 401s on purpose (wrong password, revoked token).
 const consoleErrors = [];
 let tolerateUploadRefusal = false; // a server may refuse a file name with markup in it
+let offlineOnPurpose = false; // requests fail while this run takes the network away
 page.on('console', (msg) => {
   if (msg.type() !== 'error') return;
   if (/^Failed to load resource: the server responded with a status of 401\b/.test(msg.text())) return;
-  if (tolerateUploadRefusal && /status of 4\d\d\b/.test(msg.text()) && /\/upload$/.test(msg.location().url)) return;
+  if (tolerateUploadRefusal && /status of 4\d\d\b/.test(msg.text()) && /\/uploads?(\/[0-9a-f]{24})?$/.test(msg.location().url)) return;
+  if (offlineOnPurpose && /net::ERR_INTERNET_DISCONNECTED/.test(msg.text())) return;
   consoleErrors.push(`console: ${msg.text()}`);
 });
 page.on('pageerror', (err) => consoleErrors.push(`page error: ${err.message}`));
@@ -175,6 +178,13 @@ async function throttleUpload(bytesPerSecond) {
   });
 }
 const unthrottle = () => throttleUpload(-1);
+/** The network goes away (or comes back) for the page: navigator.onLine and
+ * its events (context.setOffline), and our CDP session's conditions too, which
+ * would otherwise keep the throttled network up. */
+async function setOffline(offline) {
+  await context.setOffline(offline);
+  await cdp.send('Network.emulateNetworkConditions', { offline, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+}
 
 // What a person sees, by accessible role and name.
 const jobsList = () => page.getByRole('list', { name: 'Your conversions' });
@@ -399,6 +409,45 @@ async function run() {
     assert.equal(await jobRow(nameBig).count(), 0, `a job for the cancelled "${nameBig}" appeared in the list`);
     const names = (await listJobsInPage()).filter((j) => !knownJobIds.has(j.job_id)).map((j) => j.filename);
     assert.ok(!names.includes(nameBig), `GET /jobs lists the cancelled "${nameBig}": ${JSON.stringify(names)}`);
+  });
+
+  const nameResume = path.basename(VIDEO_RESUME);
+  await step('6b. the network drops mid-upload: back online, the upload continues where it stopped', async () => {
+    const size = fs.statSync(VIDEO_RESUME).size;
+    // About 6 s for the whole file, so 30 % comes after ~2 s.
+    await throttleUpload(Math.max(64 * 1024, Math.round(size / 6)));
+    const offsets = [];
+    const onRequest = (r) => {
+      if (r.method() === 'PATCH' && r.url().includes('/uploads/')) offsets.push(Number(r.headers()['upload-offset']));
+    };
+    page.on('request', onRequest);
+    await chooseFiles([VIDEO_RESUME]);
+    const row = uploadRow(nameResume);
+    const bar = row.getByRole('progressbar', { name: `Upload progress of ${nameResume}` });
+    const atDrop = await waitFor(`the upload of "${nameResume}" to reach 30 %`, async () => {
+      const value = await bar.evaluate((p) => p.value).catch(() => null);
+      if (value >= 100) throw new Error(`"${nameResume}" finished uploading before the network dropped; lower the throttle`);
+      return value >= 30 ? value : null;
+    }, { timeout: 20_000 });
+    offlineOnPurpose = true;
+    await setOffline(true);
+    await row.getByText(/^Offline/).waitFor({ state: 'visible', timeout: 15_000 });
+    await shot(page, 'offline.png');
+    await sleep(500);
+    await setOffline(false);
+    offlineOnPurpose = false;
+    await waitFor(`"${nameResume}" to appear in the job list`, async () => (await jobRow(nameResume).count()) === 1, { timeout: 30_000 });
+    page.off('request', onRequest);
+    await unthrottle();
+    // It went on from what the server had kept, not from byte 0.
+    assert.equal(offsets[0], 0, `the first PATCH starts at 0 (saw ${JSON.stringify(offsets)})`);
+    const resumedAt = offsets[offsets.length - 1];
+    assert.ok(offsets.length >= 2 && resumedAt > 0, `no PATCH resumed past the start (saw ${JSON.stringify(offsets)})`);
+    // And the bar went on from where it was: it never went back.
+    const values = (await progressValues(`Upload progress of ${nameResume}`)).filter((v) => v != null);
+    const back = values.findIndex((v, i) => i > 0 && v < values[i - 1] - 0.5);
+    assert.equal(back, -1, `the bar went back from ${values[back - 1]} % to ${values[back]} % (dropped at ${atDrop} %, resumed at byte ${resumedAt} of ${size})`);
+    assert.ok(values.includes(100), `the upload bar of "${nameResume}" never reached 100 %`);
   });
 
   await step('7. job list screenshots; no horizontal scrolling at phone width', async () => {

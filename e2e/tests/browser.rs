@@ -5,7 +5,8 @@
 //! started in-process: sign in, upload two videos and see their progress,
 //! watch a conversion's percentage live, download the MP3 (checked here with
 //! ffprobe), a non-video's failure reason, an upload cancelled halfway that
-//! leaves nothing, sign out. Screenshots of the main screens are written to
+//! leaves nothing, an upload that goes on from where it was after the network
+//! dropped (`context.setOffline`), sign out. Screenshots of the main screens are written to
 //! `SCREENSHOT_DIR` (default `target/browser-screenshots`; the set in
 //! `docs/screenshots/` is refreshed with `SCREENSHOT_DIR=docs/screenshots`).
 //!
@@ -71,6 +72,16 @@ async fn a_person_converts_videos_in_the_web_app() {
             .collect::<Vec<_>>(),
     )
     .unwrap();
+    // Over the page's 32 MiB a request: the network drops in the first
+    // request, the second cannot start until it is back.
+    let resume = dir.join("trip.mp4");
+    std::fs::write(
+        &resume,
+        (0..40u32 << 20)
+            .map(|i| (i.wrapping_mul(2246822519) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     let notes = dir.join("notes.mp4");
     std::fs::write(&notes, "meeting notes, not a video\n".repeat(200)).unwrap();
     let downloads = dir.join("downloads");
@@ -90,6 +101,7 @@ async fn a_person_converts_videos_in_the_web_app() {
         .env("VIDEO_B", &b)
         .env("VIDEO_LONG", &long)
         .env("VIDEO_BIG", &big)
+        .env("VIDEO_RESUME", &resume)
         .env("NOT_A_VIDEO", &notes)
         .env("DOWNLOAD_DIR", &downloads)
         .env("SCREENSHOT_DIR", &shots)

@@ -1,5 +1,5 @@
 // The gateway's REST API as the page uses it: the session token, JSON requests,
-// the upload (XMLHttpRequest, for progress and abort) and the error model.
+// the resumable upload (tus) and the error model.
 //
 // The token lives in sessionStorage only: never in a URL (it would end up in
 // logs and history), never in a cookie (it would be sent with requests the page
@@ -178,58 +178,93 @@ export async function downloadMp3(mp3Id, signal) {
   return res.blob();
 }
 
+/** Bytes per PATCH: a dropped connection costs at most what was in flight
+ * (the server keeps every byte that arrived), and proxies' body limits stay clear. */
+const UPLOAD_CHUNK = 32 * 1024 * 1024;
+
 /**
- * Uploads one file with its option fields. FormData keeps insertion order, and
- * the fields go first so the server knows the options before the (large) file
- * part starts streaming.
+ * Uploads one file with its option fields over tus (POST /uploads, then PATCH
+ * from the offset the server has), with tus-js-client (vendored as
+ * /assets/tus.min.js). A dropped connection is retried from the server's
+ * offset; offline, it waits for the network to come back; the same file picked
+ * again by the same person (after a reload, say) continues where it stopped.
  *
  * @param {File} file
  * @param {Array<[string, string]>} fields option fields, already validated
- * @param {{onProgress?: (loaded: number, total: number) => void, onSent?: () => void}} hooks
+ * @param {{onProgress?: (sent: number, total: number) => void, onOffline?: () => void}} hooks
  * @returns {{promise: Promise<object>, abort: () => void}} promise resolves to the Job JSON;
  *   rejects with ApiError, or with an Error named 'AbortError' after abort()
  */
-export function uploadFile(file, fields, { onProgress, onSent } = {}) {
-  const xhr = new XMLHttpRequest();
+export function uploadFile(file, fields, { onProgress, onOffline } = {}) {
+  let upload = null;
+  let aborted = false;
+  let fail = () => {};
   const promise = new Promise((resolve, reject) => {
+    fail = reject;
     const s = session.get();
     if (!s) {
       reportUnauthorized();
       reject(new ApiError({ status: 401, message: 'not signed in' }));
       return;
     }
-    const form = new FormData();
-    for (const [name, value] of fields) form.append(name, value);
-    form.append('file', file, file.name);
-
-    xhr.open('POST', '/upload');
-    xhr.setRequestHeader('Authorization', `Bearer ${s.token}`);
-    xhr.setRequestHeader('Accept', 'application/json');
-    xhr.responseType = 'text';
-    xhr.upload.addEventListener('progress', (e) => {
-      if (onProgress) onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
-    });
-    // All bytes handed to the network: the server is now storing the video.
-    xhr.upload.addEventListener('load', () => onSent && onSent());
-    xhr.addEventListener('load', () => {
-      if (xhr.status >= 200 && xhr.status < 300) {
-        try {
-          resolve(JSON.parse(xhr.responseText));
-        } catch {
-          reject(new ApiError({ status: xhr.status, message: 'the server sent an unreadable answer' }));
+    const tus = window.tus;
+    if (!tus || !tus.isSupported) {
+      reject(new ApiError({ status: 0, message: 'this browser cannot upload files' }));
+      return;
+    }
+    const metadata = { filename: file.name, filetype: file.type || 'application/octet-stream' };
+    for (const [name, value] of fields) metadata[name] = value;
+    upload = new tus.Upload(file, {
+      endpoint: '/uploads',
+      chunkSize: UPLOAD_CHUNK,
+      metadata,
+      headers: { Authorization: `Bearer ${s.token}` },
+      // Whose file, which file, with which options: only the same upload resumes.
+      fingerprint: (f) =>
+        Promise.resolve(
+          ['mp3converter', s.email, f.name, f.type, f.size, f.lastModified, JSON.stringify(fields)].join('|'),
+        ),
+      removeFingerprintOnSuccess: true,
+      retryDelays: [0, 1000, 3000, 5000, 10000, 20000],
+      onProgress: (sent, total) => onProgress && onProgress(sent, total),
+      onSuccess: () => {
+        const id = upload.url.split('/').pop();
+        request(`/jobs/${encodeURIComponent(id)}`).then(json).then(resolve, reject);
+      },
+      onError: (err) => {
+        if (aborted) return;
+        if (!navigator.onLine) {
+          // Offline: carry on from the server's offset once back online.
+          if (onOffline) onOffline();
+          window.addEventListener('online', () => aborted || upload.start(), { once: true });
+          return;
         }
-        return;
-      }
-      const err = errorFrom(xhr.status, xhr.responseText, xhr.getResponseHeader('content-type'), (n) => xhr.getResponseHeader(n));
-      if (xhr.status === 401) reportUnauthorized();
-      reject(err);
+        const res = err && err.originalResponse;
+        if (!res) {
+          reject(new ApiError({ status: 0 }));
+          return;
+        }
+        const status = res.getStatus();
+        if (status === 401) reportUnauthorized();
+        reject(errorFrom(status, res.getBody() || '', res.getHeader('content-type'), (n) => res.getHeader(n)));
+      },
     });
-    xhr.addEventListener('error', () => reject(new ApiError({ status: 0 })));
-    xhr.addEventListener('timeout', () => reject(new ApiError({ status: 0 })));
-    xhr.addEventListener('abort', () => reject(new DOMException('upload cancelled', 'AbortError')));
-    xhr.send(form);
+    upload
+      .findPreviousUploads()
+      .then((previous) => {
+        if (aborted) return;
+        if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+        upload.start();
+      })
+      .catch(() => upload.start());
   });
-  return { promise, abort: () => xhr.abort() };
+  const abort = () => {
+    aborted = true;
+    // Stops sending and removes what the server has (tus termination).
+    if (upload) upload.abort(true).catch(() => {});
+    fail(new DOMException('upload cancelled', 'AbortError'));
+  };
+  return { promise, abort };
 }
 
 /**

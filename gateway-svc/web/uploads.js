@@ -1,6 +1,8 @@
 // Choosing conversion options and uploading files: the options form (read
 // and validated when files are picked, so each file keeps the options it was
 // picked with) and the upload queue, one row per file with progress and Cancel.
+// Uploads are resumable (tus): a dropped connection or a reload does not
+// start a file over.
 
 import { ApiError, describeError, uploadFile } from './api.js';
 import { formatBytes, formatLimit, formatPercent } from './format.js';
@@ -162,7 +164,6 @@ export class OptionsForm {
 const STATE_TEXT = {
   waiting: 'Waiting',
   uploading: 'Uploading',
-  storing: 'Finishing',
   done: 'Uploaded',
   failed: 'Failed',
   cancelled: 'Cancelled',
@@ -185,7 +186,7 @@ export class UploadQueue {
 
   /** Uploads still waiting or in flight (e.g. to warn before leaving). */
   get active() {
-    return this.uploads.filter((u) => u.state === 'waiting' || u.state === 'uploading' || u.state === 'storing').length;
+    return this.uploads.filter((u) => u.state === 'waiting' || u.state === 'uploading').length;
   }
 
   add(files, fields) {
@@ -209,7 +210,7 @@ export class UploadQueue {
   /** Starts waiting uploads while fewer than max_uploads_at_once run. */
   pump() {
     const max = Math.max(1, Number(this.hooks.limits().max_uploads_at_once) || 3);
-    let running = this.uploads.filter((u) => u.state === 'uploading' || u.state === 'storing').length;
+    let running = this.uploads.filter((u) => u.state === 'uploading').length;
     for (const upload of this.uploads) {
       if (running >= max) break;
       if (upload.state === 'waiting') {
@@ -226,16 +227,11 @@ export class UploadQueue {
     this.setState(upload, 'uploading');
     this.progress(upload, 0, 1);
     const { promise, abort } = uploadFile(upload.file, upload.fields, {
-      onProgress: (loaded, total) => {
-        if (upload.state === 'uploading') this.progress(upload, loaded, total);
+      onProgress: (sent, total) => {
+        if (upload.state === 'uploading') this.progress(upload, sent, total);
       },
-      onSent: () => {
-        if (upload.state !== 'uploading') return;
-        // Past this point the server may already have the whole video: a
-        // cancel could no longer promise that no job appears, so none is offered.
-        this.progress(upload, 1, 1);
-        this.setState(upload, 'storing');
-        upload.text.textContent = 'Sent; the server is storing it…';
+      onOffline: () => {
+        if (upload.state === 'uploading') upload.text.textContent = 'Offline: the upload continues from where it stopped when the connection is back.';
       },
     });
     upload.abort = abort;
@@ -273,7 +269,7 @@ export class UploadQueue {
   /** Stops everything (sign-out, ended session) and clears the rows. */
   cancelAll() {
     for (const upload of this.uploads) {
-      if (upload.abort && (upload.state === 'uploading' || upload.state === 'storing')) upload.abort();
+      if (upload.abort && upload.state === 'uploading') upload.abort();
       upload.state = 'cancelled';
     }
     this.uploads = [];
@@ -348,8 +344,6 @@ export class UploadQueue {
   progress(upload, loaded, total) {
     const fraction = total > 0 ? Math.min(1, loaded / total) : 0;
     upload.bar.value = fraction * 100;
-    // The request also carries the option fields and multipart framing; show
-    // the share of the file itself.
     const sent = Math.round(fraction * upload.file.size);
     upload.text.textContent = `${formatBytes(sent)} of ${formatBytes(upload.file.size)} sent (${formatPercent(fraction * 100)})`;
   }

@@ -434,12 +434,25 @@ impl Appending<'_> {
             .await
             .map_err(|e| jobs_error("recording an upload's progress", &e))?;
         if !held {
+            self.remove_if_gone().await;
             return Err(Status::aborted(
                 "the upload was cancelled, expired or taken over by another append",
             ));
         }
         self.checkpointed = at;
         Ok(())
+    }
+
+    /// Removes what this append wrote if its upload is gone (cancelled or
+    /// expired while it wrote): those chunks are nobody's. One taken over by
+    /// another append is left to it.
+    async fn remove_if_gone(&self) {
+        let id = self.partial.id;
+        if let Ok(None) = self.media.jobs.partial(id, self.owner).await
+            && let Err(e) = media_store::resumable::remove(&self.media.store.video_files, id).await
+        {
+            tracing::warn!(error = %e, job_id = %id, "removing a cancelled upload's bytes failed; the janitor will");
+        }
     }
 
     /// The last byte is stored: the video becomes a file and the job is
@@ -457,7 +470,10 @@ impl Appending<'_> {
         metrics::counter!("mp3converter_gateway_upload_bytes_total").increment(p.length);
         match self.media.jobs.commit_upload(p.id, p.length).await {
             Ok(Some(job)) => Ok(job),
-            Ok(None) => Err(Status::not_found("the upload was cancelled or expired")),
+            Ok(None) => {
+                self.remove_if_gone().await;
+                Err(Status::not_found("the upload was cancelled or expired"))
+            }
             Err(e) => Err(jobs_error("queueing an upload", &e)),
         }
     }

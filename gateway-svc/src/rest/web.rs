@@ -50,6 +50,13 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/uploads.js"),
     ),
     (
+        // tus-js-client 4.3.1, as npm publishes it (`dist/tus.min.js`; the
+        // version is pinned in e2e/browser/package.json, which tests it).
+        "tus.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/tus.min.js"),
+    ),
+    (
         "app.css",
         "text/css; charset=utf-8",
         include_bytes!("../../web/app.css"),
