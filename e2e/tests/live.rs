@@ -230,3 +230,81 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A resumable upload (tus, or CreateUpload + AppendUpload) sent in several
+/// appends back to back is converted as it arrives too: the follow window
+/// waits between appends, and the last one hands the job over converting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_upload_is_converted_as_its_appends_arrive() {
+    use mp3converter_proto::media::v1::{
+        AppendStart, AppendUploadRequest, CreateUploadRequest, UploadMetadata,
+        append_upload_request::Payload, media_service_client::MediaServiceClient,
+    };
+    let mesh = Mesh::start().await;
+    let (email, token) = token(&mesh).await;
+    let bytes = std::fs::read(mesh.sample("resumed.mkv", &format!("{CLIP} -f matroska"))).unwrap();
+    let mut media = MediaServiceClient::connect(format!("http://{}", mesh.grpc))
+        .await
+        .unwrap();
+    let authed = |msg| {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let id = media
+        .create_upload(authed(CreateUploadRequest {
+            metadata: Some(UploadMetadata {
+                filename: "resumed.mkv".into(),
+                ..Default::default()
+            }),
+            total_bytes: bytes.len() as u64,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .upload
+        .unwrap()
+        .job_id;
+    let mut offset = 0;
+    let mut last = None;
+    for part in bytes.chunks(bytes.len().div_ceil(4)) {
+        let start = AppendUploadRequest {
+            payload: Some(Payload::Start(AppendStart {
+                job_id: id.clone(),
+                offset,
+                sha256: Default::default(),
+            })),
+        };
+        let msgs: Vec<_> = std::iter::once(start)
+            .chain(part.chunks(1 << 20).map(|c| AppendUploadRequest {
+                payload: Some(Payload::Chunk(bytes::Bytes::copy_from_slice(c))),
+            }))
+            .collect();
+        let mut req = tonic::Request::new(futures::stream::iter(msgs));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let upload = media
+            .append_upload(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .upload
+            .unwrap();
+        offset = upload.offset;
+        last = upload.job;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let job = last.expect("the last append queues the job");
+    assert_eq!(
+        job.state,
+        JobState::Converting as i32,
+        "committed as {job:?}: not converted as it arrived"
+    );
+    let text = mesh.email(&email).await;
+    assert!(text.contains("fid="), "{text}");
+    mesh.wait_notified(&id).await;
+    assert_eq!(mp3_count(&mesh).await, 1);
+    empty_work_dir(&mesh, Duration::from_secs(5)).await;
+    mesh.stop().await;
+}
