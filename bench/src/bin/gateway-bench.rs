@@ -1,5 +1,5 @@
-//! Upload throughput through the gateway — REST (multipart) and gRPC (client
-//! stream) — side by side with writing the same bytes straight to GridFS with
+//! Upload throughput through the gateway — REST (multipart), tus (resumable,
+//! 32 MiB PATCHes) and gRPC (client stream) — side by side with writing the same bytes straight to GridFS with
 //! the driver (the limit), and the gateway's peak RSS per upload size.
 //!
 //! auth-svc and gateway-svc run as release processes (so the gateway's memory
@@ -194,6 +194,19 @@ async fn main() -> anyhow::Result<()> {
             gateway.peak_rss_mib(),
         ));
         clean(&store, &jobs_db).await?;
+
+        // tus: POST /uploads, then PATCHes of 32 MiB, as the web app sends them.
+        gateway.reset_peak();
+        let t = Instant::now();
+        tus_upload(http_port, &token, size, &block).await?;
+        rows.push((
+            mib,
+            "gateway tus /uploads (32 MiB PATCHes)",
+            t.elapsed(),
+            raw,
+            gateway.peak_rss_mib(),
+        ));
+        clean(&store, &jobs_db).await?;
     }
 
     // What the validation cache buys: ListJobs over gRPC with the cache (the
@@ -306,6 +319,44 @@ async fn list_jobs_rate(port: u16, token: &str) -> anyhow::Result<(f64, bench::S
     let elapsed = started.elapsed();
     let s = bench::Summary::of(all);
     Ok((s.count as f64 / elapsed.as_secs_f64(), s))
+}
+
+/// A tus upload of `size` bytes: the creation, then 32 MiB PATCHes.
+async fn tus_upload(port: u16, token: &str, size: u64, block: &bytes::Bytes) -> anyhow::Result<()> {
+    const PATCH: u64 = 32 << 20;
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("http://127.0.0.1:{port}/uploads"))
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", size.to_string())
+        .header("Upload-Metadata", "filename YmVuY2gubWt2") // bench.mkv
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 201, "tus creation: {}", res.text().await?);
+    let url = format!(
+        "http://127.0.0.1:{port}{}",
+        res.headers()["location"].to_str()?
+    );
+    let mut offset = 0;
+    while offset < size {
+        let len = (size - offset).min(PATCH);
+        let body =
+            reqwest::Body::wrap_stream(chunks(len, block.clone()).map(Ok::<_, std::io::Error>));
+        let res = client
+            .patch(&url)
+            .bearer_auth(token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", offset.to_string())
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Content-Length", len.to_string())
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 204, "tus PATCH: {}", res.text().await?);
+        offset += len;
+    }
+    Ok(())
 }
 
 /// Removes every stored video and job between runs (disk space).

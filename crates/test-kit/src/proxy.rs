@@ -22,6 +22,8 @@ pub struct Proxy {
     cut: broadcast::Sender<()>,
     /// Bytes clients sent through it.
     sent: Arc<AtomicU64>,
+    /// Where new connections go.
+    target: Arc<std::sync::Mutex<String>>,
 }
 
 impl Proxy {
@@ -32,14 +34,16 @@ impl Proxy {
         let up = Arc::new(AtomicBool::new(true));
         let (cut, _) = broadcast::channel(1);
         let sent = Arc::new(AtomicU64::new(0));
-        let (up2, cut2, sent2, target) = (up.clone(), cut.clone(), sent.clone(), target.to_owned());
+        let target = Arc::new(std::sync::Mutex::new(target.to_owned()));
+        let (up2, cut2, sent2, target2) = (up.clone(), cut.clone(), sent.clone(), target.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !up2.load(Ordering::SeqCst) {
                     continue; // refused: dropped at once
                 }
                 let mut stop = cut2.subscribe();
-                let (target, sent) = (target.clone(), sent2.clone());
+                let target = target2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let sent = sent2.clone();
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                         return;
@@ -77,7 +81,13 @@ impl Proxy {
             up,
             cut,
             sent,
+            target,
         }
+    }
+
+    /// New connections go to `target` from now on (another replica).
+    pub fn retarget(&self, target: &str) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target.to_owned();
     }
 
     /// The bytes clients have sent to it so far.

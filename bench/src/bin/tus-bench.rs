@@ -1,0 +1,336 @@
+//! Resumable uploads of a 1 GB video through a connection that drops: the
+//! mesh as release processes (auth-svc, two gateways, a converter, notify-svc)
+//! on the local stack, and two independent tus clients — tus-js-client (npm,
+//! as the web app uses it) and tuspy (PyPI) — sending a 720p MP4 (index last)
+//! of about 1 GB through test-kit's proxy, which drops every connection at
+//! 25 %, 50 % and 75 % of the file. Then tus-js-client again while the
+//! gateway it talks to is SIGKILLed half-way and the proxy sends it on to
+//! the other replica. For each: bytes sent vs the file, the upload's time,
+//! and the time from its last byte until the user's email went out.
+//!
+//! ```text
+//! scripts/stack up
+//! cargo build --release -p auth-svc -p gateway-svc -p converter-svc -p notify-svc -p bench
+//! target/release/tus-bench
+//! ```
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use bench::clips::{make_clip, spec};
+use bench::{Proc, free_port, wait_for_port};
+use clap::Parser;
+use media_store::mongodb::bson::oid::ObjectId;
+use mp3converter_proto::auth::v1::{
+    CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient,
+};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+use test_kit::proxy::Proxy;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where the clips are made (once).
+    #[arg(long, default_value = ".stack/bench-clips")]
+    clip_dir: PathBuf,
+    /// Bytes per PATCH (the web app sends 32 MiB).
+    #[arg(long, default_value_t = 32 << 20)]
+    chunk: u64,
+}
+
+const DROPS: u64 = 3;
+
+/// About 1 GB: the 600 s clip five times over, remuxed into one MP4 (index
+/// last, as ffmpeg writes it), made once.
+fn gigabyte_clip(dir: &Path) -> PathBuf {
+    let out = dir.join("3000s-concat.mp4");
+    if out.exists() {
+        return out;
+    }
+    let part = make_clip(dir, spec("600s"));
+    let list = dir.join("3000s-concat.txt");
+    std::fs::write(
+        &list,
+        format!("file '{}'\n", part.canonicalize().unwrap().display()).repeat(5),
+    )
+    .unwrap();
+    let ok = std::process::Command::new("ffmpeg")
+        .args([
+            "-y",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+        ])
+        .arg(&list)
+        .args(["-c", "copy"])
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg could not make {}", out.display());
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Client {
+    TusJs,
+    Tuspy,
+}
+
+fn client_command(
+    client: Client,
+    endpoint: &str,
+    token: &str,
+    file: &Path,
+    chunk: u64,
+) -> tokio::process::Command {
+    let mut cmd = match client {
+        Client::TusJs => {
+            let mut c = tokio::process::Command::new("node");
+            c.arg("e2e/browser/tus_upload.mjs");
+            c
+        }
+        Client::Tuspy => {
+            let mut c = tokio::process::Command::new(".tools/venv/bin/python");
+            c.arg("e2e/tests/support/tus_upload.py");
+            c
+        }
+    };
+    cmd.args([endpoint, token])
+        .arg(file)
+        .arg(chunk.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+struct Row {
+    what: String,
+    size: u64,
+    sent: u64,
+    upload: Duration,
+    emailed: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let stack = test_kit::Stack::from_env();
+    let clip = gigabyte_clip(&args.clip_dir);
+    let size = std::fs::metadata(&clip)?.len();
+
+    let db = test_kit::unique_name("tusbench").replace('-', "_");
+    let jobs_db = stack.database(&db).await;
+    let (video_q, mp3_q, notified_q) = (
+        test_kit::unique_name("tb-video"),
+        test_kit::unique_name("tb-mp3"),
+        test_kit::unique_name("tb-notified"),
+    );
+    let auth_db = stack.fresh_database("tusbenchauth").await;
+    let notify_db = stack.fresh_database("tusbenchnotify").await;
+    let auth_addr = format!("127.0.0.1:{}", free_port());
+    let _auth = Proc::start(
+        "auth-svc",
+        &[
+            ("GRPC_ADDR", auth_addr.clone()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("DATABASE_URL", auth_db),
+            (
+                "JWT_SECRET",
+                "bench-secret-bench-secret-bench-secret".into(),
+            ),
+            ("ADMIN_EMAIL", "bench@example.com".into()),
+            ("ADMIN_PASSWORD", "bench password".into()),
+        ],
+    )?;
+    let common = |extra: &[(&'static str, String)]| {
+        let mut e = vec![
+            ("MONGODB_URI", stack.mongodb_uri.clone()),
+            ("MONGODB_DATABASE", db.clone()),
+            ("DATABASE_URL", jobs_db.clone()),
+            ("AMQP_URL", stack.amqp_url.clone()),
+            ("VIDEO_QUEUE", video_q.clone()),
+            ("MP3_QUEUE", mp3_q.clone()),
+            ("NOTIFIED_QUEUE", notified_q.clone()),
+            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("RUST_LOG", "warn".into()),
+        ];
+        e.extend_from_slice(extra);
+        e
+    };
+    let gateway = || {
+        let http = free_port();
+        let p = Proc::start(
+            "gateway-svc",
+            &common(&[
+                ("GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
+                ("HTTP_ADDR", format!("127.0.0.1:{http}")),
+                ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
+                ("AUTH_URL", format!("http://{auth_addr}")),
+                ("MAX_UPLOAD_SIZE", "4GiB".into()),
+                ("MAX_STORED_PER_USER", "100GiB".into()),
+                // A replica that dies holds its upload this long.
+                ("UPLOAD_WRITER_LEASE", "10s".into()),
+            ]),
+        )
+        .unwrap();
+        (p, format!("127.0.0.1:{http}"))
+    };
+    let (gw_a, http_a) = gateway();
+    let (_gw_b, http_b) = gateway();
+    let work = tempfile::tempdir()?;
+    let _converter = Proc::start(
+        "converter-svc",
+        &common(&[("WORK_DIR", work.path().display().to_string())]),
+    )?;
+    let mut notify_env = common(&[]);
+    notify_env.retain(|(k, _)| *k != "DATABASE_URL");
+    notify_env.extend([
+        ("DATABASE_URL", notify_db),
+        ("SMTP_HOST", stack.smtp_host.clone()),
+        ("SMTP_PORT", stack.smtp_port.to_string()),
+        ("SMTP_TLS", "none".into()),
+    ]);
+    let _notify = Proc::start("notify-svc", &notify_env)?;
+    for addr in [&auth_addr, &http_a, &http_b] {
+        wait_for_port(addr).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let jobs = test_kit_jobs(&jobs_db, &video_q).await;
+
+    let mut auth = AuthServiceClient::connect(format!("http://{auth_addr}")).await?;
+    let login = |email: &str| LoginRequest {
+        email: email.into(),
+        password: "bench password".into(),
+    };
+    let admin = auth
+        .login(login("bench@example.com"))
+        .await?
+        .into_inner()
+        .token;
+    let mut rows = Vec::new();
+    for (what, client, kill) in [
+        ("tus-js-client, 3 drops", Client::TusJs, false),
+        ("tuspy, 3 drops", Client::Tuspy, false),
+        (
+            "tus-js-client, its gateway SIGKILLed at 50 %",
+            Client::TusJs,
+            true,
+        ),
+    ] {
+        let email = format!("{}@bench.test", test_kit::unique_name("tus"));
+        let mut req = tonic::Request::new(CreateUserRequest {
+            email: email.clone(),
+            password: "bench password".into(),
+            admin: false,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {admin}").parse()?);
+        auth.create_user(req).await?;
+        let token = auth.login(login(&email)).await?.into_inner().token;
+
+        let proxy = Proxy::start(&http_a).await;
+        let endpoint = format!("http://{}/uploads", proxy.addr);
+        let started = Instant::now();
+        let mut child = client_command(client, &endpoint, &token, &clip, args.chunk).spawn()?;
+        let cuts: Vec<u64> = if kill {
+            vec![size / 2]
+        } else {
+            (1..=DROPS).map(|k| size * k / (DROPS + 1)).collect()
+        };
+        for at in cuts {
+            while proxy.sent() < at {
+                anyhow::ensure!(
+                    child.try_wait()?.is_none(),
+                    "{what}: the client ended early"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if kill {
+                std::process::Command::new("kill")
+                    .args(["-9", &gw_a.pid().to_string()])
+                    .status()?;
+                proxy.retarget(&http_b);
+            }
+            proxy.cut();
+        }
+        let out = child.wait_with_output().await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let upload = started.elapsed();
+        let uploaded = Instant::now();
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let id: ObjectId = url.rsplit('/').next().unwrap_or_default().parse()?;
+        loop {
+            let job = jobs
+                .get(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{what}: no job"))?;
+            if job.notified {
+                anyhow::ensure!(job.state == media_store::JobState::Done, "{what}: {job:?}");
+                break;
+            }
+            anyhow::ensure!(
+                uploaded.elapsed() < Duration::from_secs(900),
+                "{what}: not emailed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rows.push(Row {
+            what: what.to_owned(),
+            size,
+            sent: proxy.sent(),
+            upload,
+            emailed: uploaded.elapsed(),
+        });
+    }
+
+    println!(
+        "\nResumable uploads (tus) of a {:.0} MB 720p MP4 (index last) through a dropping connection, {} B a PATCH ({} cores)\n",
+        size as f64 / 1e6,
+        args.chunk,
+        std::thread::available_parallelism()?
+    );
+    println!("| client | bytes sent / file | upload (s) | last byte → emailed (s) |");
+    println!("|---|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.4} | {:.1} | {:.1} |",
+            r.what,
+            r.sent as f64 / r.size as f64,
+            r.upload.as_secs_f64(),
+            r.emailed.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn test_kit_jobs(url: &str, queue: &str) -> media_store::Jobs {
+    let pool = svc_kit::pg::pool(
+        &svc_kit::config::Secret::new(url.to_owned()),
+        2,
+        Duration::from_secs(5),
+        "tus-bench",
+    )
+    .unwrap();
+    media_store::Jobs::new(
+        pool,
+        media_store::Routes {
+            video_queue: queue.to_owned(),
+            mp3_queue: "unused".into(),
+            webhook_queue: "unused".into(),
+            delete_sources: true,
+        },
+    )
+}
