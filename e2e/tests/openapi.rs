@@ -21,6 +21,11 @@ async fn schemathesis_finds_nothing_wrong_with_the_live_edge() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let report = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(root.join(".tools/bin/st"))
+        // tus's PATCH body type.
+        .env(
+            "SCHEMATHESIS_HOOKS",
+            root.join("e2e/tests/support/st_hooks.py"),
+        )
         .arg("--config-file")
         .arg(root.join("schemathesis.toml"))
         .arg("run")

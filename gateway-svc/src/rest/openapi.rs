@@ -49,6 +49,8 @@ use utoipa::{
         web::reference,
         web::asset,
     ),
+    // Named by header parameters only, which utoipa does not collect.
+    components(schemas(tus::TusVersion)),
     modifiers(&Security),
     tags(
         (name = "account", description = "Logging in and out, the password"),

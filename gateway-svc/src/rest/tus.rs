@@ -57,6 +57,14 @@ const UPLOAD_METADATA: HeaderName = HeaderName::from_static("upload-metadata");
 const UPLOAD_CHECKSUM: HeaderName = HeaderName::from_static("upload-checksum");
 const UPLOAD_DEFER_LENGTH: HeaderName = HeaderName::from_static("upload-defer-length");
 
+/// The tus version every request but `OPTIONS` names (`Tus-Resumable`).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the header; the handlers read it raw.
+pub(crate) enum TusVersion {
+    #[schema(rename = "1.0.0")]
+    V1_0_0,
+}
+
 /// Longest `Upload-Metadata` read (names and options are short).
 const MAX_METADATA: usize = 4 << 10;
 
@@ -95,20 +103,20 @@ pub(crate) async fn headers(req_headers: HeaderMap, mut res: Response) -> Respon
 /// The refusal of a client that does not speak our tus version (every
 /// request but `OPTIONS` says which it speaks).
 fn version_refused(headers: &HeaderMap) -> Option<Response> {
-    match headers.get(&TUS_RESUMABLE) {
-        Some(v) if v == VERSION => None,
-        _ => {
-            let mut res = tus_error(
-                StatusCode::PRECONDITION_FAILED,
-                Code::FailedPrecondition,
-                "Tus-Resumable: 1.0.0 is required (the only version served)",
-            )
-            .into_response();
-            res.headers_mut()
-                .insert(TUS_VERSION, HeaderValue::from_static(VERSION));
-            Some(res)
-        }
-    }
+    let mut res = match headers.get(&TUS_RESUMABLE) {
+        Some(v) if v == VERSION => return None,
+        None => bad("the Tus-Resumable header is required (1.0.0)").into_response(),
+        // tus's own answer to a version it does not serve.
+        Some(_) => tus_error(
+            StatusCode::PRECONDITION_FAILED,
+            Code::FailedPrecondition,
+            "Tus-Resumable: only 1.0.0 is served",
+        )
+        .into_response(),
+    };
+    res.headers_mut()
+        .insert(TUS_VERSION, HeaderValue::from_static(VERSION));
+    Some(res)
 }
 
 fn number(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, ApiError> {
@@ -118,8 +126,15 @@ fn number(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u64>, ApiErro
             v.to_str()
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad(format!("{name} must be a non-negative integer")))
+                .and_then(|s| s.parse::<u64>().ok())
+                // Stored as PostgreSQL bigint.
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{name} must be a whole number from 0 to {}",
+                        i64::MAX
+                    ))
+                })
         })
         .transpose()
 }
@@ -276,15 +291,15 @@ pub(crate) async fn discover_one(state: State<Edge>, headers: HeaderMap) -> Resp
     tag = "uploads",
     security(("bearer" = [])),
     params(
-        ("Tus-Resumable" = String, Header, description = "1.0.0"),
+        ("Tus-Resumable" = TusVersion, Header, description = "The protocol version"),
         ("Upload-Length" = u64, Header, description = "The file's size in bytes"),
         ("Upload-Metadata" = Option<String>, Header, description = "`key base64(value)` pairs, comma-separated: `filename`, `filetype`, and the MP3 options of `POST /upload`"),
     ),
     responses(
         (status = 201, description = "Created: `Location: /uploads/{id}`, `Upload-Expires`"),
-        (status = 400, description = "No or a bad `Upload-Length`, bad metadata or options", body = ErrorBody),
+        (status = 400, description = "No `Tus-Resumable`, no or a bad `Upload-Length`, bad metadata or options", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 412, description = "Not `Tus-Resumable: 1.0.0`", body = ErrorBody),
+        (status = 412, description = "Another `Tus-Resumable` version than 1.0.0", body = ErrorBody),
         (status = 413, description = "Over the size limit (`Tus-Max-Size`)", body = ErrorBody),
         (status = 429, description = "Over a per-user quota (unfinished uploads count until they finish, are deleted or expire)", body = ErrorBody),
         (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
@@ -342,13 +357,14 @@ pub(crate) async fn create(State(edge): State<Edge>, headers: HeaderMap) -> Resp
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The upload's id"),
-        ("Tus-Resumable" = String, Header, description = "1.0.0"),
+        ("Tus-Resumable" = TusVersion, Header, description = "The protocol version"),
     ),
     responses(
         (status = 200, description = "`Upload-Offset`, `Upload-Length`, `Upload-Expires` (until complete)"),
+        (status = 400, description = "No `Tus-Resumable`"),
         (status = 401, description = "No valid token"),
         (status = 404, description = "No such upload (expired, deleted, someone else's)"),
-        (status = 412, description = "Not `Tus-Resumable: 1.0.0`"),
+        (status = 412, description = "Another `Tus-Resumable` version than 1.0.0"),
     )
 )]
 pub(crate) async fn offset(
@@ -390,18 +406,18 @@ pub(crate) async fn offset(
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The upload's id"),
-        ("Tus-Resumable" = String, Header, description = "1.0.0"),
+        ("Tus-Resumable" = TusVersion, Header, description = "The protocol version"),
         ("Upload-Offset" = u64, Header, description = "Where the body goes: the offset `HEAD` gave"),
         ("Upload-Checksum" = Option<String>, Header, description = "`sha256 <base64 digest>` of the body"),
     ),
-    request_body(content = Vec<u8>, content_type = "application/offset+octet-stream"),
+    request_body(content = String, content_type = "application/offset+octet-stream", description = "The next bytes of the file"),
     responses(
         (status = 204, description = "Stored: the new `Upload-Offset`; at `Upload-Length` the job is queued (`GET /jobs/{id}`)"),
-        (status = 400, description = "No or a bad `Upload-Offset`, a bad checksum header, more bytes than `Upload-Length`", body = ErrorBody),
+        (status = 400, description = "No `Tus-Resumable`, no or a bad `Upload-Offset`, a bad checksum header, more bytes than `Upload-Length`", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No such upload (expired, deleted, someone else's)", body = ErrorBody),
         (status = 409, description = "`Upload-Offset` is not the stored offset (ask with `HEAD`), or the upload is complete", body = ErrorBody),
-        (status = 412, description = "Not `Tus-Resumable: 1.0.0`", body = ErrorBody),
+        (status = 412, description = "Another `Tus-Resumable` version than 1.0.0", body = ErrorBody),
         (status = 415, description = "Not `application/offset+octet-stream`", body = ErrorBody),
         (status = 423, description = "Another `PATCH` to this upload is in progress", body = ErrorBody),
         (status = 460, description = "The body does not match `Upload-Checksum`: nothing kept", body = ErrorBody),
@@ -517,14 +533,15 @@ async fn append_body(
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The upload's id"),
-        ("Tus-Resumable" = String, Header, description = "1.0.0"),
+        ("Tus-Resumable" = TusVersion, Header, description = "The protocol version"),
     ),
     responses(
         (status = 204, description = "Removed"),
+        (status = 400, description = "No `Tus-Resumable`", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No such upload", body = ErrorBody),
         (status = 409, description = "Complete: it is a job now (`DELETE /jobs/{id}`)", body = ErrorBody),
-        (status = 412, description = "Not `Tus-Resumable: 1.0.0`", body = ErrorBody),
+        (status = 412, description = "Another `Tus-Resumable` version than 1.0.0", body = ErrorBody),
         (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
     )
 )]
@@ -594,6 +611,7 @@ mod tests {
             ("123", Some(123)),
             ("-1", None),
             ("1e3", None),
+            ("9223372036854775808", None),
             ("", None),
             (" 1", None),
         ] {

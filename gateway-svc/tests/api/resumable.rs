@@ -253,6 +253,15 @@ async fn wrong_offsets_bad_checksums_and_strangers_are_refused_and_keep_nothing(
         .send()
         .await
         .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(header(&res, "tus-version"), "1.0.0");
+    let res = Client::new()
+        .head(&url)
+        .bearer_auth(&user.token)
+        .header(TUS.0, "0.2.2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::PRECONDITION_FAILED);
     assert_eq!(header(&res, "tus-version"), "1.0.0");
     // Someone else's upload does not exist for them; no token is 401.
