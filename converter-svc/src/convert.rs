@@ -139,7 +139,7 @@ pub(crate) async fn run(
         "gridfs.read",
         otel.name = "gridfs.read videos",
         db.system.name = "mongodb",
-        db.collection.name = "videos",
+        db.collection.name = "videos.chunks",
         video_id = %job.id,
         bytes = tracing::field::Empty,
         live = matches!(source, Source::Live { .. }),
@@ -270,7 +270,7 @@ pub(crate) async fn run(
             "gridfs.write",
             otel.name = "gridfs.write mp3s",
             db.system.name = "mongodb",
-            db.collection.name = "mp3s",
+            db.collection.name = "mp3s.chunks",
             video_id = %job.id,
         ))
         .await;

@@ -4,7 +4,7 @@
 // cancels an upload, checks the phone layout, the CSP and the console, and
 // signs out. One line per step with its duration; exit code 0 on success.
 //
-// Inputs (env): BASE_URL EMAIL PASSWORD VIDEO_A VIDEO_B VIDEO_LONG VIDEO_BIG VIDEO_RESUME
+// Inputs (env): BASE_URL EMAIL PASSWORD VIDEO_A VIDEO_B VIDEO_LONG VIDEO_BIG VIDEO_RESUME VIDEO_RELOAD
 // NOT_A_VIDEO DOWNLOAD_DIR SCREENSHOT_DIR, optionally CHROMIUM (the binary).
 
 import assert from 'node:assert/strict';
@@ -32,11 +32,12 @@ const VIDEO_B = env('VIDEO_B');
 const VIDEO_LONG = env('VIDEO_LONG');
 const VIDEO_BIG = env('VIDEO_BIG');
 const VIDEO_RESUME = env('VIDEO_RESUME');
+const VIDEO_RELOAD = env('VIDEO_RELOAD');
 const NOT_A_VIDEO = env('NOT_A_VIDEO');
 const DOWNLOAD_DIR = env('DOWNLOAD_DIR');
 const SCREENSHOT_DIR = env('SCREENSHOT_DIR');
 
-for (const file of [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, VIDEO_RESUME, NOT_A_VIDEO]) {
+for (const file of [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, VIDEO_RESUME, VIDEO_RELOAD, NOT_A_VIDEO]) {
   if (!fs.existsSync(file)) {
     console.error(`FAIL: input file ${file} does not exist`);
     process.exit(2);
@@ -45,7 +46,7 @@ for (const file of [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, VIDEO_RESUME, NOT_A
 fs.mkdirSync(DOWNLOAD_DIR, { recursive: true });
 fs.mkdirSync(SCREENSHOT_DIR, { recursive: true });
 
-const names = [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, VIDEO_RESUME, NOT_A_VIDEO].map((f) => path.basename(f));
+const names = [VIDEO_A, VIDEO_B, VIDEO_LONG, VIDEO_BIG, VIDEO_RESUME, VIDEO_RELOAD, NOT_A_VIDEO].map((f) => path.basename(f));
 if (new Set(names).size !== names.length) {
   console.error(`FAIL: the input files need distinct names, got ${names.join(', ')}`);
   process.exit(2);
@@ -448,6 +449,38 @@ async function run() {
     const back = values.findIndex((v, i) => i > 0 && v < values[i - 1] - 0.5);
     assert.equal(back, -1, `the bar went back from ${values[back - 1]} % to ${values[back]} % (dropped at ${atDrop} %, resumed at byte ${resumedAt} of ${size})`);
     assert.ok(values.includes(100), `the upload bar of "${nameResume}" never reached 100 %`);
+  });
+
+  const nameReload = path.basename(VIDEO_RELOAD);
+  await step('6c. a reload mid-upload: the page lists it unfinished, and the file picked again goes on', async () => {
+    const size = fs.statSync(VIDEO_RELOAD).size;
+    await throttleUpload(Math.max(64 * 1024, Math.round(size / 6)));
+    const offsets = [];
+    const onRequest = (r) => {
+      if (r.method() === 'PATCH' && r.url().includes('/uploads/')) offsets.push(Number(r.headers()['upload-offset']));
+    };
+    page.on('request', onRequest);
+    await chooseFiles([VIDEO_RELOAD]);
+    const bar = uploadRow(nameReload).getByRole('progressbar', { name: `Upload progress of ${nameReload}` });
+    await waitFor(`the upload of "${nameReload}" to reach 20 %`, async () => {
+      const value = await bar.evaluate((p) => p.value).catch(() => null);
+      if (value >= 100) throw new Error(`"${nameReload}" finished uploading before the reload; lower the throttle`);
+      return value >= 20 ? value : null;
+    }, { timeout: 20_000 });
+    offlineOnPurpose = true; // the reload cuts the PATCH in flight
+    await page.reload();
+    await page.getByRole('heading', { name: 'Your conversions' }).waitFor({ state: 'visible', timeout: 10_000 });
+    offlineOnPurpose = false;
+    const unfinished = page.getByRole('list', { name: 'Unfinished uploads' }).getByRole('listitem');
+    await unfinished.filter({ hasText: nameReload }).waitFor({ state: 'visible', timeout: 10_000 });
+    await shot(page, 'unfinished.png');
+    await chooseFiles([VIDEO_RELOAD]);
+    await waitFor(`"${nameReload}" to appear in the job list`, async () => (await jobRow(nameReload).count()) === 1, { timeout: 30_000 });
+    page.off('request', onRequest);
+    await unthrottle();
+    const again = offsets.slice(1);
+    assert.ok(again.length > 0 && again[0] > 0, `after the reload the upload started over (PATCH offsets ${JSON.stringify(offsets)})`);
+    await waitFor('the unfinished list to empty', async () => (await unfinished.count()) === 0, { timeout: 10_000 });
   });
 
   await step('7. job list screenshots; no horizontal scrolling at phone width', async () => {

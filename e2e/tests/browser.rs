@@ -6,7 +6,8 @@
 //! watch a conversion's percentage live, download the MP3 (checked here with
 //! ffprobe), a non-video's failure reason, an upload cancelled halfway that
 //! leaves nothing, an upload that goes on from where it was after the network
-//! dropped (`context.setOffline`), sign out. Screenshots of the main screens are written to
+//! dropped (`context.setOffline`), one that goes on after a reload when the
+//! file is picked again, sign out. Screenshots of the main screens are written to
 //! `SCREENSHOT_DIR` (default `target/browser-screenshots`; the set in
 //! `docs/screenshots/` is refreshed with `SCREENSHOT_DIR=docs/screenshots`).
 //!
@@ -82,6 +83,14 @@ async fn a_person_converts_videos_in_the_web_app() {
             .collect::<Vec<_>>(),
     )
     .unwrap();
+    let reload = dir.join("reload.mp4");
+    std::fs::write(
+        &reload,
+        (0..40u32 << 20)
+            .map(|i| (i.wrapping_mul(3266489917) >> 9) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     let notes = dir.join("notes.mp4");
     std::fs::write(&notes, "meeting notes, not a video\n".repeat(200)).unwrap();
     let downloads = dir.join("downloads");
@@ -102,6 +111,7 @@ async fn a_person_converts_videos_in_the_web_app() {
         .env("VIDEO_LONG", &long)
         .env("VIDEO_BIG", &big)
         .env("VIDEO_RESUME", &resume)
+        .env("VIDEO_RELOAD", &reload)
         .env("NOT_A_VIDEO", &notes)
         .env("DOWNLOAD_DIR", &downloads)
         .env("SCREENSHOT_DIR", &shots)

@@ -47,6 +47,7 @@ const WEBHOOK_SERVICE_NAME: &str = "mp3converter.webhooks.v1.WebhookService";
 /// their idle request bodies and the connection limits bound them instead.
 const STREAMING: &[&str] = &[
     "/mp3converter.media.v1.MediaService/Upload",
+    "/mp3converter.media.v1.MediaService/AppendUpload",
     "/mp3converter.media.v1.MediaService/Download",
     "/mp3converter.media.v1.MediaService/WatchJobs",
     "/mp3converter.upload.v1.UploadFollowService/FollowUpload",

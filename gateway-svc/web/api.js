@@ -178,6 +178,52 @@ export async function downloadMp3(mp3Id, signal) {
   return res.blob();
 }
 
+/** What the fingerprints of a person's uploads start with (tus-js-client keys
+ * its localStorage entries `tus::<fingerprint>::…`). */
+function fingerprintPrefix(s) {
+  return `mp3converter|${s.email}|`;
+}
+
+/**
+ * The unfinished uploads this browser started for the signed-in person, each
+ * with how much the server has kept: `{key, url, name, size, offset}`. Ones the
+ * server no longer has (expired, cancelled) are forgotten.
+ */
+export async function unfinishedUploads() {
+  const s = session.get();
+  const storage = window.tus && window.tus.defaultOptions.urlStorage;
+  if (!s || !storage) return [];
+  let stored = [];
+  try {
+    stored = await storage.findAllUploads();
+  } catch {
+    return [];
+  }
+  const found = [];
+  for (const u of stored) {
+    if (!String(u.urlStorageKey).startsWith(`tus::${fingerprintPrefix(s)}`)) continue;
+    try {
+      const res = await request(u.uploadUrl, { method: 'HEAD', headers: { 'Tus-Resumable': '1.0.0' } });
+      const size = Number(res.headers.get('upload-length'));
+      const offset = Number(res.headers.get('upload-offset'));
+      if (offset >= size) {
+        await storage.removeUpload(u.urlStorageKey);
+        continue;
+      }
+      found.push({ key: u.urlStorageKey, url: u.uploadUrl, name: (u.metadata && u.metadata.filename) || '', size, offset });
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) await storage.removeUpload(u.urlStorageKey);
+    }
+  }
+  return found;
+}
+
+/** Gives up an unfinished upload: the server removes what it kept. */
+export async function discardUpload(upload) {
+  await request(upload.url, { method: 'DELETE', headers: { 'Tus-Resumable': '1.0.0' } }).catch(() => {});
+  await window.tus.defaultOptions.urlStorage.removeUpload(upload.key);
+}
+
 /** Bytes per PATCH: a dropped connection costs at most what was in flight
  * (the server keeps every byte that arrived), and proxies' body limits stay clear. */
 const UPLOAD_CHUNK = 32 * 1024 * 1024;
@@ -219,11 +265,9 @@ export function uploadFile(file, fields, { onProgress, onOffline } = {}) {
       chunkSize: UPLOAD_CHUNK,
       metadata,
       headers: { Authorization: `Bearer ${s.token}` },
-      // Whose file, which file, with which options: only the same upload resumes.
-      fingerprint: (f) =>
-        Promise.resolve(
-          ['mp3converter', s.email, f.name, f.type, f.size, f.lastModified, JSON.stringify(fields)].join('|'),
-        ),
+      // Whose file and which: picked again (after a reload, say), it goes on
+      // from what the server kept, with the options it was started with.
+      fingerprint: (f) => Promise.resolve(`${fingerprintPrefix(s)}${[f.name, f.type, f.size, f.lastModified].join('|')}`),
       removeFingerprintOnSuccess: true,
       retryDelays: [0, 1000, 3000, 5000, 10000, 20000],
       onProgress: (sent, total) => onProgress && onProgress(sent, total),

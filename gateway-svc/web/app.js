@@ -7,14 +7,16 @@ import {
   deleteJob,
   describeError,
   downloadMp3,
+  discardUpload,
   getLimits,
   listJobs,
   login,
   logout,
   onUnauthorized,
   session,
+  unfinishedUploads,
 } from './api.js';
-import { formatLimit, mp3Name } from './format.js';
+import { formatBytes, formatLimit, mp3Name } from './format.js';
 import { JobList, JobStore } from './jobs.js';
 import { connectJobEvents } from './sse.js';
 import { DEFAULT_LIMITS, OptionsForm, UploadQueue } from './uploads.js';
@@ -155,9 +157,43 @@ async function remove(job) {
 const options = new OptionsForm($('options-form'));
 const uploads = new UploadQueue($('uploads'), {
   limits: () => limits,
-  onUploaded: (job) => store.upsert(job),
+  onUploaded: (job) => {
+    store.upsert(job);
+    showUnfinished();
+  },
   announce,
 });
+
+/** Uploads an earlier visit left unfinished: picking the same file again goes on. */
+async function showUnfinished() {
+  const list = $('unfinished');
+  const items = await unfinishedUploads();
+  list.replaceChildren(
+    ...items.map((u) => {
+      const row = document.createElement('li');
+      row.className = 'upload card';
+      const text = document.createElement('p');
+      text.className = 'upload-text';
+      text.textContent = `${u.name}: ${formatBytes(u.offset)} of ${formatBytes(u.size)} uploaded. Pick the same file again to go on from there (with the options it was started with).`;
+      const discard = document.createElement('button');
+      discard.type = 'button';
+      discard.className = 'button';
+      discard.textContent = 'Discard';
+      discard.setAttribute('aria-label', `Discard the unfinished upload of ${u.name}`);
+      discard.addEventListener('click', async () => {
+        discard.disabled = true;
+        await discardUpload(u);
+        showUnfinished();
+      });
+      const actions = document.createElement('div');
+      actions.className = 'upload-actions';
+      actions.append(discard);
+      row.append(text, actions);
+      return row;
+    }),
+  );
+  list.hidden = items.length === 0;
+}
 
 function pick(fileList) {
   const files = [...fileList];
@@ -221,6 +257,7 @@ function startSession() {
   $('account').hidden = false;
   $('account-email').textContent = s.email || '';
   refreshJobs();
+  showUnfinished();
   events = connectJobEvents({
     onEvent: onJobEvent,
     onOpen: (reconnected) => {
@@ -248,6 +285,8 @@ function endSession(message, kind) {
   events = null;
   clearTimeout(expiryTimer);
   uploads.cancelAll();
+  $('unfinished').replaceChildren();
+  $('unfinished').hidden = true;
   store.clear();
   session.clear();
   $('live-state').hidden = true;

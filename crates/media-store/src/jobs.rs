@@ -699,7 +699,7 @@ impl Jobs {
                lease_until = CASE WHEN live_until > now() THEN live_until END, \
                progress = CASE WHEN live_until > now() THEN 0 END, \
                live_holder = NULL, live_until = NULL, writer = NULL, writer_until = NULL, \
-               received_bytes = coalesce(upload_length, 0), \
+               received_bytes = coalesce(upload_length, 0), upload_tail = NULL, \
                size_bytes = $2, updated_at = now() \
              WHERE id = $1 AND state = 'uploading' RETURNING {COLUMNS}"
         );

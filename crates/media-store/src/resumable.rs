@@ -1,18 +1,19 @@
 //! Resumable uploads: a video that arrives over several requests, possibly
 //! on several gateway replicas, with restarts in between.
 //!
-//! - **The offset is in PostgreSQL** (`jobs.received_bytes`): the bytes
-//!   durably in GridFS. The chunks past it are scratch, overwritten by the
-//!   next append, so a writer that dies mid-append costs at most what it had
-//!   not yet checkpointed.
+//! - **The offset is in PostgreSQL** (`jobs.received_bytes`), with the
+//!   bytes past the last whole chunk (`upload_tail`); GridFS holds whole
+//!   chunks only. Chunks past the offset are scratch, replaced by the next
+//!   append, so a writer that dies mid-append costs at most what it had not
+//!   yet checkpointed, and resuming never looks a chunk up.
 //! - **One writer at a time** ([`Jobs::begin_append`]): a lease on the job
 //!   row, taken only at the stored offset and renewed at each checkpoint. A
 //!   second request appending at once is refused ([`Append::Busy`]), rather
 //!   than both writing the same chunks; a writer that died holds it until
 //!   its lease runs out.
 //! - **The bytes go straight into the bucket's chunks** ([`Appender`]), as
-//!   GridFS lays them out; the files document is written after the last
-//!   byte, so the video exists for readers only once it is whole.
+//!   GridFS lays them out; the last chunk and the files document are written
+//!   after the last byte, so the video exists for readers only once whole.
 
 use crate::{
     Bucket, JobState, Jobs,
@@ -72,8 +73,8 @@ const PARTIAL: &str =
 #[derive(Debug, Clone, PartialEq)]
 pub enum Append {
     /// Go ahead: the caller is the upload's only writer until it ends or
-    /// its lease runs out.
-    Granted(Partial),
+    /// its lease runs out. With the bytes past the last full chunk.
+    Granted(Partial, Vec<u8>),
     /// The upload is at another offset (or complete): the client must ask
     /// where it is.
     Conflict(Partial),
@@ -119,7 +120,7 @@ impl Jobs {
                  WHERE id = $1 AND owner_id = $2 AND state = 'uploading' \
                    AND upload_length IS NOT NULL AND received_bytes = $3 \
                    AND (writer_until IS NULL OR writer_until < now()) \
-                 RETURNING {PARTIAL}"
+                 RETURNING {PARTIAL}, upload_tail"
             ))
             .await?;
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
@@ -130,7 +131,11 @@ impl Jobs {
             )
             .await?;
         if let Some(row) = granted {
-            return Ok(Append::Granted(Partial::from_row(&row)?));
+            let tail: Option<Vec<u8>> = row.try_get("upload_tail")?;
+            return Ok(Append::Granted(
+                Partial::from_row(&row)?,
+                tail.unwrap_or_default(),
+            ));
         }
         drop(client);
         // Why not: read it again (the answer may be stale by now, which only
@@ -145,27 +150,28 @@ impl Jobs {
         }
     }
 
-    /// Records that the upload's bytes up to `received` are stored, renews
-    /// the writer's lease and pushes the expiry back. `false`: the writer
-    /// lost the upload (cancelled, expired, lease taken over) and must stop.
+    /// Records that the upload's bytes up to `at` are stored (whole chunks
+    /// in GridFS, then `at.tail` here), renews the writer's lease and pushes
+    /// the expiry back. `false`: the writer lost the upload (cancelled,
+    /// expired, lease taken over) and must stop.
     pub async fn checkpoint(
         &self,
         id: ObjectId,
         writer: &str,
-        received: u64,
+        at: Durable<'_>,
         ttl: Duration,
         expires_in: Duration,
     ) -> Result<bool, Error> {
         let client = self.pool().get().await?;
         let stmt = client
             .prepare_cached(
-                "UPDATE jobs SET received_bytes = $3, \
+                "UPDATE jobs SET received_bytes = $3, upload_tail = $6, \
                    writer_until = now() + make_interval(secs => $4), \
                    upload_expires_at = now() + make_interval(secs => $5), updated_at = now() \
                  WHERE id = $1 AND writer = $2 AND state = 'uploading' AND received_bytes <= $3",
             )
             .await?;
-        let received = i64::try_from(received).unwrap_or(i64::MAX);
+        let received = i64::try_from(at.offset).unwrap_or(i64::MAX);
         let n = client
             .execute(
                 &stmt,
@@ -175,8 +181,30 @@ impl Jobs {
                     &received,
                     &ttl.as_secs_f64(),
                     &expires_in.as_secs_f64(),
+                    &at.tail,
                 ],
             )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Renews the writer's lease only (an append that keeps its bytes
+    /// unrecorded until it can check them).
+    pub async fn renew_append(
+        &self,
+        id: ObjectId,
+        writer: &str,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let client = self.pool().get().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE jobs SET writer_until = now() + make_interval(secs => $3) \
+                 WHERE id = $1 AND writer = $2 AND state = 'uploading'",
+            )
+            .await?;
+        let n = client
+            .execute(&stmt, &[&id.to_hex(), &writer, &ttl.as_secs_f64()])
             .await?;
         Ok(n == 1)
     }
@@ -216,22 +244,30 @@ impl Jobs {
     }
 }
 
+/// Where an upload's bytes stand: `offset` stored, of which `tail` (the
+/// bytes past the last whole chunk) lives in the job row, not in GridFS.
+#[derive(Debug, Clone, Copy)]
+pub struct Durable<'a> {
+    pub offset: u64,
+    pub tail: &'a [u8],
+}
+
 /// Appends to a resumable upload's chunks from its stored offset.
 ///
-/// Full chunks are inserted as they fill; the partial last one is written
-/// at each [`Appender::flush`] and replaced as it grows. Nothing here is
-/// conditional on the server: the job's writer lease is what keeps a second
-/// appender away.
+/// Only whole chunks go to GridFS as they fill (the last, shorter one at
+/// [`Appender::finish`]); the bytes past them travel with the offset in the
+/// job row ([`Jobs::checkpoint`]), so resuming never looks a chunk up. A
+/// chunk number already taken (scratch of an append that died before its
+/// checkpoint) is replaced. Nothing here is conditional on the server: the
+/// job's writer lease is what keeps a second appender away.
 #[derive(Debug)]
 pub struct Appender {
     bucket: Bucket,
     id: ObjectId,
-    /// Bytes before `tail`.
+    /// Bytes in whole chunks.
     base: u64,
-    /// The last chunk's bytes, not yet full.
+    /// The bytes past them.
     tail: Vec<u8>,
-    /// Whether chunk `base / CHUNK_SIZE` is stored (and must be replaced).
-    tail_stored: bool,
 }
 
 fn chunk_doc(id: ObjectId, n: u64, data: &[u8]) -> Document {
@@ -243,47 +279,41 @@ fn chunk_doc(id: ObjectId, n: u64, data: &[u8]) -> Document {
 }
 
 impl Appender {
-    /// Opens upload `id` at `offset`, the stored offset: the chunk it falls
-    /// in is read back (up to the offset) and every chunk from it on, scratch
-    /// of an append that did not checkpoint, is removed.
-    pub async fn open(bucket: &Bucket, id: ObjectId, offset: u64) -> Result<Self, MongoError> {
+    /// Opens upload `id` where its job row says it stands.
+    pub fn open(
+        bucket: &Bucket,
+        id: ObjectId,
+        offset: u64,
+        tail: Vec<u8>,
+    ) -> Result<Self, MongoError> {
         let chunk = u64::from(CHUNK_SIZE);
-        let n = offset / chunk;
-        let keep = usize::try_from(offset % chunk).unwrap_or(0);
-        let mut tail = Vec::with_capacity(CHUNK_SIZE as usize);
-        if keep > 0 {
-            let doc = bucket
-                .chunks
-                .find_one(doc! { "files_id": id, "n": n as i32 })
-                .await?
-                .ok_or_else(|| MongoError::custom(format!("upload {id}: chunk {n} is missing")))?;
-            let data = doc
-                .get_binary_generic("data")
-                .map_err(|e| MongoError::custom(format!("upload {id}: chunk {n}: {e}")))?;
-            if data.len() < keep {
-                return Err(MongoError::custom(format!(
-                    "upload {id}: chunk {n} holds {} bytes, {keep} expected",
-                    data.len()
-                )));
-            }
-            tail.extend_from_slice(&data[..keep]);
+        if tail.len() as u64 != offset % chunk {
+            return Err(MongoError::custom(format!(
+                "upload {id}: {} bytes kept past the last chunk at offset {offset}",
+                tail.len()
+            )));
         }
-        bucket
-            .chunks
-            .delete_many(doc! { "files_id": id, "n": { "$gte": n as i32 + i32::from(keep > 0) } })
-            .await?;
+        let mut kept = Vec::with_capacity(CHUNK_SIZE as usize);
+        kept.extend_from_slice(&tail);
         Ok(Self {
             bucket: bucket.clone(),
             id,
-            base: n * chunk,
-            tail,
-            tail_stored: keep > 0,
+            base: offset - tail.len() as u64,
+            tail: kept,
         })
     }
 
-    /// Bytes appended so far, stored or not.
+    /// Bytes appended so far.
     pub fn position(&self) -> u64 {
         self.base + self.tail.len() as u64
+    }
+
+    /// What is stored once the job row records it.
+    pub fn durable(&self) -> Durable<'_> {
+        Durable {
+            offset: self.position(),
+            tail: &self.tail,
+        }
     }
 
     /// Appends `data`, storing every chunk it fills.
@@ -297,63 +327,64 @@ impl Appender {
                 self.store_tail().await?;
                 self.base += chunk as u64;
                 self.tail.clear();
-                self.tail_stored = false;
             }
         }
         Ok(())
     }
 
-    /// Stores the partial last chunk too: every byte appended is stored.
-    /// Returns the offset that is now durable.
-    pub async fn flush(&mut self) -> Result<u64, MongoError> {
-        if !self.tail.is_empty() {
-            self.store_tail().await?;
-            self.tail_stored = true;
-        }
-        Ok(self.position())
-    }
-
     async fn store_tail(&self) -> Result<(), MongoError> {
         let n = self.base / u64::from(CHUNK_SIZE);
         let mut chunk = chunk_doc(self.id, n, &self.tail);
-        if self.tail_stored {
-            self.bucket
-                .chunks
-                .replace_one(doc! { "files_id": self.id, "n": n as i32 }, chunk)
-                .await?;
-        } else {
-            chunk.insert("_id", ObjectId::new());
-            self.bucket.chunks.insert_one(chunk).await?;
+        chunk.insert("_id", ObjectId::new());
+        match self.bucket.chunks.insert_one(&chunk).await {
+            Err(e) if crate::is_duplicate_key(&e) => {
+                chunk.remove("_id");
+                self.bucket
+                    .chunks
+                    .replace_one(doc! { "files_id": self.id, "n": n as i32 }, chunk)
+                    .await
+                    .map(drop)
+            }
+            other => other.map(drop),
         }
-        Ok(())
     }
 
-    /// After the last byte: writes the files document, so the video exists.
+    /// After the last byte: stores the last chunk and the files document, so
+    /// the video exists.
     pub async fn finish(
-        mut self,
+        self,
         length: u64,
         filename: &str,
         metadata: Document,
     ) -> Result<(), MongoError> {
-        let at = self.flush().await?;
-        if at != length {
+        if self.position() != length {
             return Err(MongoError::custom(format!(
-                "upload {}: {at} bytes stored, {length} declared",
-                self.id
+                "upload {}: {} bytes stored, {length} declared",
+                self.id,
+                self.position()
             )));
         }
-        self.bucket
-            .files
-            .insert_one(doc! {
-                "_id": self.id,
-                "length": i64::try_from(length).unwrap_or(i64::MAX),
-                "chunkSize": CHUNK_SIZE as i32,
-                "uploadDate": DateTime::now(),
-                "filename": filename,
-                "metadata": metadata,
-            })
-            .await?;
-        Ok(())
+        if !self.tail.is_empty() {
+            self.store_tail().await?;
+        }
+        let files = doc! {
+            "_id": self.id,
+            "length": i64::try_from(length).unwrap_or(i64::MAX),
+            "chunkSize": CHUNK_SIZE as i32,
+            "uploadDate": DateTime::now(),
+            "filename": filename,
+            "metadata": metadata,
+        };
+        // Written already by a finish whose commit then failed: replaced.
+        match self.bucket.files.insert_one(&files).await {
+            Err(e) if crate::is_duplicate_key(&e) => self
+                .bucket
+                .files
+                .replace_one(doc! { "_id": self.id }, files)
+                .await
+                .map(drop),
+            other => other.map(drop),
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub(crate) const MAX_CHUNK: usize = 1 << 20;
 mod resumable;
 mod upload;
 
-pub(crate) use resumable::{Parked, Resumable};
+pub(crate) use resumable::{CHECKSUM_MISMATCH, Parked, Resumable};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Media {
@@ -273,7 +273,7 @@ impl MediaService for Media {
             "gridfs.read",
             otel.name = "gridfs.read mp3s",
             db.system.name = "mongodb",
-            db.collection.name = "mp3s",
+            db.collection.name = "mp3s.chunks",
             mp3_id = %id,
         );
         tokio::spawn(

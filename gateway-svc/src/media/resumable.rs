@@ -1,8 +1,9 @@
 //! Resumable uploads: `CreateUpload`, `GetUpload`, `AppendUpload`,
 //! `CancelUpload` (and, through them, the REST edge's tus routes).
 //!
-//! The offset and the one-writer lease are in the job's row, the bytes in
-//! the video's GridFS chunks ([`media_store::resumable`]), so an upload
+//! The offset (with the bytes past the last whole chunk) and the one-writer
+//! lease are in the job's row, whole chunks in the video's GridFS chunks
+//! ([`media_store::resumable`]), so an upload
 //! continues on any replica, after any restart. An append keeps what
 //! arrived however it ends (a cut connection included), checkpointing as it
 //! goes, so a gateway that dies loses at most the bytes since its last
@@ -42,6 +43,9 @@ use tonic::Status;
 /// Bytes between checkpoints of an append without a checksum: what a
 /// gateway that dies mid-append can lose (a cut connection loses nothing).
 const CHECKPOINT_BYTES: u64 = 8 << 20;
+
+/// A client's bytes that do not match the digest it sent (tus's 460).
+pub(crate) const CHECKSUM_MISMATCH: &str = "the bytes do not match their SHA-256; nothing was kept";
 
 /// The longest a live conversion waits, parked, for the next append.
 const PARKED_FOR: Duration = Duration::from_secs(30);
@@ -231,13 +235,13 @@ impl Media {
         };
         let writer = uuid::Uuid::new_v4().to_string();
         let lease = self.resumable.writer_lease;
-        let partial = match self
+        let (partial, tail) = match self
             .jobs
             .begin_append(id, &caller.user_id, offset, &writer, lease)
             .await
             .map_err(|e| jobs_error("starting an append", &e))?
         {
-            Append::Granted(p) => p,
+            Append::Granted(p, tail) => (p, tail),
             Append::Conflict(p) if p.is_complete() => {
                 return Err(Status::failed_precondition(format!(
                     "the upload is complete ({} bytes)",
@@ -266,7 +270,7 @@ impl Media {
             tee: self.parked.take(id, offset),
             checkpointed: offset,
         };
-        let result = appending.run(&mut rx, expected).await;
+        let result = appending.run(&mut rx, expected, tail).await;
         let tee = appending.tee.take();
         match result {
             Ok(Some(job)) => {
@@ -329,11 +333,11 @@ impl Appending<'_> {
         &mut self,
         rx: &mut mpsc::Receiver<Result<AppendUploadRequest, Status>>,
         expected: Option<[u8; 32]>,
+        tail: Vec<u8>,
     ) -> Result<Option<media_store::Job>, Status> {
         let id = self.partial.id;
         let bucket = &self.media.store.video_files;
-        let mut appender = Appender::open(bucket, id, self.partial.received)
-            .await
+        let mut appender = Appender::open(bucket, id, self.partial.received, tail)
             .map_err(|e| store_error("opening an upload", &e))?;
         let mut renew = tokio::time::interval(self.media.resumable.writer_lease / 3);
         renew.tick().await;
@@ -365,9 +369,7 @@ impl Appending<'_> {
                 return Err(status);
             }
             if expected != Some(hasher.finalize().into()) {
-                return Err(Status::data_loss(
-                    "the bytes do not match their SHA-256; nothing was kept",
-                ));
+                return Err(Status::invalid_argument(CHECKSUM_MISMATCH));
             }
         }
         if appender.position() == self.partial.length {
@@ -409,37 +411,34 @@ impl Appending<'_> {
         Ok(())
     }
 
-    /// Stores what arrived (unless it must be checked first) and records it,
-    /// renewing the lease; a writer that lost its upload stops here.
+    /// Records what arrived (unless it must be checked first) and renews
+    /// the lease; a writer that lost its upload stops here.
     async fn checkpoint(&mut self, appender: &mut Appender) -> Result<(), Status> {
-        let at = if self.hasher.is_none() {
-            appender
-                .flush()
-                .await
-                .map_err(|e| store_error("storing an upload", &e))?
-        } else {
-            self.checkpointed
-        };
         let r = &self.media.resumable;
-        let held = self
-            .media
-            .jobs
-            .checkpoint(
-                self.partial.id,
+        let jobs = &self.media.jobs;
+        let id = self.partial.id;
+        let held = if self.hasher.is_none() {
+            jobs.checkpoint(
+                id,
                 self.writer,
-                at,
+                appender.durable(),
                 r.writer_lease,
                 r.expires_in,
             )
             .await
-            .map_err(|e| jobs_error("recording an upload's progress", &e))?;
+        } else {
+            jobs.renew_append(id, self.writer, r.writer_lease).await
+        }
+        .map_err(|e| jobs_error("recording an upload's progress", &e))?;
         if !held {
             self.remove_if_gone().await;
             return Err(Status::aborted(
                 "the upload was cancelled, expired or taken over by another append",
             ));
         }
-        self.checkpointed = at;
+        if self.hasher.is_none() {
+            self.checkpointed = appender.position();
+        }
         Ok(())
     }
 

@@ -166,7 +166,7 @@ pub(crate) fn router(edge: Edge) -> Router {
         // tus discovery and browsers' preflights carry no token.
         .route("/uploads", axum::routing::options(tus::discover))
         .route("/uploads/{id}", axum::routing::options(tus::discover_one))
-        .layer(axum::middleware::map_response(tus::headers));
+        .layer(axum::middleware::map_response(tus::common_headers));
     Router::new()
         .route("/", get(web::index))
         .route("/docs", get(web::reference))
