@@ -137,9 +137,13 @@ page.on('pageerror', (err) => consoleErrors.push(`page error: ${err.message}`));
 // else (an alert() from injected markup above all) is a failure.
 let expectConfirm = false;
 const unexpectedDialogs = [];
+let expectLeave = false; // a reload with an upload in flight asks first
 page.on('dialog', async (dialog) => {
   if (expectConfirm && dialog.type() === 'confirm') {
     expectConfirm = false;
+    await dialog.accept();
+  } else if (expectLeave && dialog.type() === 'beforeunload') {
+    expectLeave = false;
     await dialog.accept();
   } else {
     unexpectedDialogs.push(`${dialog.type()}: ${dialog.message()}`);
@@ -468,7 +472,9 @@ async function run() {
       return value >= 20 ? value : null;
     }, { timeout: 20_000 });
     offlineOnPurpose = true; // the reload cuts the PATCH in flight
+    expectLeave = true; // the page asks before it drops an upload in flight
     await page.reload();
+    assert.equal(expectLeave, false, 'the page did not ask before leaving an upload in flight');
     await page.getByRole('heading', { name: 'Your conversions' }).waitFor({ state: 'visible', timeout: 10_000 });
     offlineOnPurpose = false;
     const unfinished = page.getByRole('list', { name: 'Unfinished uploads' }).getByRole('listitem');
