@@ -162,6 +162,7 @@ pub(crate) fn router(edge: Edge) -> Router {
                 .patch(tus::append)
                 .delete(tus::terminate),
         )
+        .route_layer(axum::middleware::from_fn(tus::require_version))
         .route_layer(AuthLayer::new(validator, JsonReject))
         // tus discovery and browsers' preflights carry no token.
         .route("/uploads", axum::routing::options(tus::discover))

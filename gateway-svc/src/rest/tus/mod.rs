@@ -121,48 +121,33 @@ pub(crate) async fn discover_one(state: State<Edge>, headers: HeaderMap) -> Resp
         (status = 503, description = "A service behind the edge is unavailable", body = ErrorBody),
     )
 )]
-pub(crate) async fn create(State(edge): State<Edge>, headers: HeaderMap) -> Response {
-    if let Some(refused) = version_refused(&headers) {
-        return refused;
+pub(crate) async fn create(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if headers.contains_key(&UPLOAD_DEFER_LENGTH) {
+        return Err(bad(
+            "Upload-Defer-Length is not supported: give Upload-Length",
+        ));
     }
-    let result = async {
-        if headers.contains_key(&UPLOAD_DEFER_LENGTH) {
-            return Err(bad(
-                "Upload-Defer-Length is not supported: give Upload-Length",
-            ));
-        }
-        let total_bytes =
-            number(&headers, &UPLOAD_LENGTH)?.ok_or_else(|| bad("Upload-Length is required"))?;
-        let metadata = metadata(&headers)?;
-        let upload = edge
-            .media
-            .clone()
-            .create_upload(forward(
-                &headers,
-                CreateUploadRequest {
-                    metadata: Some(metadata),
-                    total_bytes,
-                },
-            ))
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .upload
-            .ok_or_else(|| ApiError::new(Code::Internal, "internal error"))?;
-        Ok(upload)
+    let total_bytes =
+        number(&headers, &UPLOAD_LENGTH)?.ok_or_else(|| bad("Upload-Length is required"))?;
+    let metadata = metadata(&headers)?;
+    let req = CreateUploadRequest {
+        metadata: Some(metadata),
+        total_bytes,
+    };
+    let res = edge
+        .media
+        .clone()
+        .create_upload(forward(&headers, req))
+        .await;
+    let upload = present(res.map_err(status_error)?.into_inner().upload)?;
+    let mut res = answer(StatusCode::CREATED, &upload);
+    if let Ok(v) = HeaderValue::from_str(&format!("/uploads/{}", upload.job_id)) {
+        res.headers_mut().insert(header::LOCATION, v);
     }
-    .await;
-    match result {
-        Ok(upload) => {
-            let mut res = StatusCode::CREATED.into_response();
-            progress(&mut res, &upload);
-            if let Ok(v) = HeaderValue::from_str(&format!("/uploads/{}", upload.job_id)) {
-                res.headers_mut().insert(header::LOCATION, v);
-            }
-            res
-        }
-        Err(e) => e.into_response(),
-    }
+    Ok(res)
 }
 
 /// Where an upload is: `Upload-Offset` of `Upload-Length` bytes stored.
@@ -187,30 +172,13 @@ pub(crate) async fn offset(
     State(edge): State<Edge>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = version_refused(&headers) {
-        return refused;
-    }
-    let result = async {
-        let job_id = upload_id(&id)?;
-        edge.media
-            .clone()
-            .get_upload(forward(&headers, GetUploadRequest { job_id }))
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .upload
-            .ok_or_else(|| ApiError::new(Code::Internal, "internal error"))
-    }
-    .await;
-    match result {
-        Ok(upload) => {
-            let mut res = StatusCode::OK.into_response();
-            progress(&mut res, &upload);
-            res
-        }
-        Err(e) => e.into_response(),
-    }
+) -> Result<Response, ApiError> {
+    let req = GetUploadRequest {
+        job_id: upload_id(&id)?,
+    };
+    let res = edge.media.clone().get_upload(forward(&headers, req)).await;
+    let upload = present(res.map_err(status_error)?.into_inner().upload)?;
+    Ok(answer(StatusCode::OK, &upload))
 }
 
 /// Appends the body at `Upload-Offset`; what arrives is kept even if the
@@ -245,27 +213,8 @@ pub(crate) async fn append(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    if let Some(refused) = version_refused(&headers) {
-        return refused;
-    }
-    match append_body(edge, &id, &headers, body).await {
-        Ok(upload) => {
-            let mut res = StatusCode::NO_CONTENT.into_response();
-            progress(&mut res, &upload);
-            res
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn append_body(
-    edge: Edge,
-    id: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<ResumableUpload, ApiError> {
-    let job_id = upload_id(id)?;
+) -> Result<Response, ApiError> {
+    let job_id = upload_id(&id)?;
     let is_offset_stream = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -282,7 +231,7 @@ async fn append_body(
         ));
     }
     let offset =
-        number(headers, &UPLOAD_OFFSET)?.ok_or_else(|| bad("Upload-Offset is required"))?;
+        number(&headers, &UPLOAD_OFFSET)?.ok_or_else(|| bad("Upload-Offset is required"))?;
     let sha256 = match headers.get(&UPLOAD_CHECKSUM) {
         None => Vec::new(),
         Some(v) => {
@@ -303,7 +252,7 @@ async fn append_body(
         }
     };
     let (tx, rx) = mpsc::channel::<AppendUploadRequest>(8);
-    let req = forward(headers, ReceiverStream::new(rx));
+    let req = forward(&headers, ReceiverStream::new(rx));
     let mut client = edge.media.clone();
     let call = tokio::spawn(async move { client.append_upload(req).await }.in_current_span());
     let send = |p| {
@@ -333,12 +282,11 @@ async fn append_body(
         }
     }
     drop(tx);
-    call.await
-        .map_err(|_| ApiError::new(Code::Internal, "internal error"))?
-        .map_err(status_error)?
-        .into_inner()
-        .upload
-        .ok_or_else(|| ApiError::new(Code::Internal, "internal error"))
+    let res = call
+        .await
+        .map_err(|_| ApiError::new(Code::Internal, "internal error"))?;
+    let upload = present(res.map_err(status_error)?.into_inner().upload)?;
+    Ok(answer(StatusCode::NO_CONTENT, &upload))
 }
 
 /// Abandons an unfinished upload and its bytes (tus termination).
@@ -365,21 +313,38 @@ pub(crate) async fn terminate(
     State(edge): State<Edge>,
     Path(id): Path<String>,
     headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let req = CancelUploadRequest {
+        job_id: upload_id(&id)?,
+    };
+    edge.media
+        .clone()
+        .cancel_upload(forward(&headers, req))
+        .await
+        .map_err(status_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Refuses every request but `OPTIONS` that does not speak tus 1.0.0 (a
+/// layer over those routes).
+pub(crate) async fn require_version(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
 ) -> Response {
-    if let Some(refused) = version_refused(&headers) {
-        return refused;
+    match version_refused(req.headers()) {
+        Some(refused) => refused,
+        None => next.run(req).await,
     }
-    let result = async {
-        let job_id = upload_id(&id)?;
-        edge.media
-            .clone()
-            .cancel_upload(forward(&headers, CancelUploadRequest { job_id }))
-            .await
-            .map_err(status_error)
-    }
-    .await;
-    match result {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
+}
+
+/// An answer that says where the upload stands.
+fn answer(status: StatusCode, upload: &ResumableUpload) -> Response {
+    let mut res = status.into_response();
+    progress(&mut res, upload);
+    res
+}
+
+/// The upload a MediaService answer always carries.
+fn present(upload: Option<ResumableUpload>) -> Result<ResumableUpload, ApiError> {
+    upload.ok_or_else(|| ApiError::new(Code::Internal, "internal error"))
 }
