@@ -12,14 +12,11 @@
 //!   out in the request's metadata, and `grpc_client_handled_total` /
 //!   `grpc_client_handling_seconds` (what a dependency costs us).
 //! - [`inject`] / [`extract`] for other carriers (AMQP headers).
+//!
+//! The server side is here; the client layer is in `client`, the carriers
+//! in `propagate`.
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
-use opentelemetry::{
-    Context,
-    propagation::{Extractor, Injector, TextMapPropagator},
-    trace::TraceContextExt,
-};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
 use std::{
     future::Future,
@@ -29,54 +26,12 @@ use std::{
 };
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// Writes `span`'s trace context (`traceparent`, `tracestate`) into a carrier.
-pub fn inject(span: &Span, carrier: &mut dyn Injector) {
-    TraceContextPropagator::new().inject_context(&span.context(), carrier);
-}
+mod client;
+mod propagate;
 
-/// Reads a remote trace context from a carrier; the empty context if none.
-pub fn extract(carrier: &dyn Extractor) -> Context {
-    TraceContextPropagator::new().extract(carrier)
-}
-
-/// Makes `span` a child of the remote context in `carrier`, if it has one.
-/// Call it before anything is logged in `span`.
-pub fn continue_remote(span: &Span, carrier: &dyn Extractor) {
-    let cx = extract(carrier);
-    if cx.span().span_context().is_valid() {
-        // Fails only if the span has already started; it then stays a root.
-        let _ = span.set_parent(cx);
-    }
-}
-
-/// HTTP headers (and so gRPC metadata) as a propagation carrier.
-#[derive(Debug)]
-pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
+pub use client::{GrpcClient, GrpcClientLayer, TracedChannel};
+pub use propagate::{HeaderExtractor, HeaderInjector, continue_remote, extract, inject};
 
 /// Counts itself in a gauge while it lives: work in progress (saturation),
 /// right even when the work is dropped half-way.
@@ -491,79 +446,6 @@ impl<B: http_body::Body> http_body::Body for ObservedBody<B> {
     }
 }
 
-/// Client spans for gRPC calls, with the trace context sent along.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcClientLayer;
-
-impl<S> Layer<S> for GrpcClientLayer {
-    type Service = GrpcClient<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcClient { inner }
-    }
-}
-
-/// A traced gRPC channel: `SomeClient::new(GrpcClientLayer.layer(channel))`.
-#[derive(Debug, Clone)]
-pub struct GrpcClient<S> {
-    inner: S,
-}
-
-/// The channel type the services' gRPC clients use.
-pub type TracedChannel = GrpcClient<tonic::transport::Channel>;
-
-impl<S, B, RB> Service<Request<B>> for GrpcClient<S>
-where
-    S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RB: Send + 'static,
-{
-    type Response = Response<ObservedBody<RB>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let started = Instant::now();
-        let (service, method) = grpc_names(req.uri().path());
-        let span = tracing::info_span!(
-            "grpc.client",
-            otel.name = %format_args!("{service}/{method}"),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = Empty,
-        );
-        inject(&span, &mut HeaderInjector(req.headers_mut()));
-        let fut = span.in_scope(|| self.inner.call(req));
-        Box::pin(async move {
-            let mut obs = Observation {
-                labels: Labels::GrpcClient { service, method },
-                started,
-                span: span.clone(),
-                code: None,
-                active: Some(InFlight::new(metrics::gauge!(
-                    "grpc_client_active_requests"
-                ))),
-            };
-            match fut.instrument(span).await {
-                Ok(res) => Ok(obs.attach(res)),
-                Err(e) => {
-                    // Never reached the server (connect failure, timeout).
-                    obs.code = Some(tonic::Code::Unavailable as i32);
-                    obs.finish();
-                    Err(e)
-                }
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,32 +500,5 @@ mod tests {
         assert!(!is_server_error(tonic::Code::NotFound));
         assert!(!is_server_error(tonic::Code::Unauthenticated));
         assert!(!is_server_error(tonic::Code::InvalidArgument));
-    }
-
-    #[test]
-    fn trace_context_survives_a_round_trip_through_headers() {
-        let mut headers = HeaderMap::new();
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        headers.insert("traceparent", HeaderValue::from_static(parent));
-        let cx = extract(&HeaderExtractor(&headers));
-        let sc = cx.span().span_context().clone();
-        assert!(sc.is_valid() && sc.is_remote());
-        assert_eq!(
-            sc.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-
-        let mut out = HeaderMap::new();
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut out));
-        assert_eq!(out.get("traceparent").unwrap(), parent);
-
-        let mut garbage = HeaderMap::new();
-        garbage.insert("traceparent", HeaderValue::from_static("00-zz-yy-01"));
-        assert!(
-            !extract(&HeaderExtractor(&garbage))
-                .span()
-                .span_context()
-                .is_valid()
-        );
     }
 }
