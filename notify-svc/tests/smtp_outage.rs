@@ -14,26 +14,24 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn stop_mailpit() {
-    let pid = std::fs::read_to_string(root().join(".stack/pids/mailpit.pid")).unwrap();
-    let ok = Command::new("kill")
-        .arg(pid.trim())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "could not stop Mailpit");
-}
-
-fn start_mailpit() {
+fn stack(action: &str) {
     let out = Command::new(root().join("scripts/stack"))
-        .arg("up")
+        .args([action, "mailpit"])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "scripts/stack {action} mailpit: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn stop_mailpit() {
+    stack("stop");
+}
+
+fn start_mailpit() {
+    stack("start");
 }
 
 struct Restart;
