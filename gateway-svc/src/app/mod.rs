@@ -1,18 +1,20 @@
 //! Wiring: everything `main` and the tests start.
+//!
+//! [`App::build`] here: every dependency connected, every listener bound.
+//! What runs once built (the background tasks, the servers, the drain) is
+//! in `run`.
 
 use crate::{
     auth::{AuthLayer, GrpcReject, Validator},
     config::Config,
     follow::Follows,
-    janitor::{self, Janitor},
     media::{MAX_CHUNK, Media},
     quota::Quotas,
-    receipts::Receipts,
     rest::{self, Edge},
     watch::Hub,
     webhooks::Webhooks,
 };
-use amqp_kit::{Publisher, broadcast::Broadcaster, consumer::ConsumerConfig};
+use amqp_kit::{Publisher, broadcast::Broadcaster};
 use media_store::{Jobs, Store};
 use mp3converter_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -25,10 +27,8 @@ use mp3converter_proto::{
     },
 };
 use std::{net::SocketAddr, time::Duration};
-use svc_kit::service::Standard;
 use svc_kit::{
     health::Health,
-    limits::{BodyIdleTimeoutLayer, InFlightLimitLayer, Protocol},
     observe::GrpcClientLayer,
     tls::{Connector, MeshTls},
 };
@@ -39,6 +39,8 @@ use tonic::{
     transport::Endpoint,
 };
 use tower::Layer;
+
+mod run;
 
 const SERVICE_NAME: &str = "mp3converter.media.v1.MediaService";
 const WEBHOOK_SERVICE_NAME: &str = "mp3converter.webhooks.v1.WebhookService";
@@ -305,166 +307,6 @@ impl App {
             .local_addr()
             .unwrap_or(self.config.admin_addr)
     }
-
-    fn janitor(&self) -> Janitor {
-        let j = &self.config.janitor;
-        let instance = format!(
-            "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
-            uuid::Uuid::new_v4().simple()
-        );
-        Janitor {
-            media: self.media.clone(),
-            lease: self
-                .jobs
-                .lease("janitor", &instance, j.janitor_interval * 3),
-            settings: janitor::Settings {
-                interval: j.janitor_interval,
-                stuck_after: j.stuck_after,
-                max_republish: j.max_republish,
-                max_job_age: j.max_job_age,
-                upload_stale: j.upload_stale_after,
-                orphan_age: j.orphan_age,
-                orphan_interval: j.orphan_interval,
-                tombstone_age: j.tombstone_age,
-                delete_source: j.delete_source,
-                unnotified_after: j.unnotified_after,
-                max_reannounce: j.max_reannounce,
-            },
-        }
-    }
-
-    pub async fn run_until(self, token: CancellationToken) -> anyhow::Result<()> {
-        let janitor = tokio::spawn(self.janitor().run(token.clone()));
-        let relay = tokio::spawn(
-            media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).run(token.clone()),
-        );
-        let standard = Standard::start(
-            self.admin_listener,
-            &self.health,
-            &token,
-            probe(
-                self.store.clone(),
-                self.jobs.clone(),
-                self.publisher.clone(),
-                self.health.clone(),
-                self.config.health_interval,
-                token.clone(),
-            ),
-        );
-        let watch_listener = {
-            let hub = self.media.hub.clone();
-            tokio::spawn(amqp_kit::broadcast::listen(
-                self.config.amqp_url.clone(),
-                "gateway-svc-watch".into(),
-                self.config.job_events_exchange.clone(),
-                token.clone(),
-                move |heard| hub.heard(heard),
-            ))
-        };
-        let receipts = tokio::spawn(amqp_kit::consumer::run(
-            ConsumerConfig {
-                url: self.config.amqp_url.clone(),
-                name: "gateway-svc-receipts".into(),
-                queue: self
-                    .config
-                    .video_topology
-                    .work_queue(&self.config.notified_queue),
-                also_declare: Vec::new(),
-                concurrency: 4,
-                grace: self.config.shutdown_grace,
-            },
-            Receipts {
-                jobs: self.jobs.clone(),
-            },
-            self.health.clone(),
-            token.clone(),
-        ));
-        let limits = &self.config.listener;
-        let rest = self
-            .rest
-            .layer(BodyIdleTimeoutLayer::new(
-                limits.body_idle_timeout,
-                Protocol::Http,
-            ))
-            .layer(InFlightLimitLayer::new(
-                limits.max_requests_in_flight,
-                Protocol::Http,
-            ));
-        if let Some(tls) = &self.tls {
-            tls.spawn_reloader(self.background.clone());
-        }
-        let http = svc_kit::serve::http(
-            self.http_listener,
-            rest,
-            limits,
-            self.edge_tls.clone(),
-            "rest",
-            token.clone(),
-        );
-        let grpc = svc_kit::grpc::serve_with(
-            self.routes,
-            self.grpc_listener,
-            limits,
-            STREAMING,
-            self.tls.as_ref(),
-            token.clone(),
-        );
-        // Converters only: under mTLS the follow listener admits their
-        // identity, not the users' clients.
-        let follow_tls = self
-            .tls
-            .as_ref()
-            .map(|t| t.admitting(&self.config.follow_allowed_clients));
-        let follow = svc_kit::grpc::serve_with(
-            self.follow_routes,
-            self.follow_listener,
-            limits,
-            STREAMING,
-            follow_tls.as_ref(),
-            token.clone(),
-        );
-        let served = svc_kit::shutdown::drain_within(
-            &token,
-            self.config.shutdown_grace,
-            Box::pin(async {
-                tokio::try_join!(
-                    async { http.await.map_err(anyhow::Error::from) },
-                    grpc,
-                    follow
-                )
-            }),
-        )
-        .await;
-        // Uploads still running past the grace period are aborted, so their
-        // chunks are removed now rather than orphaned by the exit.
-        self.media.abort_uploads.cancel();
-        self.media.uploads.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.media.uploads.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("uploads did not abort in time; the janitor will clean up after them");
-        }
-        drop(standard);
-        watch_listener.abort();
-        let _ = janitor.await;
-        let _ = receipts.await;
-        // Events of the last transitions go out before we stop (the next
-        // relay, here or elsewhere, would send them anyway).
-        let _ = relay.await;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            media_store::outbox::Relay::new(&self.jobs, self.publisher.clone()).drain(),
-        )
-        .await;
-        self.background.cancel();
-        if let Some(res) = served {
-            res.map(drop)?;
-        }
-        tracing::info!("gateway-svc stopped");
-        Ok(())
-    }
 }
 
 /// 0.0.0.0 or [::] are fine to listen on but not to connect to.
@@ -477,49 +319,5 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
             SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
         }
         a => a,
-    }
-}
-
-/// Readiness follows MongoDB, PostgreSQL and RabbitMQ: each check must
-/// answer within a second, so a dead dependency shows within about two.
-async fn probe(
-    store: Store,
-    jobs: Jobs,
-    publisher: Publisher,
-    health: Health,
-    interval: Duration,
-    token: CancellationToken,
-) {
-    svc_kit::health::every(interval, token, || async {
-        let limit = Duration::from_secs(1);
-        let (mongo, pg, amqp) = tokio::join!(
-            svc_kit::health::within(limit, {
-                let store = store.clone();
-                async move { store.ping().await }
-            }),
-            svc_kit::health::within(limit, {
-                let jobs = jobs.clone();
-                async move { jobs.ping().await }
-            }),
-            svc_kit::health::within(limit, {
-                let publisher = publisher.clone();
-                async move { publisher.check().await }
-            }),
-        );
-        health.set("mongodb", mongo).await;
-        health.set("postgresql", pg).await;
-        health.set("rabbitmq", amqp).await;
-    })
-    .await;
-}
-
-impl svc_kit::service::Service for App {
-    const NAME: &'static str = "gateway-svc";
-
-    fn run_until(
-        self,
-        shutdown: CancellationToken,
-    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send {
-        App::run_until(self, shutdown)
     }
 }
