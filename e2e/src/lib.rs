@@ -4,11 +4,8 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 use clap::Parser;
-use mp3converter_proto::auth::v1::{
-    CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient,
-};
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
-use test_kit::{Stack, mailpit::Mailpit, unique_name};
+use test_kit::{Stack, mailpit::Mailpit, unique_name, users::Admin};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
@@ -80,37 +77,19 @@ pub fn sample(dir: &Path, name: &str, ffmpeg_args: &str) -> std::path::PathBuf {
 
 /// A new user, created by the admin through auth-svc; returns (email, password).
 pub async fn create_user(auth: SocketAddr) -> (String, String) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{auth}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    create_user_over(channel).await
+    new_user(Admin::connect(auth, ADMIN).await.unwrap()).await
 }
 
 /// [`create_user`] over `channel` (e.g. mutual TLS with the gateway's
 /// certificate: auth-svc then accepts no one else).
 pub async fn create_user_over(channel: tonic::transport::Channel) -> (String, String) {
-    let mut auth = AuthServiceClient::new(channel);
-    let admin = auth
-        .login(LoginRequest {
-            email: ADMIN.0.into(),
-            password: ADMIN.1.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    new_user(Admin::login(channel, ADMIN).await.unwrap()).await
+}
+
+async fn new_user(admin: Admin) -> (String, String) {
     let email = format!("{}@e2e.test", test_kit::unique_name("user"));
     let password = "journey password".to_owned();
-    let mut req = Request::new(CreateUserRequest {
-        email: email.clone(),
-        password: password.clone(),
-        admin: false,
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
-    auth.create_user(req).await.unwrap();
+    admin.create_user(&email, &password).await.unwrap();
     (email, password)
 }
 

@@ -25,7 +25,7 @@ use auth_svc::{app::App, config::Cli};
 use bench::{Summary, free_port, ms, wait_for_port};
 use clap::Parser;
 use mp3converter_proto::auth::v1::{
-    CreateUserRequest, LoginRequest, ValidateRequest, auth_service_client::AuthServiceClient,
+    LoginRequest, ValidateRequest, auth_service_client::AuthServiceClient,
 };
 use std::{
     collections::BTreeMap,
@@ -33,6 +33,7 @@ use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+use test_kit::users::Admin;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, transport::Channel};
 
@@ -367,15 +368,9 @@ async fn flood_once(args: &Args, bin: &PathBuf, limits: &str) -> anyhow::Result<
         .map(|i| format!("probe{i}@example.com"))
         .chain([victim.clone()])
         .collect();
+    let admin = Admin::with_token(proxy.clone(), admin);
     for email in &emails {
-        let mut req = Request::new(CreateUserRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-            admin: false,
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {admin}").parse()?);
-        proxy.clone().create_user(req).await?;
+        admin.create_user(email, PASSWORD).await?;
     }
 
     let rss_before = server.rss_mib();

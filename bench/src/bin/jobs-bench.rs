@@ -11,12 +11,10 @@
 use bench::{Proc, Summary, free_port, ms, wait_for_port};
 use clap::Parser;
 use media_store::{DatabaseArgs, Jobs, Routes};
-use mp3converter_proto::{
-    auth::v1::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
-    media::v1::{ListJobsRequest, media_service_client::MediaServiceClient},
-};
+use mp3converter_proto::media::v1::{ListJobsRequest, media_service_client::MediaServiceClient};
 use std::time::{Duration, Instant};
 use svc_kit::config::Secret;
+use test_kit::users::Admin;
 
 #[derive(Parser)]
 struct Args {
@@ -74,31 +72,11 @@ async fn main() -> anyhow::Result<()> {
         ],
     )?;
     wait_for_port(&auth_addr).await?;
-    let mut auth = AuthServiceClient::connect(format!("http://{auth_addr}")).await?;
-    let admin = auth
-        .login(LoginRequest {
-            email: "bench@example.com".into(),
-            password: "bench password".into(),
-        })
+    let lister = Admin::connect(&auth_addr, ("bench@example.com", "bench password"))
         .await?
-        .into_inner()
-        .token;
-    let mut req = tonic::Request::new(CreateUserRequest {
-        email: "lister@example.com".into(),
-        password: "lister password".into(),
-        admin: false,
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse()?);
-    let me = auth.create_user(req).await?.into_inner().user.unwrap().id;
-    let token = auth
-        .login(LoginRequest {
-            email: "lister@example.com".into(),
-            password: "lister password".into(),
-        })
-        .await?
-        .into_inner()
-        .token;
+        .user("lister@example.com", "lister password")
+        .await?;
+    let (me, token) = (lister.id, lister.token);
 
     // The data: the lister's jobs, then everyone else's, in every state.
     let t = Instant::now();

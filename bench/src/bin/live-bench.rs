@@ -20,7 +20,6 @@ use bench::{
 use clap::Parser;
 use futures::StreamExt;
 use mp3converter_proto::{
-    auth::v1::{CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient},
     events::v1::Mp3Ready,
     media::v1::{
         UploadCommit, UploadMetadata, UploadRequest, media_service_client::MediaServiceClient,
@@ -35,6 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 use svc_kit::config::Secret;
+use test_kit::users::Admin;
 
 #[derive(Parser)]
 struct Args {
@@ -226,30 +226,9 @@ async fn main() -> anyhow::Result<()> {
     wait_for_port(&format!("127.0.0.1:{http_live}")).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let mut auth = AuthServiceClient::connect(format!("http://{auth_addr}")).await?;
-    let login = |email: &str, password: &str| LoginRequest {
-        email: email.into(),
-        password: password.into(),
-    };
-    let admin = auth
-        .login(login("bench@example.com", "bench password"))
-        .await?
-        .into_inner()
-        .token;
+    let admin = Admin::connect(&auth_addr, ("bench@example.com", "bench password")).await?;
     let email = format!("{}@bench.test", test_kit::unique_name("live"));
-    let mut req = tonic::Request::new(CreateUserRequest {
-        email: email.clone(),
-        password: "bench password".into(),
-        admin: false,
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse()?);
-    auth.create_user(req).await?;
-    let token = auth
-        .login(login(&email, "bench password"))
-        .await?
-        .into_inner()
-        .token;
+    let token = admin.user(&email, "bench password").await?.token;
 
     // Mp3Ready, timed as it arrives.
     let ready: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -364,19 +343,7 @@ async fn main() -> anyhow::Result<()> {
             }
             for (live, http) in order {
                 let email = format!("{}@bench.test", test_kit::unique_name("par"));
-                let mut req = tonic::Request::new(CreateUserRequest {
-                    email: email.clone(),
-                    password: "bench password".into(),
-                    admin: false,
-                });
-                req.metadata_mut()
-                    .insert("authorization", format!("Bearer {admin}").parse()?);
-                auth.create_user(req).await?;
-                let token = auth
-                    .login(login(&email, "bench password"))
-                    .await?
-                    .into_inner()
-                    .token;
+                let token = admin.user(&email, "bench password").await?.token;
                 let (t0, last_upload, all) = parallel(&stack, http, &token, &email, &bytes).await?;
                 println!(
                     "| {} | {} | {:.2} | {:.2} | {:.2} |",

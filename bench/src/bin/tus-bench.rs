@@ -20,15 +20,12 @@ use bench::clips::{make_clip, spec};
 use bench::{Proc, free_port, wait_for_port};
 use clap::Parser;
 use media_store::mongodb::bson::oid::ObjectId;
-use mp3converter_proto::auth::v1::{
-    CreateUserRequest, LoginRequest, auth_service_client::AuthServiceClient,
-};
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
-use test_kit::proxy::Proxy;
+use test_kit::{proxy::Proxy, users::Admin};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -206,16 +203,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let jobs = test_kit_jobs(&jobs_db, &video_q).await;
 
-    let mut auth = AuthServiceClient::connect(format!("http://{auth_addr}")).await?;
-    let login = |email: &str| LoginRequest {
-        email: email.into(),
-        password: "bench password".into(),
-    };
-    let admin = auth
-        .login(login("bench@example.com"))
-        .await?
-        .into_inner()
-        .token;
+    let admin = Admin::connect(&auth_addr, ("bench@example.com", "bench password")).await?;
     let mut rows = Vec::new();
     for (what, client, kill) in [
         ("tus-js-client, 3 drops", Client::TusJs, false),
@@ -227,15 +215,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     ] {
         let email = format!("{}@bench.test", test_kit::unique_name("tus"));
-        let mut req = tonic::Request::new(CreateUserRequest {
-            email: email.clone(),
-            password: "bench password".into(),
-            admin: false,
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {admin}").parse()?);
-        auth.create_user(req).await?;
-        let token = auth.login(login(&email)).await?.into_inner().token;
+        let token = admin.user(&email, "bench password").await?.token;
 
         let proxy = Proxy::start(&http_a).await;
         let endpoint = format!("http://{}/uploads", proxy.addr);

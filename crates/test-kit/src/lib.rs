@@ -1,7 +1,8 @@
 //! Test-only helpers (a dev-dependency of every service): the local stack's
 //! connection settings, unique names so tests never share state, fresh
 //! PostgreSQL databases, waiting for a condition, reading Mailpit, an OTLP
-//! trace receiver, and a shell sandbox for the commands emails show.
+//! trace receiver, a shell sandbox for the commands emails show, and users
+//! made by the admin over auth-svc's gRPC.
 //!
 //! Settings come from the same variables `scripts/stack env` prints, with the
 //! stack's fixed ports as defaults, so `cargo test` works with or without
@@ -15,6 +16,7 @@ pub mod pg;
 pub mod prom;
 pub mod proxy;
 pub mod shell;
+pub mod users;
 
 use std::{future::Future, sync::Once, time::Duration};
 

@@ -8,16 +8,14 @@ use media_store::{
     mongodb::bson::{doc, oid::ObjectId},
 };
 use mp3converter_proto::{
-    auth::v1::{
-        CreateUserRequest, LoginRequest, SetUserDisabledRequest,
-        auth_service_client::AuthServiceClient, set_user_disabled_request,
-    },
+    auth::v1::{SetUserDisabledRequest, set_user_disabled_request},
     media::v1::media_service_client::MediaServiceClient,
 };
 use std::{net::SocketAddr, time::Duration};
 use svc_kit::config::Secret;
+use test_kit::users::Admin;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
 pub const JWT_SECRET: &str = "gateway-test-secret-gateway-test-secret";
 pub const ADMIN: (&str, &str) = ("admin@example.com", "admin password 1");
@@ -90,13 +88,7 @@ pub struct TestApp {
 }
 
 /// A user of the system under test: a token and an id.
-#[derive(Clone, Debug)]
-pub struct User {
-    pub email: String,
-    pub password: String,
-    pub token: String,
-    pub id: String,
-}
+pub use test_kit::users::User;
 
 /// The receipts queue that goes with a test's video queue.
 pub fn notified_queue(video_queue: &str) -> String {
@@ -219,78 +211,33 @@ impl TestApp {
             .max_decoding_message_size(8 << 20)
     }
 
-    async fn auth_client(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::connect(format!("http://{}", self.auth_addr))
-            .await
-            .unwrap()
-    }
-
-    async fn admin_token(&self) -> String {
-        self.auth_client()
-            .await
-            .login(LoginRequest {
-                email: ADMIN.0.into(),
-                password: ADMIN.1.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token
+    /// The admin, logged in to this app's auth-svc.
+    async fn admin(&self) -> Admin {
+        Admin::connect(self.auth_addr, ADMIN).await.unwrap()
     }
 
     /// Disables a user straight through auth-svc, as an admin (no gateway
     /// replica hears of it).
     pub async fn disable_user(&self, email: &str) {
-        let mut req = Request::new(SetUserDisabledRequest {
-            user: Some(set_user_disabled_request::User::Email(email.to_owned())),
-            disabled: true,
-        });
-        let admin = self.admin_token().await;
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
-        self.auth_client()
-            .await
-            .set_user_disabled(req)
+        let admin = self.admin().await;
+        admin
+            .client()
+            .set_user_disabled(admin.authorized(SetUserDisabledRequest {
+                user: Some(set_user_disabled_request::User::Email(email.to_owned())),
+                disabled: true,
+            }))
             .await
             .unwrap();
     }
 
     /// Creates a user through auth-svc and logs them in.
     pub async fn user(&self) -> User {
-        let mut auth = self.auth_client().await;
-        let admin = self.admin_token().await;
         let email = format!("{}@example.com", test_kit::unique_name("u"));
-        let password = "user password 1".to_owned();
-        let mut req = Request::new(CreateUserRequest {
-            email: email.clone(),
-            password: password.clone(),
-            admin: false,
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
-        let id = auth
-            .create_user(req)
+        self.admin()
+            .await
+            .user(&email, "user password 1")
             .await
             .unwrap()
-            .into_inner()
-            .user
-            .unwrap()
-            .id;
-        let token = auth
-            .login(LoginRequest {
-                email: email.clone(),
-                password: password.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
-        User {
-            email,
-            password,
-            token,
-            id,
-        }
     }
 
     pub async fn video_count(&self) -> u64 {
