@@ -1,5 +1,6 @@
-//! The clips the benchmarks convert, made once with ffmpeg as users' are:
-//! 720p H.264 + AAC MP4s with the index at the end, and plain ffmpeg on a
+//! The clips the benchmarks convert, made once with ffmpeg as users' are
+//! (test-kit's lavfi generator): 720p H.264 + AAC MP4s with the index at the
+//! end, and plain ffmpeg on a
 //! local file with the converter's settings (the limit a conversion is held
 //! against).
 
@@ -10,6 +11,7 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
+use test_kit::clips::Lavfi;
 
 /// A clip as users upload them: name, seconds, frames per second, video
 /// bitrate, audio source (ffmpeg lavfi), and whether the video is noisy.
@@ -115,57 +117,25 @@ pub fn make_clip(dir: &Path, s: &Spec) -> PathBuf {
         return out;
     }
     eprintln!("  generating {} ({} s, 720p{})…", s.name, s.secs, s.fps);
-    std::fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!("{}.tmp.mp4", s.name));
-    let video = if s.noisy {
-        format!(
-            "testsrc2=size=1280x720:rate={}:duration={},noise=alls=30:allf=t",
-            s.fps, s.secs
+    let kbps = format!("{}k", s.video_kbps);
+    let clip = Lavfi {
+        video_filter: s.noisy.then(|| "noise=alls=30:allf=t".to_owned()),
+        video_args: vec![
+            "-b:v".into(),
+            kbps.clone(),
+            "-maxrate".into(),
+            kbps,
+            "-bufsize".into(),
+            format!("{}k", s.video_kbps * 2),
+        ],
+        audio_args: ["-b:a", "128k", "-ac", "2"].map(str::to_owned).to_vec(),
+        ..Lavfi::new(
+            s.secs,
+            format!("testsrc2=size=1280x720:rate={}", s.fps),
+            format!("{}:sample_rate=44100", s.audio),
         )
-    } else {
-        format!("testsrc2=size=1280x720:rate={}:duration={}", s.fps, s.secs)
     };
-    let ok = Command::new("ffmpeg")
-        .args([
-            "-y",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            &video,
-        ])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("{}:duration={}:sample_rate=44100", s.audio, s.secs),
-        ])
-        .args([
-            "-shortest",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args([
-            "-b:v",
-            &format!("{}k", s.video_kbps),
-            "-maxrate",
-            &format!("{}k", s.video_kbps),
-        ])
-        .args(["-bufsize", &format!("{}k", s.video_kbps * 2)])
-        .args(["-c:a", "aac", "-b:a", "128k", "-ac", "2"])
-        .arg(&tmp)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ffmpeg could not make {}", s.name);
-    std::fs::rename(&tmp, &out).unwrap();
-    out
+    clip.make_once(&out)
 }
 
 /// What the converter does, as plain ffmpeg on a local file.

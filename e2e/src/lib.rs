@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 use clap::Parser;
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 use test_kit::{Stack, mailpit::Mailpit, unique_name, users::Admin};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
@@ -63,16 +63,7 @@ pub const SAMPLE: &str = "-f lavfi -i testsrc=duration=4:size=160x120:rate=10 -f
 
 /// Makes `dir/name` with ffmpeg.
 pub fn sample(dir: &Path, name: &str, ffmpeg_args: &str) -> std::path::PathBuf {
-    let out = dir.join(name);
-    let ok = Command::new("ffmpeg")
-        .args(["-y", "-hide_banner", "-loglevel", "error"])
-        .args(ffmpeg_args.split_whitespace())
-        .arg(&out)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    out
+    test_kit::clips::generate(dir, name, ffmpeg_args)
 }
 
 /// A new user, created by the admin through auth-svc; returns (email, password).
@@ -228,28 +219,7 @@ pub fn fid_in(text: &str) -> String {
 }
 
 /// (format name, duration in seconds) of a media file.
-pub fn ffprobe(path: &Path) -> (String, f64) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=format_name,duration",
-            "-of",
-            "default=noprint_wrappers=1",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (get("format_name"), get("duration").parse().unwrap_or(-1.0))
-}
+pub use test_kit::clips::probe as ffprobe;
 
 /// The stack's development certificates (`scripts/stack certs`, in
 /// `STACK_TLS_DIR`) and its TLS endpoints.

@@ -28,8 +28,8 @@ use mp3converter_proto::{
 };
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -83,15 +83,10 @@ fn cpu_now(procs: &[&Proc]) -> f64 {
 fn derived(src: &Path, out: &Path, args: &[&str]) -> PathBuf {
     if !out.exists() {
         eprintln!("  making {}…", out.display());
-        let ok = Command::new("ffmpeg")
-            .args(["-y", "-hide_banner", "-loglevel", "error", "-i"])
-            .arg(src)
-            .args(args)
-            .arg(out)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        let args = [OsStr::new("-i"), src.as_os_str()]
+            .into_iter()
+            .chain(args.iter().map(OsStr::new));
+        test_kit::clips::ffmpeg(args, out);
     }
     out.to_owned()
 }

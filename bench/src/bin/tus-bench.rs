@@ -21,6 +21,7 @@ use bench::{Proc, free_port, wait_for_port};
 use clap::Parser;
 use media_store::mongodb::bson::oid::ObjectId;
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -53,25 +54,11 @@ fn gigabyte_clip(dir: &Path) -> PathBuf {
         format!("file '{}'\n", part.canonicalize().unwrap().display()).repeat(5),
     )
     .unwrap();
-    let ok = std::process::Command::new("ffmpeg")
-        .args([
-            "-y",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-f",
-            "concat",
-            "-safe",
-            "0",
-            "-i",
-        ])
-        .arg(&list)
-        .args(["-c", "copy"])
-        .arg(&out)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ffmpeg could not make {}", out.display());
+    let mut args: Vec<&OsStr> = ["-f", "concat", "-safe", "0", "-i"]
+        .map(OsStr::new)
+        .to_vec();
+    args.extend([list.as_os_str(), OsStr::new("-c"), OsStr::new("copy")]);
+    test_kit::clips::ffmpeg(args, &out);
     out
 }
 

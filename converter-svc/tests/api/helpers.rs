@@ -159,15 +159,7 @@ impl Env {
     /// Generates a clip with ffmpeg; `args` go between `ffmpeg -y` and the
     /// output file name.
     pub fn clip(&self, name: &str, args: &str) -> std::path::PathBuf {
-        let out = self.clips.path().join(name);
-        let status = Command::new("ffmpeg")
-            .args(["-y", "-hide_banner", "-loglevel", "error"])
-            .args(args.split_whitespace())
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success(), "ffmpeg could not make {name}");
-        out
+        test_kit::clips::generate(self.clips.path(), name, args)
     }
 
     /// Does what gateway-svc does for an upload: store the file, record the
@@ -459,31 +451,7 @@ impl Instance {
 }
 
 /// ffprobe's format name and duration of a file.
-pub fn probe(path: &Path) -> (String, f64) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=format_name,duration",
-            "-of",
-            "default=noprint_wrappers=1",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (
-        field("format_name"),
-        field("duration").parse().unwrap_or(-1.0),
-    )
-}
+pub use test_kit::clips::probe;
 
 /// The duration of a file's first audio stream (what the MP3 must match),
 /// or the container's where streams carry none (Matroska, WebM).

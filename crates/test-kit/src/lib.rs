@@ -1,8 +1,8 @@
 //! Test-only helpers (a dev-dependency of every service): the local stack's
 //! connection settings, unique names so tests never share state, fresh
 //! PostgreSQL databases, waiting for a condition, reading Mailpit, an OTLP
-//! trace receiver, a shell sandbox for the commands emails show, and users
-//! made by the admin over auth-svc's gRPC.
+//! trace receiver, a shell sandbox for the commands emails show, users made
+//! by the admin over auth-svc's gRPC, and clips made with ffmpeg.
 //!
 //! Settings come from the same variables `scripts/stack env` prints, with the
 //! stack's fixed ports as defaults, so `cargo test` works with or without
@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
+pub mod clips;
 pub mod mailpit;
 pub mod otlp;
 pub mod pg;

@@ -34,9 +34,9 @@ use clap::Parser;
 use run::one_run;
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
+use test_kit::clips::Lavfi;
 
 #[derive(Debug, Parser)]
 pub(crate) struct Args {
@@ -58,40 +58,10 @@ pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A small H.264 + AAC MP4 of `secs` seconds, made once.
 fn clip(dir: &Path, name: &str, secs: u32) -> Vec<u8> {
-    let out = dir.join(name);
-    if !out.exists() {
-        let ok = Command::new("ffmpeg")
-            .args([
-                "-y",
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-            ])
-            .arg(format!("testsrc=duration={secs}:size=320x240:rate=15"))
-            .args(["-f", "lavfi", "-i"])
-            .arg(format!("sine=frequency=440:duration={secs}"))
-            .args([
-                "-shortest",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-            ])
-            .arg(&out)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-    std::fs::read(out).unwrap()
+    let clip = Lavfi::new(secs, "testsrc=size=320x240:rate=15", "sine=frequency=440");
+    std::fs::read(clip.make_once(&dir.join(name))).unwrap()
 }
 
 #[tokio::main]
