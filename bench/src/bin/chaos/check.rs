@@ -14,12 +14,7 @@ use std::{
 pub(crate) struct Outcome {
     pub(crate) ok: usize,
     pub(crate) refused: usize,
-    pub(crate) done: usize,
-    pub(crate) failed: usize,
-    pub(crate) unfinished: usize,
-    pub(crate) mp3_wrong: usize,
-    pub(crate) emails_wrong: usize,
-    pub(crate) duplicates: usize,
+    pub(crate) counts: Counts,
     /// Outcomes the janitor announced again for want of a receipt.
     pub(crate) reannounced: u32,
     pub(crate) orphan_chunks: u64,

@@ -98,12 +98,12 @@ async fn main() -> anyhow::Result<()> {
             i + 1,
             o.ok,
             o.refused,
-            o.done,
-            o.failed,
-            o.unfinished,
-            o.mp3_wrong,
-            o.emails_wrong,
-            o.duplicates,
+            o.counts.done,
+            o.counts.failed,
+            o.counts.unfinished,
+            o.counts.mp3_wrong,
+            o.counts.emails_wrong,
+            o.counts.duplicates,
             o.reannounced,
             o.orphan_chunks,
             o.sources_left,
@@ -113,7 +113,12 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let bad = rows.iter().any(|o| {
-        o.unfinished + o.mp3_wrong + o.emails_wrong + o.duplicates + o.temp_dirs > 0
+        o.counts.unfinished
+            + o.counts.mp3_wrong
+            + o.counts.emails_wrong
+            + o.counts.duplicates
+            + o.temp_dirs
+            > 0
             || o.orphan_chunks > 0
             || o.sources_left > 0
     });

@@ -3,7 +3,7 @@
 
 use crate::{
     Args,
-    check::{self, Counts, Outcome, walkdir_jobs},
+    check::{self, Outcome, walkdir_jobs},
     faults::{Fault, inject},
     mesh::Mesh,
 };
@@ -182,14 +182,7 @@ pub(crate) async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -
     let jobs = job_db.all().await.unwrap();
     let mailpit = test_kit::mailpit::Mailpit::new(&stack.mailpit_api_url);
     let emails = mailpit.messages_to(&email).await.unwrap_or_default();
-    let Counts {
-        done,
-        failed,
-        unfinished,
-        mp3_wrong,
-        emails_wrong,
-        duplicates,
-    } = check::count(&store, &jobs, &ok, &emails).await;
+    let counts = check::count(&store, &jobs, &ok, &emails).await;
 
     let orphan_chunks = check::orphan_chunks(&store).await;
     let sources_left = store
@@ -214,12 +207,7 @@ pub(crate) async fn one_run(args: &Args, run: &str, clips: &[(&str, Vec<u8>)]) -
     let outcome = Outcome {
         ok: ok.len(),
         refused: tally.lock().unwrap().refused,
-        done,
-        failed,
-        unfinished,
-        mp3_wrong,
-        emails_wrong,
-        duplicates,
+        counts,
         reannounced: jobs
             .iter()
             .map(|j| u32::try_from(j.reannounced).unwrap_or(0))
