@@ -1,7 +1,8 @@
 //! Shared bits of the benchmarks: latency summaries and table printing, the
-//! clips, services run as processes.
+//! clips, services run as processes and the settings they are started with.
 
 pub mod clips;
+pub mod services;
 
 use std::time::Duration;
 

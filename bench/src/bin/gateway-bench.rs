@@ -10,20 +10,22 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use bench::{Proc, free_port, wait_for_port};
+use bench::{
+    Proc,
+    services::{self, Listeners},
+    wait_for_port,
+};
 use clap::Parser;
 use futures::{AsyncWriteExt, StreamExt};
 use media_store::{Store, mongodb::bson::doc};
-use mp3converter_proto::{
-    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
-    media::v1::{
-        UploadCommit, UploadMetadata, UploadRequest, media_service_client::MediaServiceClient,
-        upload_request::Payload,
-    },
+use mp3converter_proto::media::v1::{
+    UploadCommit, UploadMetadata, UploadRequest, media_service_client::MediaServiceClient,
+    upload_request::Payload,
 };
 use rand::RngCore;
 use std::time::Instant;
 use svc_kit::config::{Secret, parse_size};
+use test_kit::users::Admin;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -52,55 +54,31 @@ async fn main() -> anyhow::Result<()> {
     let mongo_db = test_kit::unique_name("gwbench").replace('-', "_");
     let jobs_db = stack.database(&mongo_db).await;
     let queue = test_kit::unique_name("video-bench");
-    let auth_port = free_port();
-    let admin = || format!("127.0.0.1:{}", free_port());
+    let auth_addr = services::local_addr();
 
     let _auth = Proc::start(
         "auth-svc",
-        &[
-            ("GRPC_ADDR", format!("127.0.0.1:{auth_port}")),
-            ("ADMIN_ADDR", admin()),
-            ("DATABASE_URL", auth_db),
-            (
-                "JWT_SECRET",
-                "bench-secret-bench-secret-bench-secret".into(),
-            ),
-            ("ADMIN_EMAIL", "bench@example.com".into()),
-            ("ADMIN_PASSWORD", "bench password".into()),
-        ],
+        &services::auth_vars(&auth_addr, auth_db, services::JWT_SECRET, services::ADMIN),
     )?;
     // A gateway process with the common settings plus `extra`; returns it
     // with its gRPC and HTTP ports.
     let start_gateway = |extra: &[(&'static str, String)]| {
-        let (grpc, http) = (free_port(), free_port());
-        let mut env = vec![
-            ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
-            ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("HTTP_ADDR", format!("127.0.0.1:{http}")),
-            ("ADMIN_ADDR", admin()),
-            ("AUTH_URL", format!("http://127.0.0.1:{auth_port}")),
-            ("MONGODB_URI", stack.mongodb_uri.clone()),
-            ("MONGODB_DATABASE", mongo_db.clone()),
-            ("DATABASE_URL", jobs_db.clone()),
-            ("AMQP_URL", stack.amqp_url.clone()),
-            ("VIDEO_QUEUE", queue.clone()),
-        ];
+        let listeners = Listeners::new();
+        let mut env = listeners.gateway_vars(&auth_addr);
+        env.extend(services::store_vars(&stack, &mongo_db, &jobs_db));
+        env.push(("VIDEO_QUEUE", queue.clone()));
         env.extend_from_slice(extra);
-        Proc::start("gateway-svc", &env).map(|p| (p, grpc, http))
+        Proc::start("gateway-svc", &env).map(|p| (p, listeners.grpc, listeners.http))
     };
     let (gateway, grpc_port, http_port) = start_gateway(&[("MAX_UPLOAD_SIZE", "4GiB".into())])?;
-    wait_for_port(&format!("127.0.0.1:{auth_port}")).await?;
+    wait_for_port(&auth_addr).await?;
     wait_for_port(&format!("127.0.0.1:{http_port}")).await?;
 
-    let mut auth = AuthServiceClient::connect(format!("http://127.0.0.1:{auth_port}")).await?;
-    let token = auth
-        .login(LoginRequest {
-            email: "bench@example.com".into(),
-            password: "bench password".into(),
-        })
+    // The admin is the bench's user.
+    let token = Admin::connect(&auth_addr, services::ADMIN)
         .await?
-        .into_inner()
-        .token;
+        .token()
+        .to_owned();
     let store = Store::new(
         &Secret::new(stack.mongodb_uri.clone()),
         &mongo_db,

@@ -8,7 +8,11 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use bench::{Proc, Summary, free_port, ms, wait_for_port};
+use bench::{
+    Proc, Summary, ms,
+    services::{self, Listeners},
+    wait_for_port,
+};
 use clap::Parser;
 use media_store::{DatabaseArgs, Jobs, Routes};
 use mp3converter_proto::media::v1::{ListJobsRequest, media_service_client::MediaServiceClient};
@@ -55,24 +59,9 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     // auth-svc and a gateway, as processes of their own.
-    let auth_db = stack.fresh_database("jobsbenchauth").await;
-    let auth_addr = format!("127.0.0.1:{}", free_port());
-    let _auth = Proc::start(
-        "auth-svc",
-        &[
-            ("GRPC_ADDR", auth_addr.clone()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("DATABASE_URL", auth_db),
-            (
-                "JWT_SECRET",
-                "bench-secret-bench-secret-bench-secret".into(),
-            ),
-            ("ADMIN_EMAIL", "bench@example.com".into()),
-            ("ADMIN_PASSWORD", "bench password".into()),
-        ],
-    )?;
+    let (_auth, auth_addr) = services::start_auth(&stack, "jobsbenchauth").await?;
     wait_for_port(&auth_addr).await?;
-    let lister = Admin::connect(&auth_addr, ("bench@example.com", "bench password"))
+    let lister = Admin::connect(&auth_addr, services::ADMIN)
         .await?
         .user("lister@example.com", "lister password")
         .await?;
@@ -108,23 +97,15 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let (grpc, admin_port) = (free_port(), free_port());
-    let _gateway = Proc::start(
-        "gateway-svc",
-        &[
-            ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
-            ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            ("AUTH_URL", format!("http://{auth_addr}")),
-            ("MONGODB_URI", stack.mongodb_uri.clone()),
-            ("MONGODB_DATABASE", name.clone()),
-            ("DATABASE_URL", jobs_url.clone()),
-            ("AMQP_URL", stack.amqp_url.clone()),
-            ("VIDEO_QUEUE", test_kit::unique_name("jobsbench-video")),
-            ("JANITOR_INTERVAL", "1s".into()),
-        ],
-    )?;
+    let listeners = Listeners::new();
+    let (grpc, admin_port) = (listeners.grpc, listeners.admin);
+    let mut env = listeners.gateway_vars(&auth_addr);
+    env.extend(services::store_vars(&stack, &name, &jobs_url));
+    env.extend([
+        ("VIDEO_QUEUE", test_kit::unique_name("jobsbench-video")),
+        ("JANITOR_INTERVAL", "1s".into()),
+    ]);
+    let _gateway = Proc::start("gateway-svc", &env)?;
     wait_for_port(&format!("127.0.0.1:{grpc}")).await?;
     let mut media = MediaServiceClient::connect(format!("http://127.0.0.1:{grpc}")).await?;
     let list = |page_token: String| {

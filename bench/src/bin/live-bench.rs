@@ -15,7 +15,8 @@
 use bench::{
     Proc,
     clips::{make_clip, plain_ffmpeg, spec},
-    free_port, wait_for_port,
+    services::{self, Listeners},
+    wait_for_port,
 };
 use clap::Parser;
 use futures::StreamExt;
@@ -152,53 +153,29 @@ async fn main() -> anyhow::Result<()> {
         test_kit::unique_name("lb-video"),
         test_kit::unique_name("lb-mp3"),
     );
-    let auth_db = stack.fresh_database("livebenchauth").await;
-    let auth_addr = format!("127.0.0.1:{}", free_port());
-    let _auth = Proc::start(
-        "auth-svc",
-        &[
-            ("GRPC_ADDR", auth_addr.clone()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("DATABASE_URL", auth_db),
-            (
-                "JWT_SECRET",
-                "bench-secret-bench-secret-bench-secret".into(),
-            ),
-            ("ADMIN_EMAIL", "bench@example.com".into()),
-            ("ADMIN_PASSWORD", "bench password".into()),
-        ],
-    )?;
+    let (_auth, auth_addr) = services::start_auth(&stack, "livebenchauth").await?;
     let common = |extra: &[(&'static str, String)]| {
-        let mut e = vec![
-            ("MONGODB_URI", stack.mongodb_uri.clone()),
-            ("MONGODB_DATABASE", db.clone()),
-            ("DATABASE_URL", jobs_db.clone()),
-            ("AMQP_URL", stack.amqp_url.clone()),
+        let mut e = services::store_vars(&stack, &db, &jobs_db);
+        e.extend([
             ("VIDEO_QUEUE", video_q.clone()),
             ("MP3_QUEUE", mp3_q.clone()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-        ];
+            ("ADMIN_ADDR", services::local_addr()),
+        ]);
         e.extend_from_slice(extra);
         e
     };
     let gateway = |live: bool| {
-        let (grpc, http) = (free_port(), free_port());
-        let p = Proc::start(
-            "gateway-svc",
-            &common(&[
-                ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
-                ("HTTP_ADDR", format!("127.0.0.1:{http}")),
-                ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
-                ("AUTH_URL", format!("http://{auth_addr}")),
-                ("LIVE_CONVERSION", live.to_string()),
-                ("MAX_UPLOAD_SIZE", "4GiB".into()),
-                ("MAX_WAITING_JOBS_PER_USER", "1000".into()),
-                ("MAX_UPLOADS_PER_USER", "100".into()),
-                ("MAX_STORED_PER_USER", "100GiB".into()),
-            ]),
-        )
-        .unwrap();
-        (p, grpc, http)
+        let listeners = Listeners::new();
+        let mut env = common(&listeners.gateway_vars(&auth_addr));
+        env.extend([
+            ("LIVE_CONVERSION", live.to_string()),
+            ("MAX_UPLOAD_SIZE", "4GiB".into()),
+            ("MAX_WAITING_JOBS_PER_USER", "1000".into()),
+            ("MAX_UPLOADS_PER_USER", "100".into()),
+            ("MAX_STORED_PER_USER", "100GiB".into()),
+        ]);
+        let p = Proc::start("gateway-svc", &env).unwrap();
+        (p, listeners.grpc, listeners.http)
     };
     let (gw_live, grpc_live, http_live) = gateway(true);
     let (gw_after, grpc_after, http_after) = gateway(false);
@@ -221,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
     wait_for_port(&format!("127.0.0.1:{http_live}")).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let admin = Admin::connect(&auth_addr, ("bench@example.com", "bench password")).await?;
+    let admin = Admin::connect(&auth_addr, services::ADMIN).await?;
     let email = format!("{}@bench.test", test_kit::unique_name("live"));
     let token = admin.user(&email, "bench password").await?.token;
 
@@ -310,18 +287,14 @@ async fn main() -> anyhow::Result<()> {
         let _c1 = converter(1);
         let _c2 = converter(2);
         let notify_db = stack.fresh_database("livebenchnotify").await;
-        let _notify = Proc::start(
-            "notify-svc",
-            &[
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-                ("AMQP_URL", stack.amqp_url.clone()),
-                ("MP3_QUEUE", mp3_q.clone()),
-                ("DATABASE_URL", notify_db),
-                ("SMTP_HOST", stack.smtp_host.clone()),
-                ("SMTP_PORT", stack.smtp_port.to_string()),
-                ("SMTP_TLS", "none".into()),
-            ],
-        )?;
+        let mut notify_env = vec![
+            ("ADMIN_ADDR", services::local_addr()),
+            ("AMQP_URL", stack.amqp_url.clone()),
+            ("MP3_QUEUE", mp3_q.clone()),
+            ("DATABASE_URL", notify_db),
+        ];
+        notify_env.extend(services::smtp_vars(&stack));
+        let _notify = Proc::start("notify-svc", &notify_env)?;
         // Our consumer steps aside: notify-svc takes the outcomes.
         let _ = conn.close(200, "done".into()).await;
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -17,7 +17,11 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use bench::clips::{make_clip, spec};
-use bench::{Proc, free_port, wait_for_port};
+use bench::{
+    Proc,
+    services::{self, Listeners},
+    wait_for_port,
+};
 use clap::Parser;
 use media_store::mongodb::bson::oid::ObjectId;
 use std::{
@@ -118,55 +122,31 @@ async fn main() -> anyhow::Result<()> {
         test_kit::unique_name("tb-mp3"),
         test_kit::unique_name("tb-notified"),
     );
-    let auth_db = stack.fresh_database("tusbenchauth").await;
+    let (_auth, auth_addr) = services::start_auth(&stack, "tusbenchauth").await?;
     let notify_db = stack.fresh_database("tusbenchnotify").await;
-    let auth_addr = format!("127.0.0.1:{}", free_port());
-    let _auth = Proc::start(
-        "auth-svc",
-        &[
-            ("GRPC_ADDR", auth_addr.clone()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("DATABASE_URL", auth_db),
-            (
-                "JWT_SECRET",
-                "bench-secret-bench-secret-bench-secret".into(),
-            ),
-            ("ADMIN_EMAIL", "bench@example.com".into()),
-            ("ADMIN_PASSWORD", "bench password".into()),
-        ],
-    )?;
     let common = |extra: &[(&'static str, String)]| {
-        let mut e = vec![
-            ("MONGODB_URI", stack.mongodb_uri.clone()),
-            ("MONGODB_DATABASE", db.clone()),
-            ("DATABASE_URL", jobs_db.clone()),
-            ("AMQP_URL", stack.amqp_url.clone()),
+        let mut e = services::store_vars(&stack, &db, &jobs_db);
+        e.extend([
             ("VIDEO_QUEUE", video_q.clone()),
             ("MP3_QUEUE", mp3_q.clone()),
             ("NOTIFIED_QUEUE", notified_q.clone()),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("ADMIN_ADDR", services::local_addr()),
             ("RUST_LOG", "warn".into()),
-        ];
+        ]);
         e.extend_from_slice(extra);
         e
     };
     let gateway = || {
-        let http = free_port();
-        let p = Proc::start(
-            "gateway-svc",
-            &common(&[
-                ("GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
-                ("HTTP_ADDR", format!("127.0.0.1:{http}")),
-                ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
-                ("AUTH_URL", format!("http://{auth_addr}")),
-                ("MAX_UPLOAD_SIZE", "4GiB".into()),
-                ("MAX_STORED_PER_USER", "100GiB".into()),
-                // A replica that dies holds its upload this long.
-                ("UPLOAD_WRITER_LEASE", "10s".into()),
-            ]),
-        )
-        .unwrap();
-        (p, format!("127.0.0.1:{http}"))
+        let listeners = Listeners::new();
+        let mut env = common(&listeners.gateway_vars(&auth_addr));
+        env.extend([
+            ("MAX_UPLOAD_SIZE", "4GiB".into()),
+            ("MAX_STORED_PER_USER", "100GiB".into()),
+            // A replica that dies holds its upload this long.
+            ("UPLOAD_WRITER_LEASE", "10s".into()),
+        ]);
+        let p = Proc::start("gateway-svc", &env).unwrap();
+        (p, format!("127.0.0.1:{}", listeners.http))
     };
     let (gw_a, http_a) = gateway();
     let (_gw_b, http_b) = gateway();
@@ -177,12 +157,8 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let mut notify_env = common(&[]);
     notify_env.retain(|(k, _)| *k != "DATABASE_URL");
-    notify_env.extend([
-        ("DATABASE_URL", notify_db),
-        ("SMTP_HOST", stack.smtp_host.clone()),
-        ("SMTP_PORT", stack.smtp_port.to_string()),
-        ("SMTP_TLS", "none".into()),
-    ]);
+    notify_env.push(("DATABASE_URL", notify_db));
+    notify_env.extend(services::smtp_vars(&stack));
     let _notify = Proc::start("notify-svc", &notify_env)?;
     for addr in [&auth_addr, &http_a, &http_b] {
         wait_for_port(addr).await?;
@@ -190,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let jobs = test_kit_jobs(&jobs_db, &video_q).await;
 
-    let admin = Admin::connect(&auth_addr, ("bench@example.com", "bench password")).await?;
+    let admin = Admin::connect(&auth_addr, services::ADMIN).await?;
     let mut rows = Vec::new();
     for (what, client, kill) in [
         ("tus-js-client, 3 drops", Client::TusJs, false),

@@ -1,7 +1,11 @@
 //! The mesh of one run: auth-svc, two gateways, two converters and a
 //! notifier, as processes on fresh databases and queues.
 
-use bench::{Proc, free_port, wait_for_port};
+use bench::{
+    Proc,
+    services::{self, Listeners},
+    wait_for_port,
+};
 use std::path::PathBuf;
 
 /// The mesh of one run: its processes and where they listen.
@@ -32,12 +36,9 @@ impl Mesh {
         let work = std::env::temp_dir().join(format!("chaos-{run}-work"));
         std::fs::create_dir_all(&work).unwrap();
         let media_db = stack.database(&mongo_db).await;
-        let common: Vec<(&'static str, String)> = vec![
-            // The jobs' database (notify-svc gets its own DATABASE_URL after).
-            ("DATABASE_URL", media_db),
-            ("AMQP_URL", stack.amqp_url.clone()),
-            ("MONGODB_URI", stack.mongodb_uri.clone()),
-            ("MONGODB_DATABASE", mongo_db.clone()),
+        // The jobs' database (notify-svc gets its own DATABASE_URL after).
+        let mut common = services::store_vars(&stack, &mongo_db, &media_db);
+        common.extend([
             ("VIDEO_QUEUE", video_queue.clone()),
             ("MP3_QUEUE", mp3_queue.clone()),
             ("NOTIFIED_QUEUE", notified_queue.clone()),
@@ -46,28 +47,21 @@ impl Mesh {
             ("LEASE_TTL", "10s".into()),
             ("SHUTDOWN_GRACE", "3s".into()),
             ("RUST_LOG", "warn".into()),
-        ];
+        ]);
         let admin = (format!("{run}@chaos.test"), "chaos password 1".to_owned());
         let auth_db = stack.fresh_database("chaosauth").await;
-        let auth_port = free_port();
-        let auth_addr = format!("127.0.0.1:{auth_port}");
-        let auth = Proc::start(
-            "auth-svc",
-            &[
-                ("GRPC_ADDR", auth_addr.clone()),
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-                ("DATABASE_URL", auth_db),
-                (
-                    "JWT_SECRET",
-                    "chaos-secret-chaos-secret-chaos-secret!".into(),
-                ),
-                ("ADMIN_EMAIL", admin.0.clone()),
-                ("ADMIN_PASSWORD", admin.1.clone()),
-                ("ARGON2_MEMORY_KIB", "1024".into()),
-                ("ARGON2_ITERATIONS", "1".into()),
-            ],
-        )
-        .unwrap();
+        let auth_addr = services::local_addr();
+        let mut auth_env = services::auth_vars(
+            &auth_addr,
+            auth_db,
+            "chaos-secret-chaos-secret-chaos-secret!",
+            (&admin.0, &admin.1),
+        );
+        auth_env.extend([
+            ("ARGON2_MEMORY_KIB", "1024".into()),
+            ("ARGON2_ITERATIONS", "1".into()),
+        ]);
+        let auth = Proc::start("auth-svc", &auth_env).unwrap();
         wait_for_port(&auth_addr).await.unwrap();
         let notify_db = stack.fresh_database("chaosnotify").await;
         let notify = start_notify(&common, &notify_db, &stack);
@@ -100,13 +94,10 @@ impl Mesh {
     }
 
     pub(crate) async fn start_gateway(&mut self, i: usize) {
-        let port = free_port();
-        let env = self.env(&[
-            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("FOLLOW_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("AUTH_URL", format!("http://{}", self.auth_addr)),
+        let listeners = Listeners::new();
+        let port = listeners.http;
+        let mut env = self.env(&listeners.gateway_vars(&self.auth_addr));
+        env.extend([
             ("MAX_WAITING_JOBS_PER_USER", "1000".into()),
             ("MAX_UPLOADS_PER_USER", "100".into()),
             ("JANITOR_INTERVAL", "2s".into()),
@@ -124,7 +115,7 @@ impl Mesh {
 
     pub(crate) fn start_converter(&mut self, i: usize) {
         let env = self.env(&[
-            ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("ADMIN_ADDR", services::local_addr()),
             ("WORK_DIR", self.work.display().to_string()),
         ]);
         self.converters[i] = Some(Proc::start("converter-svc", &env).unwrap());
@@ -142,11 +133,9 @@ pub(crate) fn start_notify(
 ) -> Proc {
     let mut env = common.to_vec();
     env.extend([
-        ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("ADMIN_ADDR", services::local_addr()),
         ("DATABASE_URL", db.to_owned()),
-        ("SMTP_HOST", stack.smtp_host.clone()),
-        ("SMTP_PORT", stack.smtp_port.to_string()),
-        ("SMTP_TLS", "none".into()),
     ]);
+    env.extend(services::smtp_vars(stack));
     Proc::start("notify-svc", &env).unwrap()
 }

@@ -4,7 +4,7 @@
 use crate::{mib, ready::mp3_ready, secs};
 use amqp_kit::{Publisher, lapin};
 use bench::clips::plain_ffmpeg;
-use bench::{Proc, free_port};
+use bench::{Proc, services};
 use futures::{AsyncWriteExt, TryStreamExt};
 use media_store::{
     Job, JobState, Store,
@@ -150,7 +150,7 @@ impl Env<'_> {
         Proc::start(
             "converter-svc",
             &[
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+                ("ADMIN_ADDR", services::local_addr()),
                 ("AMQP_URL", self.stack.amqp_url.clone()),
                 ("MONGODB_URI", self.mongodb_uri.clone()),
                 ("MONGODB_DATABASE", self.store.db.name().to_owned()),

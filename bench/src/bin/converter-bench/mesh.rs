@@ -1,7 +1,7 @@
 //! Two converters and notify-svc, as deployed, emailing through Mailpit.
 
 use crate::{env::Env, topology};
-use bench::{Proc, free_port};
+use bench::{Proc, services};
 use std::time::{Duration, Instant};
 
 impl Env<'_> {
@@ -10,19 +10,15 @@ impl Env<'_> {
     pub(crate) async fn notify(&self) -> anyhow::Result<(Proc, String)> {
         let notify_db = self.stack.fresh_database("benchnotify").await;
         let notified_queue = test_kit::unique_name("notified-bench");
-        let notify = Proc::start(
-            "notify-svc",
-            &[
-                ("ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
-                ("AMQP_URL", self.stack.amqp_url.clone()),
-                ("MP3_QUEUE", self.mp3_queue.clone()),
-                ("NOTIFIED_QUEUE", notified_queue.clone()),
-                ("DATABASE_URL", notify_db),
-                ("SMTP_HOST", self.stack.smtp_host.clone()),
-                ("SMTP_PORT", self.stack.smtp_port.to_string()),
-                ("SMTP_TLS", "none".into()),
-            ],
-        )?;
+        let mut env = vec![
+            ("ADMIN_ADDR", services::local_addr()),
+            ("AMQP_URL", self.stack.amqp_url.clone()),
+            ("MP3_QUEUE", self.mp3_queue.clone()),
+            ("NOTIFIED_QUEUE", notified_queue.clone()),
+            ("DATABASE_URL", notify_db),
+        ];
+        env.extend(services::smtp_vars(&self.stack));
+        let notify = Proc::start("notify-svc", &env)?;
         Ok((notify, notified_queue))
     }
 }
