@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use std::{net::SocketAddr, path::Path, time::Duration};
-use test_kit::{Stack, mailpit::Mailpit, unique_name, users::Admin};
+use test_kit::{Stack, flags, mailpit::Mailpit, unique_name, users::Admin};
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
@@ -370,8 +370,8 @@ impl std::fmt::Debug for Mesh {
 }
 
 /// Base flags, then the extra ones a test asked for.
-fn with_more(base: &[&str], more: Vec<String>) -> Vec<String> {
-    base.iter().map(|s| (*s).to_owned()).chain(more).collect()
+fn with_more(base: Vec<String>, more: Vec<String>) -> Vec<String> {
+    base.into_iter().chain(more).collect()
 }
 
 impl Mesh {
@@ -448,21 +448,7 @@ impl Mesh {
         let auth_db = db_url(auth_db);
         let auth = auth_svc::app::App::build(
             auth_svc::config::Cli::try_parse_from(with_more(
-                &[
-                    "auth-svc",
-                    "--grpc-addr",
-                    "127.0.0.1:0",
-                    "--admin-addr",
-                    "127.0.0.1:0",
-                    "--database-url",
-                    &auth_db,
-                    "--jwt-secret",
-                    SECRET,
-                    "--admin-email",
-                    ADMIN.0,
-                    "--admin-password",
-                    ADMIN.1,
-                ],
+                flags::auth_svc(&auth_db, SECRET, ADMIN),
                 more("auth-svc"),
             ))
             .unwrap()
@@ -480,32 +466,19 @@ impl Mesh {
         let media_db = db_url(media_db);
         let gateway = gateway_svc::app::App::build(
             gateway_svc::config::Config::try_parse_from(with_more(
-                &[
-                    "gateway-svc",
-                    "--grpc-addr",
-                    "127.0.0.1:0",
-                    "--follow-addr",
-                    "127.0.0.1:0",
-                    "--http-addr",
-                    "127.0.0.1:0",
-                    "--admin-addr",
-                    "127.0.0.1:0",
-                    "--auth-url",
+                flags::gateway_svc(
                     &auth_url,
-                    "--mongodb-uri",
-                    &stack.mongodb_uri,
-                    "--mongodb-database",
-                    &mongo_db,
-                    "--database-url",
-                    &media_db,
-                    "--amqp-url",
-                    &stack.amqp_url,
-                    "--video-queue",
-                    &video_queue,
+                    &stack,
+                    flags::GatewayStores {
+                        mongodb_database: &mongo_db,
+                        database_url: &media_db,
+                        video_queue: &video_queue,
+                        notified_queue: &notified_queue,
+                    },
+                ),
+                [
                     "--mp3-queue",
                     &mp3_queue,
-                    "--notified-queue",
-                    &notified_queue,
                     "--webhook-queue",
                     &webhook_queue,
                     "--amqp-retry-delays",
@@ -514,8 +487,11 @@ impl Mesh {
                     "--webhook-allowed-networks",
                     "127.0.0.1/32",
                     "--webhook-allow-http",
-                ],
-                more("gateway-svc"),
+                ]
+                .map(str::to_owned)
+                .into_iter()
+                .chain(more("gateway-svc"))
+                .collect(),
             ))
             .unwrap(),
         )
@@ -526,7 +502,7 @@ impl Mesh {
 
         let converter = converter_svc::app::App::build(
             converter_svc::config::Cli::try_parse_from(with_more(
-                &[
+                [
                     "converter-svc",
                     "--admin-addr",
                     "127.0.0.1:0",
@@ -548,7 +524,9 @@ impl Mesh {
                     &media_db,
                     "--work-dir",
                     &work_dir,
-                ],
+                ]
+                .map(str::to_owned)
+                .to_vec(),
                 more("converter-svc"),
             ))
             .unwrap()
@@ -565,7 +543,7 @@ impl Mesh {
         let base = format!("http://{http}");
         let notify = notify_svc::app::App::build(
             notify_svc::config::Cli::try_parse_from(with_more(
-                &[
+                [
                     "notify-svc",
                     "--admin-addr",
                     "127.0.0.1:0",
@@ -598,7 +576,9 @@ impl Mesh {
                     "--webhook-allowed-networks",
                     "127.0.0.1/32",
                     "--webhook-allow-http",
-                ],
+                ]
+                .map(str::to_owned)
+                .to_vec(),
                 more("notify-svc"),
             ))
             .unwrap()

@@ -22,7 +22,7 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use auth_svc::{app::App, config::Cli};
-use bench::{Summary, free_port, ms, wait_for_port};
+use bench::{Summary, free_port, ms, services::JWT_SECRET, wait_for_port};
 use clap::Parser;
 use mp3converter_proto::auth::v1::{
     LoginRequest, ValidateRequest, auth_service_client::AuthServiceClient,
@@ -97,28 +97,20 @@ async fn main() -> anyhow::Result<()> {
     let db = test_kit::Stack::from_env()
         .fresh_database("authbench")
         .await;
-    let cli = Cli::try_parse_from([
-        "auth-svc",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-        "--jwt-secret",
-        "bench-secret-bench-secret-bench-secret",
-        "--admin-email",
-        EMAIL,
-        "--admin-password",
-        PASSWORD,
-        "--log-filter",
-        "warn",
-        // Latency, not abuse: the same account logs in over and over.
-        "--login-limit-per-addr",
-        "off",
-        "--login-limit-per-account",
-        "off",
-    ])?;
+    let mut flags = test_kit::flags::auth_svc(&db, JWT_SECRET, (EMAIL, PASSWORD));
+    flags.extend(
+        [
+            "--log-filter",
+            "warn",
+            // Latency, not abuse: the same account logs in over and over.
+            "--login-limit-per-addr",
+            "off",
+            "--login-limit-per-account",
+            "off",
+        ]
+        .map(str::to_owned),
+    );
+    let cli = Cli::try_parse_from(flags)?;
     let app = App::build(cli.config).await?;
     let addr = format!("http://{}", app.grpc_addr());
     let stop = CancellationToken::new();
@@ -335,10 +327,7 @@ async fn flood_once(args: &Args, bin: &PathBuf, limits: &str) -> anyhow::Result<
         .await;
     let mut env = vec![
         ("DATABASE_URL", db),
-        (
-            "JWT_SECRET",
-            "bench-secret-bench-secret-bench-secret".to_owned(),
-        ),
+        ("JWT_SECRET", JWT_SECRET.to_owned()),
         ("ADMIN_EMAIL", EMAIL.to_owned()),
         ("ADMIN_PASSWORD", PASSWORD.to_owned()),
         // The probes come through a "proxy" (127.0.0.1) naming their client;

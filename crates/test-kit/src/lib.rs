@@ -2,7 +2,8 @@
 //! connection settings, unique names so tests never share state, fresh
 //! PostgreSQL databases, waiting for a condition, reading Mailpit, an OTLP
 //! trace receiver, a shell sandbox for the commands emails show, users made
-//! by the admin over auth-svc's gRPC, and clips made with ffmpeg.
+//! by the admin over auth-svc's gRPC, clips made with ffmpeg, and the
+//! services' command lines for tests that run them in-process.
 //!
 //! Settings come from the same variables `scripts/stack env` prints, with the
 //! stack's fixed ports as defaults, so `cargo test` works with or without
@@ -11,6 +12,7 @@
 #![allow(clippy::unwrap_used, unreachable_pub)]
 
 pub mod clips;
+pub mod flags;
 pub mod mailpit;
 pub mod otlp;
 pub mod pg;

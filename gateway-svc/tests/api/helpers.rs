@@ -34,27 +34,11 @@ impl Auth {
     /// auth-svc with extra flags (e.g. `--token-ttl`).
     pub async fn start_with(extra: &[&str]) -> Self {
         let db = test_kit::Stack::from_env().fresh_database("gwauth").await;
-        let base = [
-            "auth-svc",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--database-url",
-            &db,
-            "--jwt-secret",
-            JWT_SECRET,
-            "--admin-email",
-            ADMIN.0,
-            "--admin-password",
-            ADMIN.1,
-            // Tests measure behaviour, not password strength.
-            "--argon2-memory-kib",
-            "1024",
-            "--argon2-iterations",
-            "1",
-        ];
-        let cli = auth_svc::config::Cli::try_parse_from(base.iter().chain(extra)).unwrap();
+        let mut args = test_kit::flags::auth_svc(&db, JWT_SECRET, ADMIN);
+        // Tests measure behaviour, not password strength.
+        args.extend(["--argon2-memory-kib", "1024", "--argon2-iterations", "1"].map(str::to_owned));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let cli = auth_svc::config::Cli::try_parse_from(args).unwrap();
         let app = auth_svc::app::App::build(cli.config).await.unwrap();
         let addr = app.grpc_addr();
         let token = CancellationToken::new();
@@ -101,34 +85,18 @@ pub fn config(auth: SocketAddr, db: &str, jobs_db: &str, queue: &str, extra: &[&
     let stack = test_kit::Stack::from_env();
     let auth_url = format!("http://{auth}");
     let notified = notified_queue(queue);
-    let mut args = vec![
-        "gateway-svc",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--follow-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--auth-url",
+    let mut args = test_kit::flags::gateway_svc(
         &auth_url,
-        "--mongodb-uri",
-        &stack.mongodb_uri,
-        "--mongodb-database",
-        db,
-        "--database-url",
-        jobs_db,
-        "--amqp-url",
-        &stack.amqp_url,
-        "--video-queue",
-        queue,
-        "--notified-queue",
-        &notified,
-        "--health-interval",
-        "200ms",
-    ];
-    args.extend_from_slice(extra);
+        &stack,
+        test_kit::flags::GatewayStores {
+            mongodb_database: db,
+            database_url: jobs_db,
+            video_queue: queue,
+            notified_queue: &notified,
+        },
+    );
+    args.extend(["--health-interval", "200ms"].map(str::to_owned));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
     Config::try_parse_from(args).unwrap()
 }
 
