@@ -3,29 +3,22 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use svc_kit::config::{Secret, parse_duration, parse_size};
 
+/// `converter-svc [serve]`, or `converter-svc dlq` on the video queue's
+/// dead letters (the command line the consuming services share).
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "converter-svc",
     version,
     args_override_self = true,
-    about = "Converts uploaded videos to MP3 (consumes the video queue)"
+    about = "Converts uploaded videos to MP3 (consumes the video queue)",
+    mut_subcommand("serve", |c| c.about("Convert videos (the default)")),
+    mut_subcommand("dlq", |c| c.about("Look at and replay the dead letters of the video queue"))
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<amqp_kit::dlq::Command>,
     #[command(flatten)]
     pub config: Config,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Convert videos (the default).
-    Serve,
-    /// Look at and replay the dead letters of the video queue.
-    Dlq {
-        #[command(subcommand)]
-        action: amqp_kit::dlq::DlqCommand,
-    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

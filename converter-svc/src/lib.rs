@@ -17,38 +17,23 @@ mod output;
 mod sweeper;
 mod workdir;
 
-use config::{Cli, Command};
+use amqp_kit::dlq::{Command, DeadLetters, OneQueue, describe};
+use mp3converter_proto::events::v1::VideoUploaded;
 
 /// The service as `main` runs it: until SIGTERM/SIGINT, then drained; or one
 /// of its operator subcommands.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.config;
-    match cli.command {
-        None | Some(Command::Serve) => {
-            let telemetry = config.telemetry.clone();
-            svc_kit::service::serve(&telemetry, || app::App::build(config)).await
-        }
-        Some(Command::Dlq { action }) => amqp_kit::dlq::run(
-            action,
-            &config.amqp_url,
-            &config.video_queue,
-            describe_event,
-        )
-        .await
-        .map_err(anyhow::Error::msg),
-    }
-}
-
-/// A dead letter's payload in words.
-fn describe_event(kind: Option<&str>, payload: &[u8]) -> String {
-    use mp3converter_proto::{EventType, events::v1::VideoUploaded};
-    match kind {
-        Some(VideoUploaded::TYPE) | None => {
-            match <VideoUploaded as prost::Message>::decode(payload) {
-                Ok(e) => format!("{e:?}"),
-                Err(err) => format!("undecodable ({err}): {} bytes", payload.len()),
-            }
-        }
-        Some(other) => format!("unexpected type {other}: {} bytes", payload.len()),
-    }
+pub async fn run(cli: config::Cli) -> anyhow::Result<()> {
+    let telemetry = cli.config.telemetry.clone();
+    Command::run(
+        cli.command,
+        cli.config,
+        |config| svc_kit::service::serve(&telemetry, || app::App::build(config)),
+        // Dead letters are VideoUploaded events of the video queue.
+        |config, OneQueue {}| DeadLetters {
+            url: &config.amqp_url,
+            queue: &config.video_queue,
+            describe: describe::<(VideoUploaded,)>,
+        },
+    )
+    .await
 }

@@ -13,33 +13,33 @@ pub enum SmtpTls {
     Tls,
 }
 
+/// `notify-svc [serve]`, or `notify-svc dlq [--of …]` on the dead letters of
+/// one of its queues (the command line the consuming services share).
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "notify-svc",
     version,
     args_override_self = true,
-    about = "Emails users when their MP3 is ready (consumes the mp3 queue)"
+    about = "Emails users when their MP3 is ready (consumes the mp3 queue)",
+    mut_subcommand("serve", |c| c.about("Send emails (the default)")),
+    mut_subcommand("dlq", |c| c.about(
+        "Look at and replay dead letters: the emails' (mp3 queue) or the \
+         webhook deliveries' (webhooks queue)"
+    ))
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<amqp_kit::dlq::Command<DlqArgs>>,
     #[command(flatten)]
     pub config: Config,
 }
 
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Send emails (the default).
-    Serve,
-    /// Look at and replay dead letters: the emails' (mp3 queue) or the
-    /// webhook deliveries' (webhooks queue).
-    Dlq {
-        /// Whose dead letters.
-        #[arg(long, value_enum, default_value_t = DlqOf::Mp3)]
-        of: DlqOf,
-        #[command(subcommand)]
-        action: amqp_kit::dlq::DlqCommand,
-    },
+/// What `dlq` asks besides its action.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct DlqArgs {
+    /// Whose dead letters.
+    #[arg(long, value_enum, default_value_t = DlqOf::Mp3)]
+    pub of: DlqOf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,46 +11,28 @@ mod sent_log;
 mod smtp;
 mod webhook;
 
-use config::{Cli, Command};
+use amqp_kit::dlq::{Command, DeadLetters, describe};
+use config::{DlqArgs, DlqOf};
+use mp3converter_proto::events::v1::{ConversionFailed, Mp3Ready, WebhookDue};
 
 /// The service as `main` runs it: until SIGTERM/SIGINT, then drained; or one
 /// of its operator subcommands.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.config;
-    match cli.command {
-        None | Some(Command::Serve) => {
-            let telemetry = config.telemetry.clone();
-            svc_kit::service::serve(&telemetry, || app::App::build(config)).await
-        }
-        Some(Command::Dlq { of, action }) => {
-            let queue = match of {
-                config::DlqOf::Mp3 => &config.mp3_queue,
-                config::DlqOf::Webhooks => &config.webhook_queue,
-            };
-            amqp_kit::dlq::run(action, &config.amqp_url, queue, describe_event)
-                .await
-                .map_err(anyhow::Error::msg)
-        }
-    }
-}
-
-/// A dead letter's payload in words.
-fn describe_event(kind: Option<&str>, payload: &[u8]) -> String {
-    use mp3converter_proto::{
-        EventType,
-        events::v1::{ConversionFailed, Mp3Ready, WebhookDue},
-    };
-    let decoded = match kind {
-        Some(Mp3Ready::TYPE) => {
-            <Mp3Ready as prost::Message>::decode(payload).map(|e| format!("{e:?}"))
-        }
-        Some(ConversionFailed::TYPE) => {
-            <ConversionFailed as prost::Message>::decode(payload).map(|e| format!("{e:?}"))
-        }
-        Some(WebhookDue::TYPE) => {
-            <WebhookDue as prost::Message>::decode(payload).map(|e| format!("{e:?}"))
-        }
-        other => return format!("unexpected type {other:?}: {} bytes", payload.len()),
-    };
-    decoded.unwrap_or_else(|e| format!("undecodable ({e}): {} bytes", payload.len()))
+pub async fn run(cli: config::Cli) -> anyhow::Result<()> {
+    let telemetry = cli.config.telemetry.clone();
+    Command::run(
+        cli.command,
+        cli.config,
+        |config| svc_kit::service::serve(&telemetry, || app::App::build(config)),
+        // The mp3 queue's dead letters are outcomes whose email could not be
+        // sent; the webhooks queue's, deliveries that failed for good.
+        |config, DlqArgs { of }| DeadLetters {
+            url: &config.amqp_url,
+            queue: match of {
+                DlqOf::Mp3 => &config.mp3_queue,
+                DlqOf::Webhooks => &config.webhook_queue,
+            },
+            describe: describe::<(Mp3Ready, ConversionFailed, WebhookDue)>,
+        },
+    )
+    .await
 }

@@ -1,14 +1,20 @@
 //! Operator tools for a work queue's dead letters (`<queue>.dlq`): list them
 //! without taking them, and replay them to the work queue. The services
 //! expose these as a `dlq` subcommand that decodes their own events.
+//!
+//! The consuming services' command line is here too ([`Command`]: `serve`,
+//! the default, or `dlq`), so each says only what is its own: how it
+//! serves, which queue a dead letter lives in, and which events it carries
+//! ([`describe`]).
 
-use crate::{ATTEMPT_HEADER, Publisher, header_str};
+use crate::{ATTEMPT_HEADER, DecodeError, Publisher, event::decode_body, header_str};
 use lapin::{
     message::BasicGetMessage,
     options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
     types::FieldTable,
 };
-use std::time::Duration;
+use mp3converter_proto::EventType;
+use std::{future::Future, time::Duration};
 use svc_kit::config::Secret;
 
 /// One dead letter, as found.
@@ -240,4 +246,159 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The command line of a service that consumes a work queue: `serve` (the
+/// default) or `dlq`. `Of` is what `dlq` asks besides its action: nothing
+/// ([`OneQueue`]) for a service with one work queue, else which queue. Each
+/// service words the two commands' help for itself (`mut_subcommand` on its
+/// parser).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command<Of: clap::Args = OneQueue> {
+    /// Run the service (the default).
+    Serve,
+    /// Look at and replay dead letters.
+    Dlq {
+        #[command(flatten)]
+        of: Of,
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
+}
+
+/// `dlq` of a service with one work queue: nothing to choose.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct OneQueue {}
+
+/// Where `dlq` looks, and how the events there read.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetters<'a> {
+    pub url: &'a Secret,
+    /// The work queue: its dead letters are in `<queue>.dlq`, and a replay
+    /// goes back to it.
+    pub queue: &'a str,
+    /// A dead letter's payload in words ([`describe`] of the events the
+    /// queue carries).
+    pub describe: fn(Option<&str>, &[u8]) -> String,
+}
+
+/// Why a `dlq` command failed (its message is the whole story).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DlqError(pub String);
+
+impl<Of: clap::Args> Command<Of> {
+    /// Runs what the command line asked for (nothing: `serve`) with the
+    /// service's `config`: `serve` hands it to `serve` (the service built
+    /// and run by [`svc_kit::service::serve`]); `dlq` runs its action on the
+    /// queue `dead_letters` names for the `Of` given.
+    pub async fn run<C, E, F>(
+        command: Option<Self>,
+        config: C,
+        serve: impl FnOnce(C) -> F,
+        dead_letters: impl for<'c> FnOnce(&'c C, Of) -> DeadLetters<'c>,
+    ) -> Result<(), E>
+    where
+        F: Future<Output = Result<(), E>>,
+        E: From<DlqError>,
+    {
+        match command.unwrap_or(Self::Serve) {
+            Self::Serve => serve(config).await,
+            Self::Dlq { of, action } => {
+                let at = dead_letters(&config, of);
+                run(action, at.url, at.queue, at.describe)
+                    .await
+                    .map_err(|e| DlqError(e).into())
+            }
+        }
+    }
+}
+
+/// The events a queue carries, as a tuple of [`EventType`]s
+/// (`(VideoUploaded,)`, `(Mp3Ready, ConversionFailed)`), for [`describe`];
+/// they are shown as `Debug` prints them.
+pub trait Events {
+    /// The event of type `kind`, decoded and in words; `None` if `kind` is
+    /// none of these. A message without a type is the queue's event if it
+    /// carries one kind only (as [`crate::decode`] reads it).
+    fn describe(kind: Option<&str>, payload: &[u8]) -> Option<String>;
+}
+
+/// A dead letter's payload in words, as one of the events `L` lists (see
+/// [`Events`]): `describe::<(Mp3Ready, ConversionFailed)>` is a
+/// [`DeadLetters::describe`].
+pub fn describe<L: Events>(kind: Option<&str>, payload: &[u8]) -> String {
+    L::describe(kind, payload).unwrap_or_else(|| {
+        format!(
+            "unexpected type {}: {} bytes",
+            kind.unwrap_or("(none)"),
+            payload.len()
+        )
+    })
+}
+
+/// A decoded event, or why not, in words.
+fn in_words<E: EventType + std::fmt::Debug>(
+    decoded: Result<E, DecodeError>,
+    payload: &[u8],
+) -> String {
+    match decoded {
+        Ok(e) => format!("{e:?}"),
+        Err(DecodeError::Undecodable { source, .. }) => {
+            format!("undecodable ({source}): {} bytes", payload.len())
+        }
+        Err(e) => format!("{e}: {} bytes", payload.len()),
+    }
+}
+
+macro_rules! events {
+    ($($e:ident),+) => {
+        impl<$($e: EventType + std::fmt::Debug),+> Events for ($($e,)+) {
+            fn describe(kind: Option<&str>, payload: &[u8]) -> Option<String> {
+                let only_one = [$($e::TYPE),+].len() == 1;
+                $(
+                    if kind == Some($e::TYPE) || (only_one && kind.is_none()) {
+                        return Some(in_words(decode_body::<$e>(kind, payload), payload));
+                    }
+                )+
+                None
+            }
+        }
+    };
+}
+
+events!(A);
+events!(A, B);
+events!(A, B, C);
+events!(A, B, C, D);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mp3converter_proto::events::v1::{ConversionFailed, Mp3Ready, VideoUploaded};
+    use prost::Message;
+
+    #[test]
+    fn dead_letters_read_as_the_events_their_queue_carries() {
+        let video = VideoUploaded {
+            event_id: "e1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let one = describe::<(VideoUploaded,)>;
+        assert!(one(Some(VideoUploaded::TYPE), &video).starts_with("VideoUploaded {"));
+        // No type: the queue's one event.
+        assert!(one(None, &video).contains("\"e1\""));
+        assert_eq!(
+            one(Some("x.Other"), &video),
+            format!("unexpected type x.Other: {} bytes", video.len())
+        );
+        assert!(one(None, b"\xff\xff\xff").starts_with("undecodable ("));
+
+        let two = describe::<(Mp3Ready, ConversionFailed)>;
+        let failed = ConversionFailed::default().encode_to_vec();
+        assert!(two(Some(ConversionFailed::TYPE), &failed).starts_with("ConversionFailed {"));
+        // Two kinds: a message without a type is neither.
+        assert_eq!(two(None, &failed), "unexpected type (none): 0 bytes");
+    }
 }

@@ -28,12 +28,18 @@ pub enum DecodeError {
 /// The `E` a message carries: its type says `E` (or it has none: the queue
 /// says what it carries), and its body decodes.
 pub fn decode<E: EventType>(d: &Delivery) -> Result<E, DecodeError> {
-    match kind(d) {
+    decode_body(kind(d), d.data.as_slice())
+}
+
+/// As [`decode`], for a message's type and body held apart from it (a dead
+/// letter, say).
+pub fn decode_body<E: EventType>(kind: Option<&str>, body: &[u8]) -> Result<E, DecodeError> {
+    match kind {
         Some(k) if k != E::TYPE => Err(DecodeError::WrongType {
             expected: E::TYPE,
             got: k.to_owned(),
         }),
-        _ => E::decode(d.data.as_slice()).map_err(|source| DecodeError::Undecodable {
+        _ => E::decode(body).map_err(|source| DecodeError::Undecodable {
             kind: E::TYPE,
             source,
         }),
