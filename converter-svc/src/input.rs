@@ -247,6 +247,12 @@ pub(crate) enum FeedError {
     SpoolFull(u64),
 }
 
+impl From<crate::live::UploadError> for FeedError {
+    fn from(e: crate::live::UploadError) -> Self {
+        Self::Upload(e.0)
+    }
+}
+
 /// Where a video's chunks come from: the stored file, or an upload as it
 /// arrives.
 #[derive(Debug)]
@@ -260,7 +266,7 @@ impl Chunks {
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, FeedError> {
         match self {
             Self::Stored(s) => Ok(s.next_chunk().await?),
-            Self::Live(f) => f.next_chunk().await,
+            Self::Live(f) => Ok(f.next_chunk().await?),
         }
     }
 }

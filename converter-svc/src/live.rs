@@ -20,7 +20,6 @@
 //! live conversion with it: the spool and partial MP3 are removed and nothing
 //! is announced.
 
-use crate::input::FeedError;
 use bytes::Bytes;
 use mp3converter_proto::upload::v1::{
     FollowUploadRequest, FollowUploadResponse, follow_upload_response,
@@ -28,6 +27,12 @@ use mp3converter_proto::upload::v1::{
 };
 use std::time::Duration;
 use tonic::transport::Endpoint;
+
+/// Why following an upload stopped early: it ended without a commit,
+/// stalled, or the gateway could not be followed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UploadError(pub(crate) String);
 
 /// How a live conversion follows its upload.
 #[derive(Debug, Clone, Copy)]
@@ -86,9 +91,8 @@ impl Connect {
         url: &str,
         job_id: &str,
         settings: Settings,
-    ) -> Result<Follow, FeedError> {
-        let failed =
-            |e: &dyn std::fmt::Display| FeedError::Upload(format!("following the upload: {e}"));
+    ) -> Result<Follow, UploadError> {
+        let failed = |e: &dyn std::fmt::Display| UploadError(format!("following the upload: {e}"));
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| failed(&e))?
             .connect_timeout(Duration::from_secs(2));
@@ -121,13 +125,11 @@ impl Follow {
     /// The next bytes, `None` once the upload is committed and every byte
     /// read. An upload that fails, a follower that fell behind, or a stall
     /// ends it with an error: the job is then converted from storage.
-    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, FeedError> {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Bytes>, UploadError> {
         let msg = tokio::time::timeout(self.stall, self.stream.message())
             .await
-            .map_err(|_| {
-                FeedError::Upload(format!("the upload stalled (nothing for {:?})", self.stall))
-            })?
-            .map_err(|s| FeedError::Upload(format!("following the upload: {}", s.message())))?;
+            .map_err(|_| UploadError(format!("the upload stalled (nothing for {:?})", self.stall)))?
+            .map_err(|s| UploadError(format!("following the upload: {}", s.message())))?;
         match msg.and_then(|m| m.payload) {
             Some(follow_upload_response::Payload::Chunk(b)) => {
                 self.received += b.len() as u64;
@@ -138,11 +140,11 @@ impl Follow {
             {
                 Ok(None)
             }
-            Some(follow_upload_response::Payload::Complete(c)) => Err(FeedError::Upload(format!(
+            Some(follow_upload_response::Payload::Complete(c)) => Err(UploadError(format!(
                 "the upload has {} bytes but {} came",
                 c.total_bytes, self.received
             ))),
-            None => Err(FeedError::Upload(
+            None => Err(UploadError(
                 "the upload's stream ended before its completion".into(),
             )),
         }

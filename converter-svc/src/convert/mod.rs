@@ -324,12 +324,12 @@ async fn open_live(
     let mut follow = connect
         .follow(url, &job.id.to_hex(), settings)
         .await
-        .map_err(feed_failure)?;
+        .map_err(|e| feed_failure(e.into()))?;
     let first = follow
         .next_chunk()
         .instrument(read_span.clone())
         .await
-        .map_err(feed_failure)?
+        .map_err(|e| feed_failure(e.into()))?
         .ok_or_else(|| Failure::Permanent("the uploaded file is empty".into()))?;
     let plan = input::plan_live(&first);
     Ok((

@@ -14,7 +14,9 @@
 //!   updates are atomic), but the local stand-in's are not, and PostgreSQL
 //!   gives the same guarantee everywhere, with transactions for the outbox.
 
+mod db;
 pub mod gridfs;
+mod job;
 pub mod jobs;
 pub mod options;
 pub mod outbox;

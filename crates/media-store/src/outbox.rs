@@ -10,15 +10,18 @@
 //! at a time. A relay wakes when its own process writes an event and every
 //! [`POLL`] otherwise (events written elsewhere, a broker that was down).
 
-use crate::{Job, JobState, jobs::Routes};
+pub use crate::db::Signal;
+use crate::{
+    db::{Error, Jobs, Routes},
+    job::{Job, JobState},
+};
 use amqp_kit::{Publisher, event_properties};
 use deadpool_postgres::{Pool, Transaction};
 use mp3converter_proto::{
     EventType,
     events::v1::{ConversionFailed, Mp3Ready, VideoUploaded},
 };
-use std::{collections::HashMap, sync::Arc, time::Duration};
-use tokio::sync::Notify;
+use std::{collections::HashMap, time::Duration};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -89,7 +92,7 @@ impl Event {
 
 /// Writes `event` in `tx`, with the current trace context (the consumer's
 /// span continues the transition's trace).
-pub(crate) async fn write(tx: &Transaction<'_>, event: &Event) -> Result<(), crate::jobs::Error> {
+pub(crate) async fn write(tx: &Transaction<'_>, event: &Event) -> Result<(), Error> {
     let mut trace: HashMap<String, String> = HashMap::new();
     svc_kit::observe::inject(&tracing::Span::current(), &mut trace);
     let trace = serde_json::to_value(trace).unwrap_or_default();
@@ -114,20 +117,6 @@ pub(crate) async fn write(tx: &Transaction<'_>, event: &Event) -> Result<(), cra
     Ok(())
 }
 
-/// Wakes the relay of this process (an event was written).
-#[derive(Debug, Clone, Default)]
-pub struct Signal(Arc<Notify>);
-
-impl Signal {
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-
-    async fn woken(&self) {
-        self.0.notified().await;
-    }
-}
-
 /// Publishes what the outbox holds.
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -147,7 +136,7 @@ struct Unsent {
 }
 
 impl Relay {
-    pub fn new(jobs: &crate::Jobs, publisher: Publisher) -> Self {
+    pub fn new(jobs: &Jobs, publisher: Publisher) -> Self {
         Self {
             pool: jobs.pool().clone(),
             publisher,

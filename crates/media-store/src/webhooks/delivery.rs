@@ -3,8 +3,8 @@
 
 use super::{Refusal, new_id};
 use crate::{
-    Job, JobState,
-    jobs::{Error, Jobs},
+    db::{Error, Jobs},
+    job::{Job, JobState},
     outbox,
 };
 use deadpool_postgres::Transaction;

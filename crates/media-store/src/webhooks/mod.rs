@@ -26,7 +26,7 @@ pub use delivery::{
 };
 pub use egress::{EgressArgs, RESOLVE_TIMEOUT};
 
-use crate::jobs::{Error, Jobs};
+use crate::db::{Error, Jobs};
 use base64::Engine;
 use std::time::SystemTime;
 use tokio_postgres::Row;

@@ -1,6 +1,6 @@
 //! The job as stored: its states, why it failed, its row.
 
-use super::Error;
+use crate::db::Error;
 use crate::options::OutputOptions;
 use mongodb::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -67,7 +67,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    pub(super) fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::InvalidInput => "invalid_input",
             Self::RetriesExhausted => "retries_exhausted",
@@ -75,7 +75,7 @@ impl FailureKind {
         }
     }
 
-    pub(super) fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "invalid_input" => Some(Self::InvalidInput),
             "retries_exhausted" => Some(Self::RetriesExhausted),
@@ -127,18 +127,18 @@ pub struct Job {
     pub expires_at: Option<SystemTime>,
 }
 
-pub(super) const COLUMNS: &str = "id, owner_id, owner_email, filename, content_type, size_bytes, state, \
+pub(crate) const COLUMNS: &str = "id, owner_id, owner_email, filename, content_type, size_bytes, state, \
     options, mp3_id, mp3_size_bytes, duration_seconds, failure_reason, failure_kind, notes, \
     progress, lease_holder, lease_until, live_holder, live_until, republished, notified, \
     announced_at, reannounced, source_deleted, created_at, updated_at, expires_at";
 
-pub(super) fn oid(s: &str) -> Result<ObjectId, Error> {
+pub(crate) fn oid(s: &str) -> Result<ObjectId, Error> {
     ObjectId::parse_str(s)
         .map_err(|_| Error::Other(format!("a stored id is not an ObjectId: {s:?}")))
 }
 
 impl Job {
-    pub(super) fn from_row(r: &Row) -> Result<Self, Error> {
+    pub(crate) fn from_row(r: &Row) -> Result<Self, Error> {
         let options: serde_json::Value = r.try_get("options")?;
         Ok(Self {
             id: oid(r.try_get("id")?)?,
@@ -177,7 +177,7 @@ impl Job {
         })
     }
 
-    pub(super) fn from_rows(rows: &[Row]) -> Result<Vec<Self>, Error> {
+    pub(crate) fn from_rows(rows: &[Row]) -> Result<Vec<Self>, Error> {
         rows.iter().map(Self::from_row).collect()
     }
 
@@ -191,7 +191,7 @@ impl Job {
 }
 
 /// Every column of `table` (an alias in a statement), in [`COLUMNS`] order.
-pub(super) fn qualified(table: &str) -> String {
+pub(crate) fn qualified(table: &str) -> String {
     COLUMNS
         .split(", ")
         .map(|c| format!("{table}.{}", c.trim()))
