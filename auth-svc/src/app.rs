@@ -140,13 +140,13 @@ impl App {
             self.admin_listener,
             &self.health,
             &token,
-            probe_database(
-                self.pool.clone(),
-                self.health.clone(),
-                self.config.db_health_interval,
-                self.config.db_timeout,
-                token.clone(),
-            ),
+            // Readiness follows the database: NOT_SERVING while it cannot be reached.
+            self.health
+                .probes(self.config.db_health_interval, self.config.db_timeout)
+                .check("postgres", self.pool.clone(), |pool| async move {
+                    db::ping(&pool).await
+                })
+                .run(token.clone()),
         );
         let housekeeping = tokio::spawn(housekeep(
             self.pool.clone(),
@@ -178,24 +178,6 @@ impl App {
         tracing::info!("auth-svc stopped");
         Ok(())
     }
-}
-
-/// Readiness follows the database: NOT_SERVING while it cannot be reached.
-async fn probe_database(
-    pool: Pool,
-    health: Health,
-    interval: std::time::Duration,
-    timeout: std::time::Duration,
-    token: CancellationToken,
-) {
-    svc_kit::health::every(interval, token, || async {
-        let ok = matches!(
-            tokio::time::timeout(timeout, db::ping(&pool)).await,
-            Ok(Ok(()))
-        );
-        health.set("postgres", ok).await;
-    })
-    .await;
 }
 
 /// Keeps memory and tables from growing: forgets idle rate-limit keys, and

@@ -137,13 +137,19 @@ impl App {
             self.admin_listener,
             &self.health,
             &token,
-            probe(
-                self.store.clone(),
-                self.jobs.clone(),
-                self.health.clone(),
-                self.config.health_interval,
-                token.clone(),
-            ),
+            // Readiness follows GridFS and the job database (RabbitMQ is
+            // reported by the consumer loop).
+            self.health
+                .probes(self.config.health_interval, Duration::from_secs(1))
+                .check(
+                    "mongodb",
+                    self.store.clone(),
+                    |s| async move { s.ping().await },
+                )
+                .check("postgresql", self.jobs.clone(), |j| async move {
+                    j.ping().await
+                })
+                .run(token.clone()),
         );
         let cfg = ConsumerConfig {
             url: self.config.amqp_url.clone(),
@@ -202,31 +208,6 @@ impl App {
         tracing::info!("converter-svc stopped");
         Ok(())
     }
-}
-
-async fn probe(
-    store: Store,
-    jobs: Jobs,
-    health: Health,
-    interval: Duration,
-    token: CancellationToken,
-) {
-    svc_kit::health::every(interval, token, || async {
-        let limit = Duration::from_secs(1);
-        let (mongo, pg) = tokio::join!(
-            svc_kit::health::within(limit, {
-                let store = store.clone();
-                async move { store.ping().await }
-            }),
-            svc_kit::health::within(limit, {
-                let jobs = jobs.clone();
-                async move { jobs.ping().await }
-            }),
-        );
-        health.set("mongodb", mongo).await;
-        health.set("postgresql", pg).await;
-    })
-    .await;
 }
 
 impl svc_kit::service::Service for App {

@@ -81,12 +81,25 @@ impl App {
             self.admin_listener,
             &self.health,
             &token,
-            probe(
-                self.notifier.clone(),
-                self.health.clone(),
-                self.config.health_interval,
-                token.clone(),
-            ),
+            // Readiness follows PostgreSQL and the SMTP server (RabbitMQ is
+            // reported by the consumer loop).
+            self.health
+                .probes(
+                    self.config.health_interval,
+                    self.config.health_interval.max(Duration::from_secs(5)),
+                )
+                .check("postgres", self.notifier.pool.clone(), |pool| async move {
+                    pool.get()
+                        .await
+                        .map_err(drop)?
+                        .simple_query("SELECT 1")
+                        .await
+                        .map_err(drop)
+                })
+                .check("smtp", self.notifier.mailer.clone(), |mailer| async move {
+                    mailer.reachable().await.then_some(()).ok_or(())
+                })
+                .run(token.clone()),
         );
         let cfg = ConsumerConfig {
             url: self.config.amqp_url.clone(),
@@ -150,25 +163,6 @@ async fn deliverer(config: &Config, url: &svc_kit::config::Secret) -> anyhow::Re
         egress: Egress::new(config.webhook_egress.clone(), config.webhook_timeout)?,
         download_base_url: config.download_base_url.clone(),
     })
-}
-
-/// Readiness follows PostgreSQL and the SMTP server (RabbitMQ is reported by
-/// the consumer loop).
-async fn probe(n: Notifier, health: Health, interval: Duration, token: CancellationToken) {
-    svc_kit::health::every(interval, token, || async {
-        let limit = interval.max(Duration::from_secs(5));
-        let pg = async {
-            let c = n.pool.get().await.ok()?;
-            c.simple_query("SELECT 1").await.ok()
-        };
-        let (pg, smtp) = tokio::join!(
-            tokio::time::timeout(limit, pg),
-            tokio::time::timeout(limit, n.mailer.reachable()),
-        );
-        health.set("postgres", matches!(pg, Ok(Some(_)))).await;
-        health.set("smtp", matches!(smtp, Ok(true))).await;
-    })
-    .await;
 }
 
 impl svc_kit::service::Service for App {

@@ -150,6 +150,84 @@ where
     )
 }
 
+/// The dependencies a service's readiness follows ([`Health::probes`]): all
+/// asked at once every `interval` (first at once), each within `limit`
+/// ([`within`]), each verdict set on its component.
+#[must_use = "probes do nothing until run"]
+pub struct Probes {
+    health: Health,
+    interval: std::time::Duration,
+    limit: std::time::Duration,
+    checks: Vec<(&'static str, Check)>,
+}
+
+type Check = Box<dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("interval", &self.interval)
+            .field("limit", &self.limit)
+            .field(
+                "components",
+                &self.checks.iter().map(|(c, _)| c).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    pub fn probes(&self, interval: std::time::Duration, limit: std::time::Duration) -> Probes {
+        Probes {
+            health: self.clone(),
+            interval,
+            limit,
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl Probes {
+    /// `component` is up while `check` on a clone of `dependency` succeeds.
+    pub fn check<D, F, Fut, T, E>(
+        mut self,
+        component: &'static str,
+        dependency: D,
+        check: F,
+    ) -> Self
+    where
+        D: Clone + Send + Sync + 'static,
+        F: Fn(D) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let limit = self.limit;
+        self.checks.push((
+            component,
+            Box::new(move || Box::pin(within(limit, check(dependency.clone())))),
+        ));
+        self
+    }
+
+    /// Probes until `token` is cancelled.
+    pub async fn run(self, token: tokio_util::sync::CancellationToken) {
+        let Self {
+            health,
+            interval,
+            checks,
+            ..
+        } = self;
+        every(interval, token, || async {
+            let verdicts = futures::future::join_all(checks.iter().map(|(_, check)| check())).await;
+            for ((component, _), up) in checks.iter().zip(verdicts) {
+                health.set(component, up).await;
+            }
+        })
+        .await;
+    }
+}
+
 /// Runs `check` every `interval` (first at once) until `token` is cancelled:
 /// the loop behind each service's dependency probes.
 pub async fn every<F, Fut>(
@@ -168,5 +246,34 @@ pub async fn every<F, Fut>(
             _ = tick.tick() => {}
         }
         check().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn probes_set_each_component_from_its_own_check() {
+        let (health, _server) = Health::new(&["up", "refuses", "hangs"]).await;
+        let token = CancellationToken::new();
+        let probes = health
+            .probes(Duration::from_millis(20), Duration::from_millis(50))
+            .check("up", (), |()| async { Ok::<_, ()>(()) })
+            .check("refuses", (), |()| async { Err::<(), _>("refused") })
+            .check("hangs", (), |()| std::future::pending::<Result<(), ()>>());
+        let running = tokio::spawn(probes.run(token.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        token.cancel();
+        running.await.unwrap();
+        let c = health.components();
+        assert_eq!(
+            (c["up"], c["refuses"], c["hangs"]),
+            (true, false, false),
+            "{c:?}"
+        );
+        assert!(!health.is_ready(), "two of three are down");
     }
 }

@@ -7,11 +7,9 @@ use crate::{
     janitor::{self, Janitor},
     receipts::Receipts,
 };
-use amqp_kit::{Publisher, consumer::ConsumerConfig};
-use media_store::{Jobs, Store};
+use amqp_kit::consumer::ConsumerConfig;
 use std::time::Duration;
 use svc_kit::{
-    health::Health,
     limits::{BodyIdleTimeoutLayer, InFlightLimitLayer, Protocol},
     service::Standard,
 };
@@ -55,14 +53,22 @@ impl App {
             self.admin_listener,
             &self.health,
             &token,
-            probe(
-                self.store.clone(),
-                self.jobs.clone(),
-                self.publisher.clone(),
-                self.health.clone(),
-                self.config.health_interval,
-                token.clone(),
-            ),
+            // Each check must answer within a second, so a dead
+            // dependency shows within about two.
+            self.health
+                .probes(self.config.health_interval, Duration::from_secs(1))
+                .check(
+                    "mongodb",
+                    self.store.clone(),
+                    |s| async move { s.ping().await },
+                )
+                .check("postgresql", self.jobs.clone(), |j| async move {
+                    j.ping().await
+                })
+                .check("rabbitmq", self.publisher.clone(), |p| async move {
+                    p.check().await
+                })
+                .run(token.clone()),
         );
         let watch_listener = {
             let hub = self.media.hub.clone();
@@ -177,39 +183,6 @@ impl App {
         tracing::info!("gateway-svc stopped");
         Ok(())
     }
-}
-
-/// Readiness follows MongoDB, PostgreSQL and RabbitMQ: each check must
-/// answer within a second, so a dead dependency shows within about two.
-async fn probe(
-    store: Store,
-    jobs: Jobs,
-    publisher: Publisher,
-    health: Health,
-    interval: Duration,
-    token: CancellationToken,
-) {
-    svc_kit::health::every(interval, token, || async {
-        let limit = Duration::from_secs(1);
-        let (mongo, pg, amqp) = tokio::join!(
-            svc_kit::health::within(limit, {
-                let store = store.clone();
-                async move { store.ping().await }
-            }),
-            svc_kit::health::within(limit, {
-                let jobs = jobs.clone();
-                async move { jobs.ping().await }
-            }),
-            svc_kit::health::within(limit, {
-                let publisher = publisher.clone();
-                async move { publisher.check().await }
-            }),
-        );
-        health.set("mongodb", mongo).await;
-        health.set("postgresql", pg).await;
-        health.set("rabbitmq", amqp).await;
-    })
-    .await;
 }
 
 impl svc_kit::service::Service for App {
