@@ -62,7 +62,12 @@ impl Proc {
         let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../target/release")
             .join(name);
-        let child = std::process::Command::new(&bin)
+        Self::start_bin(&bin, env)
+    }
+
+    /// Starts the program at `bin` (another build, e.g.) with `env`.
+    pub fn start_bin(bin: &std::path::Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let child = std::process::Command::new(bin)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())

@@ -32,6 +32,14 @@ struct Args {
     /// Upload sizes.
     #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "100MiB,1GiB")]
     sizes: Vec<u64>,
+    /// Another gateway-svc build (e.g. an older commit's) measured beside
+    /// this one: its gRPC and REST rows follow this build's for each size.
+    #[arg(long)]
+    compare_gateway_bin: Option<std::path::PathBuf>,
+    /// Rounds of the upload table; with a build to compare, every other
+    /// round measures that build first.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -62,17 +70,32 @@ async fn main() -> anyhow::Result<()> {
     )?;
     // A gateway process with the common settings plus `extra`; returns it
     // with its gRPC and HTTP ports.
-    let start_gateway = |extra: &[(&'static str, String)]| {
+    let start_build = |bin: Option<&std::path::Path>, extra: &[(&'static str, String)]| {
         let listeners = Listeners::new();
         let mut env = listeners.gateway_vars(&auth_addr);
         env.extend(services::store_vars(&stack, &mongo_db, &jobs_db));
         env.push(("VIDEO_QUEUE", queue.clone()));
         env.extend_from_slice(extra);
-        Proc::start("gateway-svc", &env).map(|p| (p, listeners.grpc, listeners.http))
+        match bin {
+            None => Proc::start("gateway-svc", &env),
+            Some(bin) => Proc::start_bin(bin, &env),
+        }
+        .map(|p| (p, listeners.grpc, listeners.http))
     };
-    let (gateway, grpc_port, http_port) = start_gateway(&[("MAX_UPLOAD_SIZE", "4GiB".into())])?;
+    let start_gateway = |extra: &[(&'static str, String)]| start_build(None, extra);
+    let big = [("MAX_UPLOAD_SIZE", "4GiB".to_owned())];
+    let (gateway, grpc_port, http_port) = start_gateway(&big)?;
     wait_for_port(&auth_addr).await?;
     wait_for_port(&format!("127.0.0.1:{http_port}")).await?;
+    // The build compared with (it migrates nothing new: this one went first).
+    let other = match &args.compare_gateway_bin {
+        Some(bin) => {
+            let (p, grpc, http) = start_build(Some(bin), &big)?;
+            wait_for_port(&format!("127.0.0.1:{http}")).await?;
+            Some((p, grpc, http, bin.display().to_string()))
+        }
+        None => None,
+    };
 
     // The admin is the bench's user.
     let token = Admin::connect(&auth_addr, services::ADMIN)
@@ -91,7 +114,9 @@ async fn main() -> anyhow::Result<()> {
     let block = bytes::Bytes::from(block);
 
     let mut rows = Vec::new();
-    for &size in &args.sizes {
+    let sizes =
+        (0..args.rounds).flat_map(|round| args.sizes.iter().map(move |&size| (round, size)));
+    for (round, size) in sizes {
         let mib = size as f64 / f64::from(1u32 << 20);
 
         // The limit: the driver writing to GridFS, 1 MiB at a time.
@@ -108,70 +133,41 @@ async fn main() -> anyhow::Result<()> {
         }
         up.close().await?;
         let raw = t.elapsed();
-        rows.push((mib, "GridFS driver (the limit)", raw, raw, f64::NAN));
+        rows.push((mib, "GridFS driver (the limit)".into(), raw, raw, f64::NAN));
         clean(&store, &jobs_db).await?;
 
-        // gRPC client stream.
-        gateway.reset_peak();
-        let mut media =
-            MediaServiceClient::connect(format!("http://127.0.0.1:{grpc_port}")).await?;
-        let msgs = futures::stream::once(async move {
-            UploadRequest {
-                payload: Some(Payload::Metadata(UploadMetadata {
-                    filename: "bench.mkv".into(),
-                    content_type: "video/x-matroska".into(),
-                    declared_size_bytes: Some(size),
-                    options: None,
-                })),
-            }
-        })
-        .chain(chunks(size, block.clone()).map(|c| UploadRequest {
-            payload: Some(Payload::Chunk(c)),
-        }))
-        .chain(futures::stream::once(async move {
-            UploadRequest {
-                payload: Some(Payload::Commit(UploadCommit { total_bytes: size })),
-            }
-        }));
-        let mut req = tonic::Request::new(msgs);
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let t = Instant::now();
-        media.upload(req).await?;
-        rows.push((
-            mib,
-            "gateway gRPC Upload",
-            t.elapsed(),
-            raw,
-            gateway.peak_rss_mib(),
-        ));
-        clean(&store, &jobs_db).await?;
+        // gRPC client stream, then REST multipart (streamed by the client
+        // too); then the same through the build compared with, if any.
+        let mut gateways = vec![(&gateway, grpc_port, http_port, String::new())];
+        if let Some((p, grpc, http, bin)) = &other {
+            gateways.push((p, *grpc, *http, format!(" ({bin})")));
+        }
+        if round % 2 == 1 {
+            gateways.reverse();
+        }
+        for (proc, grpc, http, label) in gateways {
+            proc.reset_peak();
+            let took = grpc_upload(grpc, &token, size, &block).await?;
+            rows.push((
+                mib,
+                format!("gateway gRPC Upload{label}"),
+                took,
+                raw,
+                proc.peak_rss_mib(),
+            ));
+            clean(&store, &jobs_db).await?;
 
-        // REST multipart, streamed by the client too.
-        gateway.reset_peak();
-        let body =
-            reqwest::Body::wrap_stream(chunks(size, block.clone()).map(Ok::<_, std::io::Error>));
-        let part = reqwest::multipart::Part::stream_with_length(body, size).file_name("bench.mkv");
-        let t = Instant::now();
-        let res = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{http_port}/upload"))
-            .bearer_auth(&token)
-            .multipart(reqwest::multipart::Form::new().part("file", part))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            res.status().is_success(),
-            "REST upload: {}",
-            res.text().await?
-        );
-        rows.push((
-            mib,
-            "gateway REST /upload",
-            t.elapsed(),
-            raw,
-            gateway.peak_rss_mib(),
-        ));
-        clean(&store, &jobs_db).await?;
+            proc.reset_peak();
+            let took = rest_upload(http, &token, size, &block).await?;
+            rows.push((
+                mib,
+                format!("gateway REST /upload{label}"),
+                took,
+                raw,
+                proc.peak_rss_mib(),
+            ));
+            clean(&store, &jobs_db).await?;
+        }
 
         // tus: POST /uploads, then PATCHes of 32 MiB, as the web app sends them.
         gateway.reset_peak();
@@ -179,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
         tus_upload(http_port, &token, size, &block).await?;
         rows.push((
             mib,
-            "gateway tus /uploads (32 MiB PATCHes)",
+            "gateway tus /uploads (32 MiB PATCHes)".into(),
             t.elapsed(),
             raw,
             gateway.peak_rss_mib(),
@@ -265,6 +261,64 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = store.db.drop().await;
     Ok(())
+}
+
+/// A gRPC `Upload` of `size` bytes (metadata, 1 MiB chunks, commit): how long.
+async fn grpc_upload(
+    port: u16,
+    token: &str,
+    size: u64,
+    block: &bytes::Bytes,
+) -> anyhow::Result<std::time::Duration> {
+    let mut media = MediaServiceClient::connect(format!("http://127.0.0.1:{port}")).await?;
+    let msgs = futures::stream::once(async move {
+        UploadRequest {
+            payload: Some(Payload::Metadata(UploadMetadata {
+                filename: "bench.mkv".into(),
+                content_type: "video/x-matroska".into(),
+                declared_size_bytes: Some(size),
+                options: None,
+            })),
+        }
+    })
+    .chain(chunks(size, block.clone()).map(|c| UploadRequest {
+        payload: Some(Payload::Chunk(c)),
+    }))
+    .chain(futures::stream::once(async move {
+        UploadRequest {
+            payload: Some(Payload::Commit(UploadCommit { total_bytes: size })),
+        }
+    }));
+    let mut req = tonic::Request::new(msgs);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let t = Instant::now();
+    media.upload(req).await?;
+    Ok(t.elapsed())
+}
+
+/// A REST multipart `POST /upload` of `size` bytes, streamed: how long.
+async fn rest_upload(
+    port: u16,
+    token: &str,
+    size: u64,
+    block: &bytes::Bytes,
+) -> anyhow::Result<std::time::Duration> {
+    let body = reqwest::Body::wrap_stream(chunks(size, block.clone()).map(Ok::<_, std::io::Error>));
+    let part = reqwest::multipart::Part::stream_with_length(body, size).file_name("bench.mkv");
+    let t = Instant::now();
+    let res = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/upload"))
+        .bearer_auth(token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        res.status().is_success(),
+        "REST upload: {}",
+        res.text().await?
+    );
+    Ok(t.elapsed())
 }
 
 /// 8 concurrent callers × 250 ListJobs calls over gRPC: calls per second and
